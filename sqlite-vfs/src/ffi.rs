@@ -1,0 +1,1692 @@
+//! Registration of a shim as an `sqlite3_vfs`, and the C trampolines behind it.
+//!
+//! Memory layout of one open file (SQLite allocates `szOsFile` bytes, 8-byte aligned):
+//!
+//! ```text
+//! +--------------------------------------+ 0
+//! | FileHeader<S>                        |   sqlite3_file (pMethods) first, then our state
+//! +--------------------------------------+ base_offset::<S>()  (rounded up to 8)
+//! | base VFS file (base szOsFile bytes)  |   opened by the base VFS's xOpen
+//! +--------------------------------------+
+//! ```
+//!
+//! Every registration leaks one `Registration<S>` (the shim, the API table, the base VFS and
+//! three `sqlite3_io_methods`, one per I/O-methods version) and one `sqlite3_vfs`: SQLite keeps
+//! pointers to both for the life of the process. Because the `sqlite3_io_methods` belong to the
+//! registration, a file's `pMethods` identifies which registration (and shim type) opened it;
+//! that is how journal and WAL opens find their main database's shim file.
+//!
+//! Every trampoline that runs shim code catches panics: unwinding out of an `extern "C"`
+//! function aborts the process. A panic inside a file's method *poisons* that file: the shim's
+//! invariants may be broken (half-updated state, key material), so further I/O fails with
+//! `SQLITE_IOERR` rather than risking writing garbage, while unlocking, shared-memory calls and
+//! close keep working so that locks are released. Panics are only caught when the crate is
+//! built with `panic = "unwind"` (the default).
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::sync::Mutex;
+
+use libsqlite3_sys as sys;
+
+use crate::api::SqliteApi;
+use crate::error::{ErrorCode, VfsError, VfsResult};
+use crate::kinds::{DeviceCharacteristics, FileKind, LockLevel, OpenFlags, SyncFlags};
+use crate::{
+    BaseFile, FileControl, FileControlOutcome, OpenRequest, PragmaOutcome, ReadStatus, Shim,
+    ShimFile,
+};
+
+/// Options for registering a shim.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions {
+    /// Name of the VFS to layer over; `None` = the default VFS at registration time.
+    pub base: Option<String>,
+    /// Make the new VFS the process-wide default.
+    pub make_default: bool,
+}
+
+/// A registered shim VFS. Registration lasts for the life of the process (SQLite keeps
+/// pointers into it, and connections may outlive any handle), so dropping this does nothing.
+#[derive(Debug)]
+pub struct RegisteredVfs {
+    name: String,
+    base_name: String,
+    vfs: NonNull<sys::sqlite3_vfs>,
+}
+
+// SAFETY: `vfs` points to a leaked, never-freed `sqlite3_vfs` that Rust code never mutates after
+// registration; `RegisteredVfs` only exposes the pointer value, so sharing or sending the handle
+// between threads cannot cause a data race.
+unsafe impl Send for RegisteredVfs {}
+// SAFETY: see `Send`; every method takes `&self` and reads immutable data.
+unsafe impl Sync for RegisteredVfs {}
+
+impl RegisteredVfs {
+    /// The name to open databases with (`vfs=` URI parameter or
+    /// `sqlite3_open_v2(.., zVfs)`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Name of the VFS this shim forwards to.
+    pub fn base_name(&self) -> &str {
+        &self.base_name
+    }
+
+    /// The registered `sqlite3_vfs`, for C APIs that take one. It stays valid for the life of
+    /// the process; do not unregister or modify it.
+    pub fn as_ptr(&self) -> *mut sys::sqlite3_vfs {
+        self.vfs.as_ptr()
+    }
+}
+
+/// Handle on the `zName` of a main-database open, to read its URI parameters.
+///
+/// Empty (every parameter absent) for files other than [`FileKind::MainDb`] and for anonymous
+/// files: SQLite only attaches URI parameters to main database names.
+#[derive(Clone, Copy)]
+pub struct UriHandle<'a> {
+    /// Null, or a main-db `zName` made by SQLite's core, valid for `'a`.
+    filename: *const c_char,
+    api: &'a SqliteApi,
+    _name: PhantomData<&'a CStr>,
+}
+
+impl std::fmt::Debug for UriHandle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UriHandle")
+            .field("has_uri", &!self.filename.is_null())
+            .finish()
+    }
+}
+
+impl<'a> UriHandle<'a> {
+    /// # Safety
+    ///
+    /// `filename` must be null or a database file name made by SQLite's core (the `zName` of an
+    /// `SQLITE_OPEN_MAIN_DB` `xOpen`), valid for `'a`.
+    unsafe fn new(filename: *const c_char, api: &'a SqliteApi) -> UriHandle<'a> {
+        UriHandle {
+            filename,
+            api,
+            _name: PhantomData,
+        }
+    }
+
+    /// The raw bytes of query parameter `name`, if present.
+    pub fn parameter_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        if self.filename.is_null() {
+            return None;
+        }
+        let name = CString::new(name).ok()?;
+        // SAFETY: `filename` is an SQLite-made main database name, alive for `'a` (constructor
+        // contract), and `name` is NUL-terminated.
+        let value = unsafe { self.api.uri_parameter(self.filename, &name) };
+        if value.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null result points to a NUL-terminated value inside `filename`, which is
+        // alive; it is copied before returning.
+        Some(unsafe { CStr::from_ptr(value) }.to_bytes().to_vec())
+    }
+
+    /// Query parameter `name` as text; `None` when absent or not valid UTF-8 (a value that
+    /// cannot be represented exactly is never handed out approximately).
+    pub fn parameter(&self, name: &str) -> Option<String> {
+        String::from_utf8(self.parameter_bytes(name)?).ok()
+    }
+}
+
+/// Register `shim` as VFS `name` through the SQLite this process links against.
+///
+/// Fails with [`ErrorCode::Misuse`] when a VFS of that name already exists (SQLite itself would
+/// silently shadow it), when `name` is empty or contains NUL, or when the base VFS is unknown.
+#[cfg(feature = "static")]
+pub fn register_static<S: Shim>(
+    name: &str,
+    shim: S,
+    opts: RegisterOptions,
+) -> VfsResult<RegisteredVfs> {
+    register(SqliteApi::linked(), name, shim, opts)
+}
+
+/// Register `shim` as VFS `name` through the host SQLite's `sqlite3_api_routines`, from a
+/// loadable extension's entry point. Same errors as [`register_static`], plus those of
+/// [`SqliteApi::from_routines`] (null table, host older than 3.32.0).
+///
+/// # Safety
+///
+/// `api` must be null or the `pApi` pointer SQLite passed to the extension's entry point, and the
+/// host SQLite must stay loaded for the life of the process.
+pub unsafe fn register_with_api<S: Shim>(
+    api: *const sys::sqlite3_api_routines,
+    name: &str,
+    shim: S,
+    opts: RegisterOptions,
+) -> VfsResult<RegisteredVfs> {
+    // SAFETY: forwarded caller contract.
+    let api = unsafe { SqliteApi::from_routines(api) }?;
+    register(api, name, shim, opts)
+}
+
+/// Serialises "is the name free?" + "register" so that two registrations through this crate
+/// cannot both claim one name. (Code registering VFSes directly with SQLite is not covered.)
+static REGISTER_LOCK: Mutex<()> = Mutex::new(());
+
+fn register<S: Shim>(
+    api: SqliteApi,
+    name: &str,
+    shim: S,
+    opts: RegisterOptions,
+) -> VfsResult<RegisteredVfs> {
+    let misuse = |m: String| VfsError::new(ErrorCode::Misuse, m);
+    if name.is_empty() {
+        return Err(misuse("VFS name is empty".into()));
+    }
+    let c_name =
+        CString::new(name).map_err(|_| misuse(format!("VFS name {name:?} contains NUL")))?;
+    let c_base = match &opts.base {
+        Some(b) => Some(
+            CString::new(b.as_str())
+                .map_err(|_| misuse(format!("base VFS name {b:?} contains NUL")))?,
+        ),
+        None => None,
+    };
+
+    // A poisoned lock only means another registration panicked; the `()` it guards is fine.
+    let _guard = REGISTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+
+    if !api.vfs_find(Some(&c_name)).is_null() {
+        return Err(misuse(format!(
+            "a VFS named {name:?} is already registered"
+        )));
+    }
+    let base = NonNull::new(api.vfs_find(c_base.as_deref())).ok_or_else(|| {
+        misuse(match &opts.base {
+            Some(b) => format!("base VFS {b:?} is not registered"),
+            None => "there is no default VFS".into(),
+        })
+    })?;
+    // SAFETY: a VFS returned by sqlite3_vfs_find stays registered (and therefore valid and
+    // unmodified, apart from its pNext link, which we do not read) for as long as its owner keeps
+    // it registered; base VFSes are expected to live for the process, as SQLite's own do.
+    let b = unsafe { base.as_ref() };
+    let base_name = if b.zName.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a registered VFS's zName is a NUL-terminated string.
+        unsafe { CStr::from_ptr(b.zName) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let version = b.iVersion.min(3);
+    if version < 1 {
+        return Err(misuse(format!(
+            "base VFS {base_name:?} has iVersion {}",
+            b.iVersion
+        )));
+    }
+    let base_size = usize::try_from(b.szOsFile).map_err(|_| {
+        misuse(format!(
+            "base VFS {base_name:?} has szOsFile {}",
+            b.szOsFile
+        ))
+    })?;
+    let sz_os_file = c_int::try_from(base_offset::<S>() + base_size)
+        .map_err(|_| misuse("file object size overflows".into()))?;
+
+    let reg = Box::into_raw(Box::new(Registration {
+        common: Common {
+            api,
+            base: base.as_ptr(),
+            name: c_name,
+        },
+        io_methods: [io_methods::<S>(1), io_methods::<S>(2), io_methods::<S>(3)],
+        shim,
+    }));
+    // SAFETY: `reg` was just created from a Box and is not freed unless registration fails.
+    let z_name = unsafe { (*reg).common.name.as_ptr() };
+    let vfs = Box::into_raw(Box::new(sys::sqlite3_vfs {
+        iVersion: version,
+        szOsFile: sz_os_file,
+        mxPathname: b.mxPathname,
+        pNext: ptr::null_mut(),
+        zName: z_name,
+        pAppData: reg.cast(),
+        xOpen: Some(x_open::<S>),
+        xDelete: Some(x_delete::<S>),
+        xAccess: Some(x_access),
+        xFullPathname: Some(x_full_pathname),
+        // Optional in the base (e.g. built without extension loading): mirror its absence.
+        xDlOpen: b.xDlOpen.map(|_| x_dl_open as _),
+        xDlError: b.xDlError.map(|_| x_dl_error as _),
+        xDlSym: b.xDlSym.map(|_| x_dl_sym as _),
+        xDlClose: b.xDlClose.map(|_| x_dl_close as _),
+        xRandomness: Some(x_randomness),
+        xSleep: Some(x_sleep),
+        xCurrentTime: Some(x_current_time),
+        xGetLastError: Some(x_get_last_error),
+        xCurrentTimeInt64: (version >= 2 && b.xCurrentTimeInt64.is_some())
+            .then_some(x_current_time_int64 as _),
+        xSetSystemCall: (version >= 3 && b.xSetSystemCall.is_some())
+            .then_some(x_set_system_call as _),
+        xGetSystemCall: (version >= 3 && b.xGetSystemCall.is_some())
+            .then_some(x_get_system_call as _),
+        xNextSystemCall: (version >= 3 && b.xNextSystemCall.is_some())
+            .then_some(x_next_system_call as _),
+    }));
+    // SAFETY: `vfs` is fully initialised, heap-allocated and never freed or mutated by us once
+    // registered; its zName and pAppData point into the leaked registration.
+    let rc = unsafe { api.vfs_register(vfs, opts.make_default) };
+    if rc != sys::SQLITE_OK {
+        // SAFETY: SQLite refused the VFS, so nothing else holds these pointers; both came from
+        // Box::into_raw above and are freed exactly once.
+        unsafe {
+            drop(Box::from_raw(vfs));
+            drop(Box::from_raw(reg));
+        }
+        return Err(VfsError::from_base(rc, "sqlite3_vfs_register"));
+    }
+    Ok(RegisteredVfs {
+        name: name.to_owned(),
+        base_name,
+        // SAFETY: Box::into_raw never returns null.
+        vfs: unsafe { NonNull::new_unchecked(vfs) },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration data and the per-file header
+// ---------------------------------------------------------------------------------------------
+
+/// The part of a registration that does not depend on the shim type, so that pure forwarding
+/// trampolines need not be generic.
+struct Common {
+    api: SqliteApi,
+    base: *mut sys::sqlite3_vfs,
+    name: CString,
+}
+
+/// What `sqlite3_vfs.pAppData` points to. `repr(C)` with `common` first, so a pointer to it is
+/// also a valid pointer to its `Common`.
+#[repr(C)]
+struct Registration<S: Shim> {
+    common: Common,
+    /// `sqlite3_io_methods` versions 1, 2 and 3, all pointing at `S`'s trampolines.
+    io_methods: [sys::sqlite3_io_methods; 3],
+    shim: S,
+}
+
+/// Our `sqlite3_file` subclass. `repr(C)` with the `sqlite3_file` first, as SQLite requires.
+#[repr(C)]
+struct FileHeader<S: Shim> {
+    file: sys::sqlite3_file,
+    reg: *const Registration<S>,
+    /// The shim's file, from `Box::into_raw`; null until the open succeeded and after close.
+    shim: *mut S::File,
+    /// The base VFS's file, at `base_offset::<S>()` inside the same allocation.
+    base: *mut sys::sqlite3_file,
+    /// The lock level SQLite believes this file holds (see `x_lock`).
+    lock: LockLevel,
+    /// Set when a shim method panicked; see the module documentation.
+    poisoned: bool,
+}
+
+/// SQLite allocates file objects 8-byte aligned (its allocator's guarantee, and `ROUND8` in the
+/// pager), so that is all the base file can rely on.
+const FILE_ALIGN: usize = 8;
+
+/// Offset of the base file inside our file object.
+const fn base_offset<S: Shim>() -> usize {
+    const {
+        assert!(
+            align_of::<FileHeader<S>>() <= FILE_ALIGN,
+            "FileHeader over-aligned"
+        );
+    }
+    size_of::<FileHeader<S>>().next_multiple_of(FILE_ALIGN)
+}
+
+fn io_methods<S: Shim>(version: c_int) -> sys::sqlite3_io_methods {
+    sys::sqlite3_io_methods {
+        iVersion: version,
+        xClose: Some(x_close::<S>),
+        xRead: Some(x_read::<S>),
+        xWrite: Some(x_write::<S>),
+        xTruncate: Some(x_truncate::<S>),
+        xSync: Some(x_sync::<S>),
+        xFileSize: Some(x_file_size::<S>),
+        xLock: Some(x_lock::<S>),
+        xUnlock: Some(x_unlock::<S>),
+        xCheckReservedLock: Some(x_check_reserved_lock::<S>),
+        xFileControl: Some(x_file_control::<S>),
+        xSectorSize: Some(x_sector_size::<S>),
+        xDeviceCharacteristics: Some(x_device_characteristics::<S>),
+        xShmMap: (version >= 2).then_some(x_shm_map::<S> as _),
+        xShmLock: (version >= 2).then_some(x_shm_lock::<S> as _),
+        xShmBarrier: (version >= 2).then_some(x_shm_barrier::<S> as _),
+        xShmUnmap: (version >= 2).then_some(x_shm_unmap::<S> as _),
+        xFetch: (version >= 3).then_some(x_fetch::<S> as _),
+        xUnfetch: (version >= 3).then_some(x_unfetch::<S> as _),
+    }
+}
+
+/// The registration behind a VFS pointer.
+///
+/// # Safety
+///
+/// `vfs` must be a VFS registered by `register::<S>` (SQLite only calls our trampolines with
+/// it). The registration is leaked, hence `'static`, and never mutated, hence shareable.
+unsafe fn registration<'a, S: Shim>(vfs: *mut sys::sqlite3_vfs) -> &'a Registration<S> {
+    // SAFETY: per the contract, pAppData is the leaked `Registration<S>`.
+    unsafe { &*(*vfs).pAppData.cast::<Registration<S>>() }
+}
+
+/// The type-independent part of a registration, for non-generic trampolines.
+///
+/// # Safety
+///
+/// `vfs` must be a VFS registered by `register` (for any shim type).
+unsafe fn common<'a>(vfs: *mut sys::sqlite3_vfs) -> &'a Common {
+    // SAFETY: pAppData is a leaked `Registration<S>`, which is `repr(C)` with `Common` first.
+    unsafe { &*(*vfs).pAppData.cast::<Common>() }
+}
+
+/// Our header of an open file.
+///
+/// # Safety
+///
+/// `file` must be a file successfully opened by `x_open::<S>` and not yet closed; SQLite
+/// serialises calls on one file, so the exclusive borrow is not aliased for the duration of the
+/// call it is used in.
+unsafe fn header<'a, S: Shim>(file: *mut sys::sqlite3_file) -> &'a mut FileHeader<S> {
+    // SAFETY: per the contract, `file` is the start of a `FileHeader<S>` we initialised.
+    unsafe { &mut *file.cast::<FileHeader<S>>() }
+}
+
+impl Common {
+    fn log(&self, code: c_int, what: &str, message: &str) {
+        self.api.log(
+            code,
+            &format!("vfs {}: {what}: {message}", self.name.to_string_lossy()),
+        );
+    }
+
+    /// Map a shim result to a result code, logging errors (except busy/locked, which are normal
+    /// contention, not failures).
+    fn code(&self, what: &str, result: VfsResult<()>) -> c_int {
+        match result {
+            Ok(()) => sys::SQLITE_OK,
+            Err(e) => {
+                let code = e.code.sqlite_code();
+                if !matches!(code & 0xff, sys::SQLITE_BUSY | sys::SQLITE_LOCKED) {
+                    self.log(code, what, &e.message);
+                }
+                code
+            }
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+/// Run `f`, turning a panic into `on_panic` (and a log entry). Returns whether it panicked.
+fn guard<R>(common: &Common, what: &str, on_panic: R, f: impl FnOnce() -> R) -> (R, bool) {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => (r, false),
+        Err(payload) => {
+            common.log(
+                sys::SQLITE_IOERR,
+                what,
+                &format!("panic: {}", panic_message(&*payload)),
+            );
+            // A payload's destructor may itself panic; that must not escape either.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            (on_panic, true)
+        }
+    }
+}
+
+/// Run `f` on the file's shim unless the file is poisoned (then return `on_fail` at once);
+/// a panic poisons the file and returns `on_fail`.
+///
+/// # Safety
+///
+/// Same as [`header`].
+unsafe fn with_shim<S: Shim, R>(
+    file: *mut sys::sqlite3_file,
+    what: &str,
+    on_fail: R,
+    f: impl FnOnce(&mut S::File, &Common) -> R,
+) -> R {
+    // SAFETY: forwarded contract.
+    let hdr = unsafe { header::<S>(file) };
+    if hdr.poisoned || hdr.shim.is_null() {
+        return on_fail;
+    }
+    // SAFETY: the registration is leaked and outlives every file.
+    let common = unsafe { &(*hdr.reg).common };
+    // SAFETY: `shim` came from Box::into_raw in x_open and is only freed in x_close; SQLite does
+    // not call a file's methods concurrently, so this is the only live reference.
+    let shim = unsafe { &mut *hdr.shim };
+    let (r, panicked) = guard(common, what, on_fail, || f(shim, common));
+    if panicked {
+        hdr.poisoned = true;
+    }
+    r
+}
+
+/// The base file's methods, or `None` when it is not open.
+///
+/// # Safety
+///
+/// `base` must point to a base file object inside one of our file objects.
+unsafe fn base_methods<'a>(base: *mut sys::sqlite3_file) -> Option<&'a sys::sqlite3_io_methods> {
+    // SAFETY: per the contract `base` is valid; pMethods is null or points to the base VFS's
+    // static (or otherwise file-outliving) methods table.
+    unsafe { (*base).pMethods.as_ref() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BaseFile: the shim's safe handle on the base file
+// ---------------------------------------------------------------------------------------------
+
+impl BaseFile {
+    fn methods(&self) -> &sys::sqlite3_io_methods {
+        // SAFETY: a BaseFile is only created for a base file that was opened successfully, and the
+        // binding closes that file only after the owning shim file is done with it, so pMethods
+        // is the base VFS's (non-null) methods table.
+        unsafe { &*(*self.ptr.as_ptr()).pMethods }
+    }
+
+    /// Read `buf.len()` bytes at `offset` from the base file. A read past the end of the file
+    /// returns [`ReadStatus::Short`]; the base VFS has zero-filled the rest of `buf`.
+    pub fn read(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
+        let amt = len_to_c_int(buf.len(), "read")?;
+        let ofst = offset_to_i64(offset, "read")?;
+        let Some(x_read) = self.methods().xRead else {
+            return Err(missing("xRead"));
+        };
+        // SAFETY: `buf` is valid for writes of `amt` bytes for the duration of the call and the
+        // base file is open (see `methods`).
+        let rc = unsafe { x_read(self.ptr.as_ptr(), buf.as_mut_ptr().cast(), amt, ofst) };
+        match rc {
+            sys::SQLITE_OK => Ok(ReadStatus::Full),
+            sys::SQLITE_IOERR_SHORT_READ => Ok(ReadStatus::Short),
+            rc => Err(VfsError::from_base(rc, "read")),
+        }
+    }
+
+    /// Write `buf` at `offset` to the base file.
+    pub fn write(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
+        let amt = len_to_c_int(buf.len(), "write")?;
+        let ofst = offset_to_i64(offset, "write")?;
+        let Some(x_write) = self.methods().xWrite else {
+            return Err(missing("xWrite"));
+        };
+        // SAFETY: `buf` is valid for reads of `amt` bytes for the call; the base file is open.
+        let rc = unsafe { x_write(self.ptr.as_ptr(), buf.as_ptr().cast(), amt, ofst) };
+        base_result(rc, "write")
+    }
+
+    /// Truncate the base file to `size` bytes.
+    pub fn truncate(&mut self, size: u64) -> VfsResult<()> {
+        let size = offset_to_i64(size, "truncate")?;
+        let Some(x_truncate) = self.methods().xTruncate else {
+            return Err(missing("xTruncate"));
+        };
+        // SAFETY: the base file is open.
+        base_result(unsafe { x_truncate(self.ptr.as_ptr(), size) }, "truncate")
+    }
+
+    /// Sync the base file.
+    pub fn sync(&mut self, flags: SyncFlags) -> VfsResult<()> {
+        let Some(x_sync) = self.methods().xSync else {
+            return Err(missing("xSync"));
+        };
+        // SAFETY: the base file is open.
+        base_result(unsafe { x_sync(self.ptr.as_ptr(), flags.0) }, "sync")
+    }
+
+    /// Size of the base file in bytes.
+    pub fn file_size(&mut self) -> VfsResult<u64> {
+        let Some(x_file_size) = self.methods().xFileSize else {
+            return Err(missing("xFileSize"));
+        };
+        let mut size: sys::sqlite3_int64 = 0;
+        // SAFETY: the base file is open and `size` is a valid out-pointer for the call.
+        let rc = unsafe { x_file_size(self.ptr.as_ptr(), &mut size) };
+        base_result(rc, "file size")?;
+        u64::try_from(size).map_err(|_| VfsError::new(ErrorCode::Fstat, "negative base file size"))
+    }
+
+    /// The base file's sector size (SQLite's default, 4096, if the base does not say).
+    pub fn sector_size(&mut self) -> u32 {
+        match self.methods().xSectorSize {
+            // SAFETY: the base file is open.
+            Some(f) => u32::try_from(unsafe { f(self.ptr.as_ptr()) }).unwrap_or(0),
+            None => 4096,
+        }
+    }
+
+    /// The base file's device characteristics (`SQLITE_IOCAP_*`).
+    pub fn device_characteristics(&mut self) -> DeviceCharacteristics {
+        match self.methods().xDeviceCharacteristics {
+            // SAFETY: the base file is open.
+            Some(f) => DeviceCharacteristics(unsafe { f(self.ptr.as_ptr()) }),
+            None => DeviceCharacteristics(0),
+        }
+    }
+}
+
+fn len_to_c_int(len: usize, what: &str) -> VfsResult<c_int> {
+    c_int::try_from(len).map_err(|_| VfsError::new(ErrorCode::Io, format!("{what} of {len} bytes")))
+}
+
+fn offset_to_i64(offset: u64, what: &str) -> VfsResult<i64> {
+    i64::try_from(offset)
+        .map_err(|_| VfsError::new(ErrorCode::Io, format!("{what} at offset {offset}")))
+}
+
+fn missing(method: &str) -> VfsError {
+    VfsError::new(ErrorCode::Io, format!("base file has no {method}"))
+}
+
+fn base_result(rc: c_int, what: &str) -> VfsResult<()> {
+    if rc == sys::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(VfsError::from_base(rc, what))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sqlite3_vfs trampolines
+// ---------------------------------------------------------------------------------------------
+
+/// Every `SQLITE_OPEN_*` file-type bit: stripped from [`OpenFlags`], which holds the others.
+const FILE_TYPE_MASK: c_int = sys::SQLITE_OPEN_MAIN_DB
+    | sys::SQLITE_OPEN_MAIN_JOURNAL
+    | sys::SQLITE_OPEN_WAL
+    | sys::SQLITE_OPEN_SUBJOURNAL
+    | sys::SQLITE_OPEN_SUPER_JOURNAL
+    | sys::SQLITE_OPEN_TEMP_DB
+    | sys::SQLITE_OPEN_TEMP_JOURNAL
+    | sys::SQLITE_OPEN_TRANSIENT_DB;
+
+unsafe extern "C" fn x_open<S: Shim>(
+    vfs: *mut sys::sqlite3_vfs,
+    z_name: sys::sqlite3_filename,
+    file: *mut sys::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite calls xOpen with the VFS it was registered as.
+    let reg = unsafe { registration::<S>(vfs) };
+    let hdr = file.cast::<FileHeader<S>>();
+    // SAFETY: SQLite passes `szOsFile` bytes, 8-byte aligned (see FILE_ALIGN), for the file
+    // object; the memory may be uninitialised, so every field is written without reading or
+    // dropping the previous contents. pMethods stays null until the open has succeeded, which
+    // tells SQLite not to call xClose on failure.
+    let base = unsafe {
+        let base = file
+            .cast::<u8>()
+            .add(base_offset::<S>())
+            .cast::<sys::sqlite3_file>();
+        hdr.write(FileHeader {
+            file: sys::sqlite3_file {
+                pMethods: ptr::null(),
+            },
+            reg: ptr::from_ref(reg),
+            shim: ptr::null_mut(),
+            base,
+            lock: LockLevel::None,
+            poisoned: false,
+        });
+        (*base).pMethods = ptr::null();
+        base
+    };
+
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the pointers are those SQLite passed to this xOpen, and `hdr`/`base` were
+        // initialised above.
+        unsafe { open_file::<S>(reg, z_name, hdr, base, flags, out_flags) }
+    }));
+    let (error, what) = match result {
+        Ok(Ok(())) => return sys::SQLITE_OK,
+        Ok(Err(e)) => (e, "open"),
+        Err(payload) => {
+            let msg = format!("panic: {}", panic_message(&*payload));
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            (VfsError::new(ErrorCode::CantOpen, msg), "open")
+        }
+    };
+    // The open failed after (possibly) opening the base file: close it, or its descriptor and
+    // locks would leak. The shim file, if any was made, was already dropped.
+    // SAFETY: `base` is the base file object initialised above; a non-null pMethods means the
+    // base VFS considers it open.
+    unsafe {
+        if let Some(m) = base_methods(base) {
+            if let Some(close) = m.xClose {
+                close(base);
+            }
+            (*base).pMethods = ptr::null();
+        }
+        (*hdr).file.pMethods = ptr::null();
+        (*hdr).shim = ptr::null_mut();
+    }
+    let code = error.code.sqlite_code();
+    reg.common.log(code, what, &error.message);
+    code
+}
+
+/// The fallible part of `x_open`. On error the caller closes the base file if it is open.
+///
+/// # Safety
+///
+/// Arguments as SQLite passed them to `x_open`, with `hdr` and `base` initialised.
+unsafe fn open_file<S: Shim>(
+    reg: &Registration<S>,
+    z_name: *const c_char,
+    hdr: *mut FileHeader<S>,
+    base: *mut sys::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> VfsResult<()> {
+    // Decode before touching the file system: an open we cannot classify is refused, never
+    // guessed (a guess could, e.g., write a main-db page unencrypted as "temp data").
+    let kind = FileKind::from_open_flags(flags).ok_or_else(|| {
+        VfsError::new(
+            ErrorCode::CantOpen,
+            format!("open flags {flags:#x} carry no single known file-type bit"),
+        )
+    })?;
+    let path = if z_name.is_null() {
+        None
+    } else {
+        // SAFETY: a non-null zName is a NUL-terminated string that SQLite keeps alive at least
+        // until the file is closed (and so for this call).
+        let name = unsafe { CStr::from_ptr(z_name) };
+        Some(name.to_str().map_err(|_| {
+            VfsError::new(
+                ErrorCode::CantOpen,
+                format!("file name {name:?} is not UTF-8"),
+            )
+        })?)
+    };
+
+    let base_vfs = reg.common.base;
+    // SAFETY: the base VFS outlives the registration (see `register`).
+    let Some(base_open) = (unsafe { (*base_vfs).xOpen }) else {
+        return Err(VfsError::new(ErrorCode::CantOpen, "base VFS has no xOpen"));
+    };
+    // SAFETY: the base gets its own region of our file object, `szOsFile` of the base in size
+    // and 8-byte aligned, plus SQLite's own name, flags and out-pointer, exactly as if SQLite had
+    // called it directly.
+    let rc = unsafe { base_open(base_vfs, z_name, base, flags, out_flags) };
+    if rc != sys::SQLITE_OK {
+        return Err(VfsError::from_base(rc, "open"));
+    }
+
+    let main_db = if kind.is_linked_to_main_db() && !z_name.is_null() {
+        // SAFETY: SQLite's pager passes its own journal/WAL name to xOpen for these kinds.
+        unsafe { linked_main_db::<S>(reg, z_name) }
+    } else {
+        None
+    };
+    let uri_name = if kind == FileKind::MainDb {
+        z_name
+    } else {
+        ptr::null()
+    };
+    let req = OpenRequest {
+        path,
+        kind,
+        flags: OpenFlags(flags & !FILE_TYPE_MASK),
+        // SAFETY: for MainDb, zName is made by SQLite's core and lives until close.
+        uri: unsafe { UriHandle::new(uri_name, &reg.common.api) },
+    };
+    // SAFETY: the base file was opened successfully just above.
+    let base_file = BaseFile {
+        ptr: unsafe { NonNull::new_unchecked(base) },
+    };
+    let shim_file = reg.shim.open(&req, base_file, main_db)?;
+
+    // SAFETY: the base is open, so its pMethods is non-null.
+    let version = unsafe { (*(*base).pMethods).iVersion }.clamp(1, 3);
+    // SAFETY: `hdr` was initialised by x_open; nothing else references it yet.
+    unsafe {
+        (*hdr).shim = Box::into_raw(Box::new(shim_file));
+        // Same I/O-methods version as the base file, so SQLite only uses what the base supports
+        // (e.g. no WAL over a base without shared memory).
+        (*hdr).file.pMethods = &reg.io_methods[(version - 1) as usize];
+    }
+    Ok(())
+}
+
+/// The shim file of the main database that owns journal/WAL name `z_name`, when that database
+/// was opened through this same registration.
+///
+/// # Safety
+///
+/// `z_name` must be the name SQLite's pager passed to xOpen for a main-journal or WAL open.
+unsafe fn linked_main_db<'a, S: Shim>(
+    reg: &'a Registration<S>,
+    z_name: *const c_char,
+) -> Option<&'a S::File> {
+    // SAFETY: forwarded contract; the result is the pager's main database file object.
+    let db = unsafe { reg.common.api.database_file_object(z_name) };
+    if db.is_null() {
+        return None;
+    }
+    // SAFETY: `db` is the pager's open (or, defensively, unopened) file object; reading its
+    // pMethods is always valid.
+    let methods = unsafe { (*db).pMethods };
+    // Only a file whose methods are this registration's is a `FileHeader<S>`; any other VFS's
+    // file has a different layout and must not be touched.
+    if !reg.io_methods.iter().any(|m| ptr::eq(m, methods)) {
+        return None;
+    }
+    // SAFETY: the methods identify `db` as a `FileHeader<S>` opened by this registration. The
+    // main database file belongs to the same pager as the journal/WAL being opened, and SQLite
+    // is not inside any of that file's methods while it opens the journal, so a shared borrow
+    // for the duration of this xOpen is not aliased by a mutable one.
+    unsafe {
+        let main = &*db.cast::<FileHeader<S>>();
+        if main.poisoned {
+            None
+        } else {
+            main.shim.as_ref()
+        }
+    }
+}
+
+unsafe extern "C" fn x_delete<S: Shim>(
+    vfs: *mut sys::sqlite3_vfs,
+    z_name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
+    // SAFETY: SQLite calls xDelete with the VFS it was registered as.
+    let reg = unsafe { registration::<S>(vfs) };
+    if z_name.is_null() {
+        return sys::SQLITE_IOERR_DELETE;
+    }
+    // SAFETY: zName is a NUL-terminated path, valid for the call.
+    let name = unsafe { CStr::from_ptr(z_name) };
+    let Ok(path) = name.to_str() else {
+        reg.common.log(
+            sys::SQLITE_IOERR_DELETE,
+            "delete",
+            &format!("{name:?} is not UTF-8"),
+        );
+        return sys::SQLITE_IOERR_DELETE;
+    };
+    let (rc, _) = guard(&reg.common, "delete", sys::SQLITE_IOERR_DELETE, || {
+        reg.common.code("delete", reg.shim.before_delete(path))
+    });
+    if rc != sys::SQLITE_OK {
+        return rc;
+    }
+    let base = reg.common.base;
+    // SAFETY: forwarding SQLite's own arguments to the base VFS.
+    match unsafe { (*base).xDelete } {
+        Some(f) => unsafe { f(base, z_name, sync_dir) },
+        None => sys::SQLITE_IOERR_DELETE,
+    }
+}
+
+// The forwarding trampolines below run no Rust code that can panic (field reads and one C
+// call), so they need no catch_unwind. Each relies on the same fact:
+// SAFETY (all of them): SQLite calls them with the VFS registered by `register`, whose
+// registration holds the live base VFS; the remaining arguments are SQLite's own, forwarded
+// unchanged to the base VFS with the base's own `sqlite3_vfs` pointer.
+
+unsafe extern "C" fn x_access(
+    vfs: *mut sys::sqlite3_vfs,
+    z_name: *const c_char,
+    flags: c_int,
+    res_out: *mut c_int,
+) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xAccess {
+            Some(f) => f(b, z_name, flags, res_out),
+            None => sys::SQLITE_IOERR_ACCESS,
+        }
+    }
+}
+
+unsafe extern "C" fn x_full_pathname(
+    vfs: *mut sys::sqlite3_vfs,
+    z_name: *const c_char,
+    n_out: c_int,
+    z_out: *mut c_char,
+) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xFullPathname {
+            Some(f) => f(b, z_name, n_out, z_out),
+            None => sys::SQLITE_CANTOPEN,
+        }
+    }
+}
+
+unsafe extern "C" fn x_dl_open(vfs: *mut sys::sqlite3_vfs, z: *const c_char) -> *mut c_void {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xDlOpen {
+            Some(f) => f(b, z),
+            None => ptr::null_mut(),
+        }
+    }
+}
+
+unsafe extern "C" fn x_dl_error(vfs: *mut sys::sqlite3_vfs, n: c_int, z: *mut c_char) {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        if let Some(f) = (*b).xDlError {
+            f(b, n, z);
+        }
+    }
+}
+
+type DlSymResult = Option<unsafe extern "C" fn(*mut sys::sqlite3_vfs, *mut c_void, *const c_char)>;
+
+unsafe extern "C" fn x_dl_sym(
+    vfs: *mut sys::sqlite3_vfs,
+    handle: *mut c_void,
+    z: *const c_char,
+) -> DlSymResult {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xDlSym {
+            Some(f) => f(b, handle, z),
+            None => None,
+        }
+    }
+}
+
+unsafe extern "C" fn x_dl_close(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void) {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        if let Some(f) = (*b).xDlClose {
+            f(b, handle);
+        }
+    }
+}
+
+unsafe extern "C" fn x_randomness(vfs: *mut sys::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xRandomness {
+            Some(f) => f(b, n, out),
+            None => 0,
+        }
+    }
+}
+
+unsafe extern "C" fn x_sleep(vfs: *mut sys::sqlite3_vfs, micros: c_int) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xSleep {
+            Some(f) => f(b, micros),
+            None => 0,
+        }
+    }
+}
+
+unsafe extern "C" fn x_current_time(vfs: *mut sys::sqlite3_vfs, out: *mut f64) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xCurrentTime {
+            Some(f) => f(b, out),
+            None => sys::SQLITE_ERROR,
+        }
+    }
+}
+
+unsafe extern "C" fn x_get_last_error(
+    vfs: *mut sys::sqlite3_vfs,
+    n: c_int,
+    z: *mut c_char,
+) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xGetLastError {
+            Some(f) => f(b, n, z),
+            None => 0,
+        }
+    }
+}
+
+unsafe extern "C" fn x_current_time_int64(vfs: *mut sys::sqlite3_vfs, out: *mut i64) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines. This method is only installed
+    // when the base's iVersion is at least 2 and it has the method.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xCurrentTimeInt64 {
+            Some(f) => f(b, out),
+            None => sys::SQLITE_ERROR,
+        }
+    }
+}
+
+unsafe extern "C" fn x_set_system_call(
+    vfs: *mut sys::sqlite3_vfs,
+    z: *const c_char,
+    p: sys::sqlite3_syscall_ptr,
+) -> c_int {
+    // SAFETY: see the comment above the forwarding trampolines; only installed for a base with
+    // iVersion >= 3 that has the method.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xSetSystemCall {
+            Some(f) => f(b, z, p),
+            None => sys::SQLITE_NOTFOUND,
+        }
+    }
+}
+
+unsafe extern "C" fn x_get_system_call(
+    vfs: *mut sys::sqlite3_vfs,
+    z: *const c_char,
+) -> sys::sqlite3_syscall_ptr {
+    // SAFETY: see the comment above the forwarding trampolines; only installed for a base with
+    // iVersion >= 3 that has the method.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xGetSystemCall {
+            Some(f) => f(b, z),
+            None => None,
+        }
+    }
+}
+
+unsafe extern "C" fn x_next_system_call(
+    vfs: *mut sys::sqlite3_vfs,
+    z: *const c_char,
+) -> *const c_char {
+    // SAFETY: see the comment above the forwarding trampolines; only installed for a base with
+    // iVersion >= 3 that has the method.
+    unsafe {
+        let b = common(vfs).base;
+        match (*b).xNextSystemCall {
+            Some(f) => f(b, z),
+            None => ptr::null(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sqlite3_io_methods trampolines
+// ---------------------------------------------------------------------------------------------
+//
+// SQLite calls these only with files whose pMethods is one of this registration's tables, i.e.
+// files x_open::<S> opened successfully and that are not yet closed; it never calls two methods
+// of one file at the same time. That is the contract of `header` / `with_shim`, relied on by
+// every `unsafe` call below.
+
+unsafe extern "C" fn x_close<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    // SAFETY: the registration is leaked and outlives every file.
+    let common = unsafe { &(*hdr.reg).common };
+    let shim_ptr = std::mem::replace(&mut hdr.shim, ptr::null_mut());
+    let mut rc = sys::SQLITE_OK;
+    // SAFETY: `shim_ptr` came from Box::into_raw in open_file and was taken out of the header
+    // above, so it is reclaimed exactly once.
+    let mut shim = (!shim_ptr.is_null()).then(|| unsafe { Box::from_raw(shim_ptr) });
+    if let Some(s) = shim.as_mut() {
+        if !hdr.poisoned {
+            rc = guard(common, "close", sys::SQLITE_IOERR_CLOSE, || {
+                common.code("close", s.close())
+            })
+            .0;
+        }
+    }
+    // SAFETY: the base file is part of this file object and was opened by x_open.
+    let base_rc = unsafe {
+        match base_methods(hdr.base) {
+            Some(m) => {
+                let rc = m.xClose.map_or(sys::SQLITE_OK, |f| f(hdr.base));
+                (*hdr.base).pMethods = ptr::null();
+                rc
+            }
+            None => sys::SQLITE_OK,
+        }
+    };
+    // The shim file (and the BaseFile inside it, a plain pointer without Drop) goes last, so a
+    // shim that wipes secrets on drop does so after every use of them.
+    if let Some(s) = shim {
+        guard(common, "close (drop)", (), move || drop(s));
+    }
+    hdr.file.pMethods = ptr::null();
+    if rc != sys::SQLITE_OK {
+        rc
+    } else {
+        base_rc
+    }
+}
+
+unsafe extern "C" fn x_read<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    buf: *mut c_void,
+    amt: c_int,
+    ofst: sys::sqlite3_int64,
+) -> c_int {
+    let (Ok(len), Ok(offset)) = (usize::try_from(amt), u64::try_from(ofst)) else {
+        return sys::SQLITE_IOERR_READ;
+    };
+    if buf.is_null() && len > 0 {
+        return sys::SQLITE_IOERR_READ;
+    }
+    let buf = if len == 0 {
+        &mut [][..]
+    } else {
+        // SAFETY: SQLite passes a buffer valid for writes of `amt` bytes for the call. It may be
+        // uninitialised, so it is zeroed before a `&mut [u8]` is formed over it; this also means
+        // a shim that fails half-way never hands stale bytes back.
+        unsafe {
+            ptr::write_bytes(buf.cast::<u8>(), 0, len);
+            std::slice::from_raw_parts_mut(buf.cast::<u8>(), len)
+        }
+    };
+    // SAFETY: see the comment above the I/O trampolines.
+    unsafe {
+        with_shim::<S, _>(file, "read", sys::SQLITE_IOERR_READ, |f, c| {
+            match f.read(buf, offset) {
+                Ok(ReadStatus::Full) => sys::SQLITE_OK,
+                Ok(ReadStatus::Short) => sys::SQLITE_IOERR_SHORT_READ,
+                Err(e) => c.code("read", Err(e)),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn x_write<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    buf: *const c_void,
+    amt: c_int,
+    ofst: sys::sqlite3_int64,
+) -> c_int {
+    let (Ok(len), Ok(offset)) = (usize::try_from(amt), u64::try_from(ofst)) else {
+        return sys::SQLITE_IOERR_WRITE;
+    };
+    if buf.is_null() && len > 0 {
+        return sys::SQLITE_IOERR_WRITE;
+    }
+    let data = if len == 0 {
+        &[][..]
+    } else {
+        // SAFETY: SQLite passes `amt` initialised bytes, valid for reads during the call.
+        unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
+    };
+    // SAFETY: see the comment above the I/O trampolines.
+    unsafe {
+        with_shim::<S, _>(file, "write", sys::SQLITE_IOERR_WRITE, |f, c| {
+            c.code("write", f.write(data, offset))
+        })
+    }
+}
+
+unsafe extern "C" fn x_truncate<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    size: sys::sqlite3_int64,
+) -> c_int {
+    let Ok(size) = u64::try_from(size) else {
+        return sys::SQLITE_IOERR_TRUNCATE;
+    };
+    // SAFETY: see the comment above the I/O trampolines.
+    unsafe {
+        with_shim::<S, _>(file, "truncate", sys::SQLITE_IOERR_TRUNCATE, |f, c| {
+            c.code("truncate", f.truncate(size))
+        })
+    }
+}
+
+unsafe extern "C" fn x_sync<S: Shim>(file: *mut sys::sqlite3_file, flags: c_int) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    unsafe {
+        with_shim::<S, _>(file, "sync", sys::SQLITE_IOERR_FSYNC, |f, c| {
+            c.code("sync", f.sync(SyncFlags(flags)))
+        })
+    }
+}
+
+unsafe extern "C" fn x_file_size<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    out: *mut sys::sqlite3_int64,
+) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    unsafe {
+        with_shim::<S, _>(file, "file size", sys::SQLITE_IOERR_FSTAT, |f, c| {
+            let size = f.file_size().and_then(|s| {
+                i64::try_from(s).map_err(|_| VfsError::new(ErrorCode::Fstat, "size overflows i64"))
+            });
+            match size {
+                Ok(s) => {
+                    // SAFETY: SQLite passes a valid out-pointer.
+                    *out = s;
+                    sys::SQLITE_OK
+                }
+                Err(e) => c.code("file size", Err(e)),
+            }
+        })
+    }
+}
+
+/// `xLock`: lock the base file, then tell the shim.
+///
+/// `hdr.lock` tracks the level SQLite *believes* the file holds: it changes only when an
+/// `xLock`/`xUnlock` returns `SQLITE_OK`, and `after_lock_change` is called exactly when it
+/// changes. When the shim rejects an upgrade from NONE or SHARED, the base is unlocked back to
+/// that level. From RESERVED (an upgrade to EXCLUSIVE) the base cannot go back (`xUnlock` only
+/// knows SHARED and NONE), so it keeps the stronger lock until SQLite's next `xUnlock`; that is
+/// the same state a busy EXCLUSIVE attempt leaves the unix VFS in (holding PENDING), and it is
+/// safe: holding more than SQLite thinks only delays other connections.
+unsafe extern "C" fn x_lock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    let Some(new) = LockLevel::from_raw(level) else {
+        return sys::SQLITE_IOERR_LOCK;
+    };
+    if hdr.poisoned {
+        return sys::SQLITE_IOERR_LOCK;
+    }
+    let base = hdr.base;
+    // SAFETY: the base file is open while our file is.
+    let Some(m) = (unsafe { base_methods(base) }) else {
+        return sys::SQLITE_IOERR_LOCK;
+    };
+    let Some(base_lock) = m.xLock else {
+        return sys::SQLITE_IOERR_LOCK;
+    };
+    // SAFETY: forwarding SQLite's arguments to the open base file.
+    let rc = unsafe { base_lock(base, level) };
+    let previous = hdr.lock;
+    if rc != sys::SQLITE_OK || new <= previous {
+        return rc;
+    }
+    hdr.lock = new;
+    // SAFETY: see the comment above the I/O trampolines.
+    let rc = unsafe {
+        with_shim::<S, _>(file, "lock", sys::SQLITE_IOERR_LOCK, |f, c| {
+            c.code("lock", f.after_lock_change(new))
+        })
+    };
+    if rc != sys::SQLITE_OK {
+        // SAFETY: re-borrow after with_shim's borrow ended; same contract.
+        let hdr = unsafe { header::<S>(file) };
+        hdr.lock = previous;
+        if previous <= LockLevel::Shared {
+            if let Some(unlock) = m.xUnlock {
+                // SAFETY: the base file is open; NONE and SHARED are valid xUnlock levels.
+                let urc = unsafe { unlock(base, previous.raw()) };
+                if urc != sys::SQLITE_OK {
+                    // SAFETY: the registration outlives every file.
+                    let common = unsafe { &(*hdr.reg).common };
+                    common.log(urc, "lock", "could not release the lock the shim rejected");
+                }
+            }
+        }
+    }
+    rc
+}
+
+unsafe extern "C" fn x_unlock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    let Some(new) = LockLevel::from_raw(level) else {
+        return sys::SQLITE_IOERR_UNLOCK;
+    };
+    let base = hdr.base;
+    // Forwarded even for a poisoned file: locks must be released.
+    // SAFETY: the base file is open while our file is.
+    let rc = match unsafe { base_methods(base) }.and_then(|m| m.xUnlock) {
+        // SAFETY: forwarding SQLite's arguments to the open base file.
+        Some(unlock) => unsafe { unlock(base, level) },
+        None => sys::SQLITE_IOERR_UNLOCK,
+    };
+    if rc != sys::SQLITE_OK || new >= hdr.lock {
+        return rc;
+    }
+    hdr.lock = new;
+    // SAFETY: see the comment above the I/O trampolines. A poisoned file returns OK here: the
+    // base lock was released, and that is all SQLite asked for.
+    unsafe {
+        with_shim::<S, _>(file, "unlock", sys::SQLITE_OK, |f, c| {
+            c.code("unlock", f.after_lock_change(new))
+        })
+    }
+}
+
+unsafe extern "C" fn x_check_reserved_lock<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    out: *mut c_int,
+) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
+    unsafe {
+        let base = header::<S>(file).base;
+        match base_methods(base).and_then(|m| m.xCheckReservedLock) {
+            Some(f) => f(base, out),
+            None => sys::SQLITE_IOERR_CHECKRESERVEDLOCK,
+        }
+    }
+}
+
+/// Forward a file control to the base file with SQLite's original argument.
+///
+/// # Safety
+///
+/// `base` is an open base file; `arg` is the argument SQLite passed with `op`.
+unsafe fn forward_file_control(base: *mut sys::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        match base_methods(base).and_then(|m| m.xFileControl) {
+            Some(f) => f(base, op, arg),
+            None => sys::SQLITE_NOTFOUND,
+        }
+    }
+}
+
+unsafe extern "C" fn x_file_control<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    let base = hdr.base;
+    // SAFETY: the registration outlives every file.
+    let common = unsafe { &(*hdr.reg).common };
+    match op {
+        // SAFETY: SQLITE_FCNTL_PRAGMA's argument is a `char *[4]` (see `pragma`).
+        sys::SQLITE_FCNTL_PRAGMA => unsafe { pragma::<S>(file, arg.cast()) },
+        sys::SQLITE_FCNTL_VFSNAME => {
+            // Report the whole stack, "ours/base", as SQLite's own shims do.
+            // SAFETY: forwarding SQLite's argument (a `char **`) to the open base file.
+            let rc = unsafe { forward_file_control(base, op, arg) };
+            let out = arg.cast::<*mut c_char>();
+            if out.is_null() {
+                return rc;
+            }
+            let ours = common.name.to_string_lossy();
+            // SAFETY: `out` is SQLite's `char **`; on success the base stored a string from
+            // sqlite3_malloc (or left it null), which we replace and free exactly once.
+            unsafe {
+                let below = (*out).cast_const();
+                let text = if rc == sys::SQLITE_OK && !below.is_null() {
+                    format!("{ours}/{}", CStr::from_ptr(below).to_string_lossy())
+                } else {
+                    ours.into_owned()
+                };
+                let new = common.api.alloc_cstring(&text);
+                if new.is_null() {
+                    return sys::SQLITE_NOMEM;
+                }
+                if rc == sys::SQLITE_OK && !below.is_null() {
+                    common.api.free(below.cast_mut().cast());
+                }
+                *out = new;
+            }
+            sys::SQLITE_OK
+        }
+        sys::SQLITE_FCNTL_MMAP_SIZE => {
+            // SAFETY: see the comment above the I/O trampolines.
+            let allow =
+                unsafe { with_shim::<S, _>(file, "file control", false, |f, _| f.allow_mmap()) };
+            if allow {
+                // SAFETY: forwarding SQLite's argument to the open base file.
+                unsafe { forward_file_control(base, op, arg) }
+            } else {
+                // Keep the base from mapping the file at all and report "mmap off" (PRAGMA
+                // mmap_size then returns 0). SQLite still calls xFetch, which declines.
+                if !arg.is_null() {
+                    // SAFETY: the argument of SQLITE_FCNTL_MMAP_SIZE is an `i64 *` in/out.
+                    unsafe { *arg.cast::<i64>() = 0 };
+                }
+                sys::SQLITE_OK
+            }
+        }
+        _ => {
+            // SAFETY: the argument types are those documented for each op code; null is
+            // checked before reading.
+            let control = unsafe {
+                match op {
+                    sys::SQLITE_FCNTL_SIZE_HINT if !arg.is_null() => {
+                        FileControl::SizeHint(*arg.cast::<i64>())
+                    }
+                    sys::SQLITE_FCNTL_CHUNK_SIZE if !arg.is_null() => {
+                        FileControl::ChunkSize(*arg.cast::<c_int>())
+                    }
+                    sys::SQLITE_FCNTL_CKPT_START => FileControl::CheckpointStart,
+                    sys::SQLITE_FCNTL_CKPT_DONE => FileControl::CheckpointDone,
+                    op => FileControl::Other(op),
+                }
+            };
+            // SAFETY: see the comment above the I/O trampolines.
+            let outcome = unsafe {
+                with_shim::<S, _>(file, "file control", None, |f, _| {
+                    Some(f.file_control(control))
+                })
+            };
+            match outcome {
+                // SAFETY: forwarding SQLite's argument unchanged to the open base file.
+                Some(FileControlOutcome::Forward) => unsafe { forward_file_control(base, op, arg) },
+                Some(FileControlOutcome::NotFound) => sys::SQLITE_NOTFOUND,
+                Some(FileControlOutcome::Done(r)) => common.code("file control", r),
+                None => sys::SQLITE_IOERR,
+            }
+        }
+    }
+}
+
+/// `SQLITE_FCNTL_PRAGMA`: `az[1]` is the pragma name as written, `az[2]` the value (dequoted)
+/// or null; the handler may store an `sqlite3_malloc`ed result or error message in `az[0]`,
+/// which SQLite frees.
+///
+/// # Safety
+///
+/// As for the I/O trampolines; `az` is SQLite's `char *[4]` for this op.
+unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    let base = hdr.base;
+    // SAFETY: the registration outlives every file.
+    let common = unsafe { &(*hdr.reg).common };
+    if az.is_null() {
+        return sys::SQLITE_NOTFOUND;
+    }
+    // SAFETY: az[1] is a NUL-terminated name and az[2] null or a NUL-terminated value, both
+    // valid for the call.
+    let (name, value) = unsafe {
+        let name = *az.add(1);
+        let value = *az.add(2);
+        if name.is_null() {
+            return sys::SQLITE_NOTFOUND;
+        }
+        (
+            CStr::from_ptr(name).to_str(),
+            (!value.is_null()).then(|| CStr::from_ptr(value).to_str()),
+        )
+    };
+    // Shims only answer UTF-8 pragmas; anything else belongs to whatever is below (or SQLite).
+    let (Ok(name), Ok(value)) = (name, value.transpose()) else {
+        // SAFETY: forwarding SQLite's argument unchanged to the open base file.
+        return unsafe { forward_file_control(base, sys::SQLITE_FCNTL_PRAGMA, az.cast()) };
+    };
+    // Pragma names are case-insensitive in SQL; SQLite passes them as written.
+    let name = name.to_ascii_lowercase();
+    // SAFETY: see the comment above the I/O trampolines.
+    let outcome =
+        unsafe { with_shim::<S, _>(file, "pragma", None, |f, _| Some(f.pragma(&name, value))) };
+    let set_message = |text: &str| -> bool {
+        let p = common.api.alloc_cstring(text);
+        // SAFETY: az[0] is SQLite's out-slot (null on entry); SQLite frees it with sqlite3_free.
+        unsafe { *az = p };
+        !p.is_null()
+    };
+    match outcome {
+        // Not ours: let a VFS below answer (unix answers SQLITE_NOTFOUND, and SQLite then runs
+        // its built-in pragma, if any).
+        // SAFETY: forwarding SQLite's argument unchanged to the open base file.
+        Some(PragmaOutcome::NotFound) => unsafe {
+            forward_file_control(base, sys::SQLITE_FCNTL_PRAGMA, az.cast())
+        },
+        Some(PragmaOutcome::Handled(None)) => sys::SQLITE_OK,
+        Some(PragmaOutcome::Handled(Some(text))) => {
+            if set_message(&text) {
+                sys::SQLITE_OK
+            } else {
+                sys::SQLITE_NOMEM
+            }
+        }
+        Some(PragmaOutcome::Failed(message)) => {
+            if set_message(&message) {
+                sys::SQLITE_ERROR
+            } else {
+                sys::SQLITE_NOMEM
+            }
+        }
+        None => {
+            set_message(&format!(
+                "vfs {}: pragma {name} failed",
+                common.name.to_string_lossy()
+            ));
+            sys::SQLITE_IOERR
+        }
+    }
+}
+
+unsafe extern "C" fn x_sector_size<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let size =
+        unsafe { with_shim::<S, _>(file, "sector size", None, |f, _| Some(f.sector_size())) };
+    match size {
+        Some(s) => c_int::try_from(s).unwrap_or(c_int::MAX),
+        // Poisoned (or panicked): report the base's value, which is what SQLite would use
+        // without us.
+        // SAFETY: the base file is open while our file is.
+        None => unsafe {
+            let base = header::<S>(file).base;
+            match base_methods(base).and_then(|m| m.xSectorSize) {
+                Some(f) => f(base),
+                None => 4096,
+            }
+        },
+    }
+}
+
+unsafe extern "C" fn x_device_characteristics<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines. A poisoned file promises nothing (0):
+    // no atomic writes, no powersafe overwrite, the most conservative answer.
+    unsafe {
+        with_shim::<S, _>(file, "device characteristics", 0, |f, _| {
+            f.device_characteristics().0
+        })
+    }
+}
+
+// Shared memory (the WAL index) is not file content: it is forwarded to the base file as is,
+// even for a poisoned file, so that shm locks are always released.
+
+unsafe extern "C" fn x_shm_map<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    region: c_int,
+    size: c_int,
+    extend: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
+    unsafe {
+        let base = header::<S>(file).base;
+        match base_methods(base).and_then(|m| m.xShmMap) {
+            Some(f) => f(base, region, size, extend, pp),
+            None => sys::SQLITE_IOERR_SHMMAP,
+        }
+    }
+}
+
+unsafe extern "C" fn x_shm_lock<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
+    unsafe {
+        let base = header::<S>(file).base;
+        match base_methods(base).and_then(|m| m.xShmLock) {
+            Some(f) => f(base, offset, n, flags),
+            None => sys::SQLITE_IOERR_SHMLOCK,
+        }
+    }
+}
+
+unsafe extern "C" fn x_shm_barrier<S: Shim>(file: *mut sys::sqlite3_file) {
+    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
+    unsafe {
+        let base = header::<S>(file).base;
+        if let Some(f) = base_methods(base).and_then(|m| m.xShmBarrier) {
+            f(base);
+        }
+    }
+}
+
+unsafe extern "C" fn x_shm_unmap<S: Shim>(file: *mut sys::sqlite3_file, delete: c_int) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
+    unsafe {
+        let base = header::<S>(file).base;
+        match base_methods(base).and_then(|m| m.xShmUnmap) {
+            Some(f) => f(base, delete),
+            None => sys::SQLITE_OK,
+        }
+    }
+}
+
+unsafe extern "C" fn x_fetch<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    ofst: sys::sqlite3_int64,
+    amt: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
+    if pp.is_null() {
+        return sys::SQLITE_IOERR_MMAP;
+    }
+    // SAFETY: see the comment above the I/O trampolines.
+    let allow = unsafe { with_shim::<S, _>(file, "fetch", false, |f, _| f.allow_mmap()) };
+    // SAFETY: `pp` is SQLite's out-pointer; the base file is open.
+    unsafe {
+        *pp = ptr::null_mut();
+        if !allow {
+            // Declined: a mapping would show SQLite the base file's bytes, bypassing `read`.
+            // A null page with SQLITE_OK makes SQLite fall back to xRead.
+            return sys::SQLITE_OK;
+        }
+        let base = header::<S>(file).base;
+        match base_methods(base).and_then(|m| m.xFetch) {
+            Some(f) => f(base, ofst, amt, pp),
+            None => sys::SQLITE_OK,
+        }
+    }
+}
+
+unsafe extern "C" fn x_unfetch<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    ofst: sys::sqlite3_int64,
+    p: *mut c_void,
+) -> c_int {
+    // Always forwarded, even when mmap is declined: SQLite only passes back pointers the base
+    // handed out, and a null pointer ("drop every mapping") is harmless for a base that never
+    // mapped anything. Not forwarding would leak the base's mapping reference count if a shim
+    // ever changed its answer to `allow_mmap` while pages were mapped.
+    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
+    unsafe {
+        let base = header::<S>(file).base;
+        match base_methods(base).and_then(|m| m.xUnfetch) {
+            Some(f) => f(base, ofst, p),
+            None => sys::SQLITE_OK,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "static"))]
+mod tests {
+    use super::*;
+    use crate::passthrough::PassThrough;
+
+    /// xOpen refuses flags without a file-type bit before anything reaches the base VFS, and
+    /// leaves pMethods null so that SQLite will not call xClose.
+    #[test]
+    fn open_without_file_type_is_refused() {
+        let vfs = register_static(
+            "sqlite-vfs-unit-no-type",
+            PassThrough::default(),
+            RegisterOptions::default(),
+        )
+        .unwrap();
+        let v = vfs.as_ptr();
+        // SAFETY: `v` is the registered VFS; the buffer is szOsFile bytes, 8-byte aligned (u64
+        // storage); the name is a NUL-terminated path. The open is expected to fail, so no
+        // xClose is due.
+        unsafe {
+            let size = usize::try_from((*v).szOsFile).unwrap();
+            let mut mem = vec![0xA5u64; size.div_ceil(8)];
+            let file = mem.as_mut_ptr().cast::<sys::sqlite3_file>();
+            let name = c"/nonexistent-dir/never-created.db";
+            let flags = sys::SQLITE_OPEN_READWRITE | sys::SQLITE_OPEN_CREATE;
+            let mut out = 0;
+            let rc = (*v).xOpen.unwrap()(v, name.as_ptr(), file, flags, &mut out);
+            assert_eq!(rc, sys::SQLITE_CANTOPEN);
+            assert!((*file).pMethods.is_null());
+        }
+    }
+
+    #[test]
+    fn duplicate_name_is_misuse() {
+        let name = "sqlite-vfs-unit-dup";
+        let first = register_static(name, PassThrough::default(), RegisterOptions::default());
+        assert!(first.is_ok());
+        let err =
+            register_static(name, PassThrough::default(), RegisterOptions::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Misuse);
+        let err = register_static(
+            "sqlite-vfs-unit-nobase",
+            PassThrough::default(),
+            RegisterOptions {
+                base: Some("no-such-vfs".into()),
+                make_default: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Misuse);
+        assert!(register_static("", PassThrough::default(), RegisterOptions::default()).is_err());
+    }
+}
+
+impl BaseFile {
+    /// Take (or upgrade to) `level` on the base file, with SQLite's lock protocol (a shim uses
+    /// this to serialise its own metadata updates with other connections, e.g. while creating
+    /// a header). Returns `Busy` when another connection holds a conflicting lock.
+    pub fn lock(&mut self, level: LockLevel) -> VfsResult<()> {
+        let Some(x_lock) = self.methods().xLock else {
+            return Err(missing("xLock"));
+        };
+        // SAFETY: the base file is open.
+        let rc = unsafe { x_lock(self.ptr.as_ptr(), level.raw()) };
+        match rc {
+            sys::SQLITE_OK => Ok(()),
+            sys::SQLITE_BUSY => Err(VfsError::new(ErrorCode::Busy, "base file is locked")),
+            rc => Err(VfsError::from_base(rc, "lock")),
+        }
+    }
+
+    /// Release locks down to `level` (`Shared` or `None`).
+    pub fn unlock(&mut self, level: LockLevel) -> VfsResult<()> {
+        let Some(x_unlock) = self.methods().xUnlock else {
+            return Err(missing("xUnlock"));
+        };
+        // SAFETY: the base file is open.
+        base_result(unsafe { x_unlock(self.ptr.as_ptr(), level.raw()) }, "unlock")
+    }
+}

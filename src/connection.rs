@@ -1,0 +1,187 @@
+//! The Rust API: register the encrypting VFS and open `rusqlite::Connection`s through it.
+//!
+//! ```no_run
+//! let tde = sqlite_tde::Tde::builder().keystore("/tmp/ks").register()?;
+//! let conn = tde.open("app.db")?;               // created under the default key on first open
+//! conn.execute_batch("CREATE TABLE IF NOT EXISTS t(x)")?;
+//! # Ok::<(), sqlite_tde::Error>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{take_last_open_error, Error, Result};
+use crate::keycache::CacheConfig;
+use crate::kms::local::{default_keystore_dir, LocalKms};
+use crate::kms::{Kms, DEFAULT_KEY_ALIAS};
+use crate::vfs::{self, TdeContext, VfsConfig, VFS_NAME};
+
+/// Environment variable selecting the KMS (`local:` is the only built-in provider so far).
+pub const ENV_KMS: &str = "SQLITE_TDE_KMS";
+
+/// A registered encrypting VFS.
+#[derive(Debug, Clone)]
+pub struct Tde {
+    ctx: Arc<TdeContext>,
+}
+
+/// How to register a [`Tde`].
+#[derive(Debug, Clone)]
+pub struct TdeBuilder {
+    keystore: Option<PathBuf>,
+    vfs_name: String,
+    default_key: String,
+    cache: CacheConfig,
+    make_default: bool,
+}
+
+/// Options of one open.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// CMK (key id or `alias/NAME`) for a database created by this open; ignored for an
+    /// existing database, whose header names its key. `None`: the VFS's default key.
+    pub key: Option<String>,
+    /// Open read-only.
+    pub read_only: bool,
+    /// Fail instead of creating a missing database.
+    pub must_exist: bool,
+}
+
+/// Registrations made by this process, by VFS name (a name can be registered only once).
+static REGISTERED: Mutex<Vec<Tde>> = Mutex::new(Vec::new());
+
+impl TdeBuilder {
+    /// Keystore directory of the embedded KMS (default: `SQLITE_TDE_KEYSTORE`, XDG data dir).
+    pub fn keystore(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.keystore = Some(dir.into());
+        self
+    }
+    /// Register under another name than `tde` (e.g. one VFS per keystore in tests).
+    pub fn vfs_name(mut self, name: impl Into<String>) -> Self {
+        self.vfs_name = name.into();
+        self
+    }
+    /// CMK for databases created without an explicit key.
+    pub fn default_key(mut self, key: impl Into<String>) -> Self {
+        self.default_key = key.into();
+        self
+    }
+    /// Key cache thresholds.
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+    /// Make this the process's default VFS.
+    pub fn make_default(mut self, yes: bool) -> Self {
+        self.make_default = yes;
+        self
+    }
+
+    /// Register with an explicit KMS.
+    pub fn register_with_kms(self, kms: Arc<dyn Kms>) -> Result<Tde> {
+        let mut reg = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = reg.iter().find(|t| t.ctx.vfs_name == self.vfs_name) {
+            return Ok(t.clone());
+        }
+        let mut cfg = VfsConfig::new(kms);
+        cfg.name = self.vfs_name;
+        cfg.default_key = self.default_key;
+        cfg.cache = self.cache;
+        cfg.make_default = self.make_default;
+        let ctx = vfs::register_static(cfg)?;
+        let tde = Tde { ctx };
+        reg.push(tde.clone());
+        Ok(tde)
+    }
+
+    /// Register with the KMS the environment selects (embedded local KMS by default).
+    /// Registering a name twice returns the first registration.
+    pub fn register(self) -> Result<Tde> {
+        let kms = kms_from_env(self.keystore.clone())?;
+        self.register_with_kms(kms)
+    }
+}
+
+/// Build the KMS selected by `SQLITE_TDE_KMS` (default `local:`).
+pub fn kms_from_env(keystore: Option<PathBuf>) -> Result<Arc<dyn Kms>> {
+    let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
+    match spec.split_once(':').map(|(p, rest)| (p, rest)).unwrap_or((spec.as_str(), "")) {
+        ("local", rest) => {
+            let dir = keystore
+                .or_else(|| (!rest.is_empty()).then(|| PathBuf::from(rest)))
+                .unwrap_or_else(default_keystore_dir);
+            Ok(Arc::new(LocalKms::new(dir)))
+        }
+        (other, _) => Err(Error::Config(format!("unsupported KMS '{other}' in {ENV_KMS} (supported: local:)"))),
+    }
+}
+
+/// Percent-encode a path for a `file:` URI (SQLite decodes `%HH`; `?` and `#` end the path).
+fn uri_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Tde {
+    /// Start configuring a registration.
+    pub fn builder() -> TdeBuilder {
+        TdeBuilder {
+            keystore: None,
+            vfs_name: VFS_NAME.into(),
+            default_key: DEFAULT_KEY_ALIAS.into(),
+            cache: CacheConfig::default(),
+            make_default: false,
+        }
+    }
+
+    /// The name SQLite knows this VFS by.
+    pub fn vfs_name(&self) -> &str {
+        &self.ctx.vfs_name
+    }
+
+    /// Shared state (KMS, key cache).
+    pub fn context(&self) -> &Arc<TdeContext> {
+        &self.ctx
+    }
+
+    /// Open (creating under the default key if missing) an encrypted database.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Connection> {
+        self.open_with(path, &OpenOptions::default())
+    }
+
+    /// Open with options.
+    pub fn open_with(&self, path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Connection> {
+        let path = path.as_ref();
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| Error::Config(format!("path is not UTF-8: {}", path.display())))?;
+        let mut uri = format!("file:{}?vfs={}", uri_escape(path_str), uri_escape(&self.ctx.vfs_name));
+        if let Some(k) = &opts.key {
+            uri.push_str("&key=");
+            uri.push_str(&uri_escape(k));
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if opts.read_only {
+            flags |= OpenFlags::SQLITE_OPEN_READ_ONLY;
+        } else {
+            flags |= OpenFlags::SQLITE_OPEN_READ_WRITE;
+            if !opts.must_exist {
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+        }
+        let _ = take_last_open_error();
+        match Connection::open_with_flags(&uri, flags) {
+            Ok(c) => Ok(c),
+            Err(e) => Err(take_last_open_error().unwrap_or(Error::Sqlite(e))),
+        }
+    }
+}

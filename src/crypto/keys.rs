@@ -1,0 +1,56 @@
+//! Secret key material as types: zeroized on drop, never `Clone`, `Debug` prints nothing.
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::{fill_random, CryptoError};
+
+/// Length of a data key: AES-256-XTS takes two 256-bit keys.
+pub const DATA_KEY_LEN: usize = 64;
+
+/// A plaintext data encryption key (DEK). Lives on the heap so moves do not leave copies on
+/// the stack; wiped when dropped.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct DataKey(Box<[u8; DATA_KEY_LEN]>);
+
+impl DataKey {
+    /// A new random key whose halves differ.
+    pub fn generate() -> Result<DataKey, CryptoError> {
+        let mut key = DataKey(Box::new([0u8; DATA_KEY_LEN]));
+        loop {
+            fill_random(&mut key.0[..])?;
+            if key.halves_differ() {
+                return Ok(key);
+            }
+        }
+    }
+
+    /// Take ownership of key bytes (e.g. unwrapped by a KMS). The source slice is not wiped:
+    /// callers pass memory they wipe themselves (`Zeroizing`).
+    pub fn from_slice(bytes: &[u8]) -> Result<DataKey, CryptoError> {
+        if bytes.len() != DATA_KEY_LEN {
+            return Err(CryptoError::KeyLength { got: bytes.len(), expected: DATA_KEY_LEN });
+        }
+        let mut key = DataKey(Box::new([0u8; DATA_KEY_LEN]));
+        key.0.copy_from_slice(bytes);
+        if !key.halves_differ() {
+            return Err(CryptoError::EqualKeyHalves);
+        }
+        Ok(key)
+    }
+
+    /// Borrow the raw bytes (for wrapping and cipher setup only).
+    pub fn expose(&self) -> &[u8; DATA_KEY_LEN] {
+        &self.0
+    }
+
+    fn halves_differ(&self) -> bool {
+        // Not secret-dependent timing that matters: equal halves are rejected either way.
+        self.0[..32] != self.0[32..]
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey([REDACTED])")
+    }
+}

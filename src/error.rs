@@ -1,0 +1,88 @@
+//! The crate's error type, and its one mapping to SQLite result codes.
+
+use std::cell::RefCell;
+
+use sqlite_vfs::{ErrorCode, VfsError};
+
+use crate::format::HeaderError;
+use crate::kms::KmsError;
+
+/// Everything that can go wrong opening or operating an encrypted database.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The header region is missing, damaged or of another format.
+    #[error("{path}: {source}")]
+    Header { path: String, source: HeaderError },
+    /// The KMS refused or failed.
+    #[error("{path}: {source}")]
+    Kms { path: String, source: KmsError },
+    /// The KMS returned a key that does not match the header's key-check value.
+    #[error("{path}: wrong key: the unwrapped data key does not match the header's key-check value")]
+    WrongKey { path: String },
+    /// A rekey was interrupted and must be finished first.
+    #[error("{path}: a rekey is in progress; run `sqlite-tde rekey --resume {path}`")]
+    RekeyInProgress { path: String },
+    /// An empty file opened read-only has no key yet.
+    #[error("{path}: empty file opened read-only: there is no encrypted database to read yet")]
+    EmptyReadOnly { path: String },
+    /// An I/O or protocol error from the VFS layer.
+    #[error("{0}")]
+    Vfs(#[from] VfsError),
+    /// SQLite reported an error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// Operating-system I/O outside SQLite.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Invalid configuration or arguments.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The SQLite result code an open failing with this error reports.
+    pub fn vfs_code(&self) -> ErrorCode {
+        match self {
+            Error::Header { source, .. } => match source {
+                HeaderError::Truncated | HeaderError::Corrupt(_) => ErrorCode::Corrupt,
+                _ => ErrorCode::NotADatabase,
+            },
+            Error::Kms { source, .. } => match source {
+                KmsError::Unavailable(_) | KmsError::Keystore(_) => ErrorCode::CantOpen,
+                KmsError::InvalidCiphertext { .. } => ErrorCode::NotADatabase,
+                _ => ErrorCode::Auth,
+            },
+            Error::WrongKey { .. } => ErrorCode::NotADatabase,
+            Error::RekeyInProgress { .. } => ErrorCode::Busy,
+            Error::EmptyReadOnly { .. } => ErrorCode::CantOpen,
+            Error::Vfs(v) => v.code,
+            Error::Sqlite(_) | Error::Io(_) | Error::Config(_) => ErrorCode::Io,
+        }
+    }
+
+    /// Convert for the VFS boundary.
+    pub fn to_vfs(&self) -> VfsError {
+        match self {
+            Error::Vfs(v) => v.clone(),
+            other => VfsError::new(other.vfs_code(), other.to_string()),
+        }
+    }
+}
+
+thread_local! {
+    static LAST_OPEN_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
+}
+
+/// Remember why an open failed on this thread: SQLite only carries the result code, and the
+/// Rust API turns the code back into this detailed error.
+pub(crate) fn set_last_open_error(e: Error) {
+    LAST_OPEN_ERROR.with(|c| *c.borrow_mut() = Some(e));
+}
+
+/// Take the detailed reason of this thread's last failed open, if any.
+pub fn take_last_open_error() -> Option<Error> {
+    LAST_OPEN_ERROR.with(|c| c.borrow_mut().take())
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

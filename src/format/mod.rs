@@ -1,0 +1,12 @@
+//! On-disk structures of an encrypted database: the header region at the start of the main
+//! database file and the logical/physical size mapping used by every encrypted file.
+//! Byte-level documentation: `docs/FORMAT.md`.
+
+mod header;
+mod size;
+
+pub use header::{
+    choose_slot, Header, HeaderError, KeyRef, RekeyState, SlotStatus, CIPHER_AES_256_XTS,
+    FORMAT_VERSION, HEADER_REGION_LEN, MAGIC, SLOT_LEN, SLOT_USED_LEN,
+};
+pub use size::{logical_len, physical_len};

@@ -1,0 +1,67 @@
+//! Key management: the KMS abstraction the VFS uses for envelope encryption, and its
+//! providers. The embedded local KMS is the default; other providers implement [`Kms`].
+
+mod context;
+pub mod local;
+
+pub use context::EncryptionContext;
+
+use crate::crypto::{CryptoError, DataKey};
+use crate::format::KeyRef;
+
+/// Alias of the service-managed default key, created on first use.
+pub const DEFAULT_KEY_ALIAS: &str = "alias/sqlite-tde/default";
+
+/// A fresh data key: the plaintext for local use and the wrapped form to store.
+pub struct GeneratedDataKey {
+    /// Plaintext DEK; wiped when dropped.
+    pub plaintext: DataKey,
+    /// The DEK encrypted under the CMK (opaque, self-describing blob).
+    pub wrapped: Vec<u8>,
+    /// Which key and version wrapped it.
+    pub key: KeyRef,
+}
+
+/// Errors of the KMS layer. Messages name keys, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    #[error("KMS key not found: {0}")]
+    NotFound(String),
+    #[error("KMS key {0} is disabled")]
+    Disabled(String),
+    #[error("KMS key {0} is pending deletion")]
+    PendingDeletion(String),
+    #[error("KMS key {0} has been deleted; data encrypted under it can no longer be decrypted")]
+    Deleted(String),
+    #[error("KMS key {key} is not usable: {reason}")]
+    NotUsable { key: String, reason: String },
+    #[error("access denied: principal {principal} may not {action} with key {key}")]
+    AccessDenied { principal: String, action: String, key: String },
+    #[error("the wrapped data key does not decrypt under {key}: wrong key, wrong database (encryption context), or tampered")]
+    InvalidCiphertext { key: String },
+    #[error("KMS unavailable: {0}")]
+    Unavailable(String),
+    #[error("wrong root key or passphrase for keystore {0}")]
+    WrongRootKey(String),
+    #[error("keystore error: {0}")]
+    Keystore(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// What the VFS needs from a key management service. CMK material never crosses this
+/// interface: only data keys, in plaintext for local use or wrapped for storage.
+pub trait Kms: Send + Sync {
+    /// Provider name recorded in key references (`local`, `kmsd`, `openbao+https`, ...).
+    fn provider(&self) -> &str;
+
+    /// GenerateDataKey: a new 64-byte DEK under `key` (key id or `alias/NAME`), bound to
+    /// `context`.
+    fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError>;
+
+    /// Decrypt a wrapped DEK recorded with `key_ref`. The context must equal the one used at
+    /// generation.
+    fn decrypt_data_key(&self, key_ref: &KeyRef, wrapped: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError>;
+}

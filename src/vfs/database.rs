@@ -1,0 +1,165 @@
+//! Per-database state behind a main-db handle: the header, and the prepared cipher its DEK
+//! unwraps to. Opening verifies the key before SQLite performs any I/O, so a wrong key can
+//! never trigger hot-journal or WAL recovery.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlite_vfs::{BaseFile, ReadStatus, SyncFlags};
+
+use super::TdeContext;
+use crate::crypto::{kcv_matches, key_check_value, random_array, XtsCipher};
+use crate::error::{Error, Result};
+use crate::format::{choose_slot, Header, HEADER_REGION_LEN, SLOT_LEN};
+use crate::keycache::CacheKey;
+use crate::kms::EncryptionContext;
+
+/// State shared by a main database handle and its journal / WAL handles.
+pub struct Database {
+    pub path: String,
+    pub header: Mutex<Header>,
+    pub cipher: Arc<XtsCipher>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Read the header region through the handle SQLite opened (never a second descriptor:
+/// closing one would drop this process's POSIX locks on the file).
+pub fn read_region(base: &mut BaseFile) -> Result<Vec<u8>> {
+    let size = base.file_size()?;
+    let want = (size as usize).min(HEADER_REGION_LEN);
+    let mut region = vec![0u8; want];
+    if want > 0 {
+        let st = base.read(&mut region, 0)?;
+        debug_assert!(st == ReadStatus::Full || want < HEADER_REGION_LEN);
+    }
+    Ok(region)
+}
+
+/// Unwrap and verify the DEK of `header`, through the key cache.
+pub fn unlock(ctx: &TdeContext, path: &str, header: &Header) -> Result<Arc<XtsCipher>> {
+    if header.rekey.is_some() {
+        return Err(Error::RekeyInProgress { path: path.to_string() });
+    }
+    let key = CacheKey::new(header.db_uuid, &header.wrapped_dek);
+    ctx.cache.get_or_unwrap(key, &header.key.uri, || {
+        let context = EncryptionContext::for_database(&header.db_uuid);
+        let dek = ctx
+            .kms
+            .decrypt_data_key(&header.key, &header.wrapped_dek, &context)
+            .map_err(|source| Error::Kms { path: path.to_string(), source })?;
+        if !kcv_matches(&key_check_value(&dek, &header.db_uuid), &header.kcv) {
+            return Err(Error::WrongKey { path: path.to_string() });
+        }
+        Ok(XtsCipher::new(&dek))
+    })
+}
+
+/// Open an existing encrypted database file.
+pub fn open_existing(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Database> {
+    let region = read_region(base)?;
+    let (header, _slot) =
+        choose_slot(&region).map_err(|source| Error::Header { path: path.to_string(), source })?;
+    let cipher = unlock(ctx, path, &header)?;
+    Ok(Database { path: path.to_string(), header: Mutex::new(header), cipher })
+}
+
+/// Create the header of a new, empty database file under `key` and make it durable.
+pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
+    let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
+    let context = EncryptionContext::for_database(&db_uuid);
+    let generated = ctx
+        .kms
+        .generate_data_key(key, &context)
+        .map_err(|source| Error::Kms { path: path.to_string(), source })?;
+    let header = Header {
+        sequence: 1,
+        db_uuid,
+        dek_created: now(),
+        key: generated.key.clone(),
+        wrapped_dek: generated.wrapped.clone(),
+        kcv: key_check_value(&generated.plaintext, &db_uuid),
+        rekey: None,
+    };
+    let slot_a = header.encode().map_err(|source| Error::Header { path: path.to_string(), source })?;
+    let mut older = header.clone();
+    older.sequence = 0;
+    let slot_b = older.encode().map_err(|source| Error::Header { path: path.to_string(), source })?;
+    let mut region = Vec::with_capacity(HEADER_REGION_LEN);
+    region.extend_from_slice(&slot_a);
+    region.extend_from_slice(&slot_b);
+    debug_assert_eq!(region.len(), 2 * SLOT_LEN);
+    base.write(&region, 0)?;
+    base.sync(SyncFlags::FULL)?;
+    let cipher = XtsCipher::new(&generated.plaintext);
+    drop(generated); // wipes the plaintext DEK
+    let cipher = ctx.cache.get_or_unwrap(CacheKey::new(db_uuid, &header.wrapped_dek), &header.key.uri, || {
+        Ok::<_, Error>(cipher)
+    })?;
+    Ok(Database { path: path.to_string(), header: Mutex::new(header), cipher })
+}
+
+/// Take `level` through SQLite's own lock protocol on the base file, waiting out other
+/// connections for up to ~5 s (creation is short).
+fn lock_with_retry(base: &mut BaseFile, level: sqlite_vfs::LockLevel) -> Result<()> {
+    use sqlite_vfs::{ErrorCode, LockLevel};
+    for _ in 0..500 {
+        let r = base.lock(LockLevel::Shared).and_then(|_| {
+            if level > LockLevel::Shared {
+                base.lock(level)
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code == ErrorCode::Busy => {
+                let _ = base.unlock(LockLevel::None);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                let _ = base.unlock(LockLevel::None);
+                return Err(e.into());
+            }
+        }
+    }
+    Err(Error::Vfs(sqlite_vfs::VfsError::new(ErrorCode::Busy, "database file stayed locked while opening")))
+}
+
+/// Create a new database's header while holding SQLite's EXCLUSIVE lock on the file, so two
+/// processes creating the same file cannot both write a header with different keys. If
+/// another process won the race, open what it created.
+pub fn create_locked(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
+    lock_with_retry(base, sqlite_vfs::LockLevel::Exclusive)?;
+    let result = match base.file_size() {
+        Ok(0) => create(ctx, path, key, base),
+        Ok(_) => open_existing(ctx, path, base),
+        Err(e) => Err(e.into()),
+    };
+    let _ = base.unlock(sqlite_vfs::LockLevel::None);
+    result
+}
+
+/// Open an existing database; if its header is still being written by a creator in another
+/// process, wait for the creator's lock and read again.
+pub fn open_existing_or_wait(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Database> {
+    match open_existing(ctx, path, base) {
+        Err(Error::Header { source: crate::format::HeaderError::Truncated | crate::format::HeaderError::NotEncrypted, .. })
+            if base.file_size()? < HEADER_REGION_LEN as u64 =>
+        {
+            lock_with_retry(base, sqlite_vfs::LockLevel::Shared)?;
+            let r = open_existing(ctx, path, base);
+            let _ = base.unlock(sqlite_vfs::LockLevel::None);
+            r
+        }
+        other => other,
+    }
+}
