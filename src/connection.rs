@@ -35,6 +35,7 @@ pub struct TdeBuilder {
     default_key: String,
     cache: CacheConfig,
     make_default: bool,
+    base_vfs: Option<String>,
 }
 
 /// Options of one open.
@@ -79,6 +80,13 @@ impl TdeBuilder {
         self
     }
 
+    /// Layer over this registered VFS instead of the default one (tests stack a recording VFS
+    /// underneath to see every byte written).
+    pub fn base_vfs(mut self, name: impl Into<String>) -> Self {
+        self.base_vfs = Some(name.into());
+        self
+    }
+
     /// Register with an explicit KMS.
     pub fn register_with_kms(self, kms: Arc<dyn Kms>) -> Result<Tde> {
         let mut reg = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +98,7 @@ impl TdeBuilder {
         cfg.default_key = self.default_key;
         cfg.cache = self.cache;
         cfg.make_default = self.make_default;
+        cfg.base_vfs = self.base_vfs;
         let ctx = vfs::register_static(cfg)?;
         let tde = Tde { ctx };
         reg.push(tde.clone());
@@ -140,6 +149,7 @@ impl Tde {
             default_key: DEFAULT_KEY_ALIAS.into(),
             cache: CacheConfig::default(),
             make_default: false,
+            base_vfs: None,
         }
     }
 

@@ -13,3 +13,5 @@ pub use error::{Error, Result};
 pub mod connection;
 
 pub use connection::{OpenOptions, Tde, TdeBuilder};
+pub mod cli;
+pub mod inspect;

@@ -151,8 +151,9 @@ impl SqliteApi {
             }
         };
 
-        // SAFETY (all transmutes below): each slot holds the host's function of that name, whose
-        // C signature the target type spells out (sqlite3ext.h); the slot was checked non-null.
+        // SAFETY: every slot read here lies inside a 3.32+ table (checked above); each holds the
+        // host's function of that name, whose C signature the target type spells out
+        // (sqlite3ext.h), and is transmuted only after a non-null check.
         unsafe {
             Ok(SqliteApi {
                 version_number,
@@ -405,8 +406,14 @@ mod tests {
         assert_eq!(routed.version_number, linked.version_number);
         assert!(ptr::fn_addr_eq(routed.vfs_find, linked.vfs_find));
         assert!(ptr::fn_addr_eq(routed.vfs_register, linked.vfs_register));
-        assert!(ptr::fn_addr_eq(routed.vfs_unregister, linked.vfs_unregister));
-        assert!(ptr::fn_addr_eq(routed.database_file_object, linked.database_file_object));
+        assert!(ptr::fn_addr_eq(
+            routed.vfs_unregister,
+            linked.vfs_unregister
+        ));
+        assert!(ptr::fn_addr_eq(
+            routed.database_file_object,
+            linked.database_file_object
+        ));
         assert!(ptr::fn_addr_eq(routed.uri_parameter, linked.uri_parameter));
         assert!(ptr::fn_addr_eq(routed.malloc64, linked.malloc64));
         assert!(ptr::fn_addr_eq(routed.free, linked.free));

@@ -73,11 +73,14 @@ impl ErrorCode {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message} (sqlite code {})", code.sqlite_code())]
 pub struct VfsError {
+    /// What SQLite is told.
     pub code: ErrorCode,
+    /// What the log (`sqlite3_log`) is told.
     pub message: String,
 }
 
 impl VfsError {
+    /// An error with this code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> VfsError {
         VfsError {
             code,

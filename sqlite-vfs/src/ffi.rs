@@ -79,6 +79,10 @@ impl RegisteredVfs {
 
     /// The registered `sqlite3_vfs`, for C APIs that take one. It stays valid for the life of
     /// the process; do not unregister or modify it.
+    ///
+    /// Only SQLite's core may call its `xOpen` with names: main-database names must carry
+    /// SQLite's URI parameter block and journal/WAL names must belong to a pager, because the
+    /// binding passes them to `sqlite3_uri_parameter` and `sqlite3_database_file_object`.
     pub fn as_ptr(&self) -> *mut sys::sqlite3_vfs {
         self.vfs.as_ptr()
     }
@@ -662,13 +666,13 @@ unsafe extern "C" fn x_open<S: Shim>(
         // initialised above.
         unsafe { open_file::<S>(reg, z_name, hdr, base, flags, out_flags) }
     }));
-    let (error, what) = match result {
+    let error = match result {
         Ok(Ok(())) => return sys::SQLITE_OK,
-        Ok(Err(e)) => (e, "open"),
+        Ok(Err(e)) => e,
         Err(payload) => {
             let msg = format!("panic: {}", panic_message(&*payload));
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            (VfsError::new(ErrorCode::CantOpen, msg), "open")
+            VfsError::new(ErrorCode::CantOpen, msg)
         }
     };
     // The open failed after (possibly) opening the base file: close it, or its descriptor and
@@ -686,8 +690,27 @@ unsafe extern "C" fn x_open<S: Shim>(
         (*hdr).shim = ptr::null_mut();
     }
     let code = error.code.sqlite_code();
-    reg.common.log(code, what, &error.message);
+    // SAFETY: zName is SQLite's xOpen argument, null or a NUL-terminated string.
+    let what = match unsafe { path_for_log(z_name) } {
+        Some(p) => format!("open {p}"),
+        None => "open (anonymous)".to_owned(),
+    };
+    reg.common.log(code, &what, &error.message);
     code
+}
+
+/// The file name for a log message.
+///
+/// # Safety
+///
+/// `z_name` must be null or a NUL-terminated string valid for the call.
+unsafe fn path_for_log(z_name: *const c_char) -> Option<String> {
+    if z_name.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, so a NUL-terminated string valid for the call (contract).
+    let name = unsafe { CStr::from_ptr(z_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The fallible part of `x_open`. On error the caller closes the base file if it is open.
@@ -756,8 +779,9 @@ unsafe fn open_file<S: Shim>(
         // SAFETY: for MainDb, zName is made by SQLite's core and lives until close.
         uri: unsafe { UriHandle::new(uri_name, &reg.common.api) },
     };
-    // SAFETY: the base file was opened successfully just above.
     let base_file = BaseFile {
+        // SAFETY: `base` points inside SQLite's non-null file object; the base file was opened
+        // successfully just above.
         ptr: unsafe { NonNull::new_unchecked(base) },
     };
     let shim_file = reg.shim.open(&req, base_file, main_db)?;
@@ -780,10 +804,10 @@ unsafe fn open_file<S: Shim>(
 /// # Safety
 ///
 /// `z_name` must be the name SQLite's pager passed to xOpen for a main-journal or WAL open.
-unsafe fn linked_main_db<'a, S: Shim>(
-    reg: &'a Registration<S>,
+unsafe fn linked_main_db<S: Shim>(
+    reg: &Registration<S>,
     z_name: *const c_char,
-) -> Option<&'a S::File> {
+) -> Option<&S::File> {
     // SAFETY: forwarded contract; the result is the pager's main database file object.
     let db = unsafe { reg.common.api.database_file_object(z_name) };
     if db.is_null() {
@@ -838,10 +862,12 @@ unsafe extern "C" fn x_delete<S: Shim>(
         return rc;
     }
     let base = reg.common.base;
-    // SAFETY: forwarding SQLite's own arguments to the base VFS.
-    match unsafe { (*base).xDelete } {
-        Some(f) => unsafe { f(base, z_name, sync_dir) },
-        None => sys::SQLITE_IOERR_DELETE,
+    // SAFETY: the base VFS outlives the registration; SQLite's own arguments are forwarded.
+    unsafe {
+        match (*base).xDelete {
+            Some(f) => f(base, z_name, sync_dir),
+            None => sys::SQLITE_IOERR_DELETE,
+        }
     }
 }
 
@@ -1687,6 +1713,9 @@ impl BaseFile {
             return Err(missing("xUnlock"));
         };
         // SAFETY: the base file is open.
-        base_result(unsafe { x_unlock(self.ptr.as_ptr(), level.raw()) }, "unlock")
+        base_result(
+            unsafe { x_unlock(self.ptr.as_ptr(), level.raw()) },
+            "unlock",
+        )
     }
 }

@@ -15,11 +15,14 @@ pub enum FileKind {
     SubJournal,
     /// The super-journal of a multi-database commit; holds only file names.
     SuperJournal,
-    /// The database file of the TEMP schema.
+    /// The database file of the TEMP schema, and of any other database opened with an empty
+    /// name: `ATTACH ''` and the whole-database copy plain `VACUUM` makes.
     TempDb,
-    /// The rollback journal of the TEMP database.
+    /// The rollback journal of a temporary database, and the sorter's spill files (runs of
+    /// ORDER BY, GROUP BY, CREATE INDEX), whose writes are not page aligned.
     TempJournal,
-    /// A transient database: sorter runs, materialised views, VACUUM's copy.
+    /// An ephemeral table that outgrew its cache (2 MB by default): DISTINCT, materialised
+    /// views and CTEs, IN lists, UNION.
     TransientDb,
 }
 
@@ -82,21 +85,27 @@ impl FileKind {
 pub struct OpenFlags(pub i32);
 
 impl OpenFlags {
+    /// `SQLITE_OPEN_READONLY`.
     pub fn read_only(self) -> bool {
         self.0 & ffi::SQLITE_OPEN_READONLY != 0
     }
+    /// `SQLITE_OPEN_READWRITE`.
     pub fn read_write(self) -> bool {
         self.0 & ffi::SQLITE_OPEN_READWRITE != 0
     }
+    /// `SQLITE_OPEN_CREATE`.
     pub fn create(self) -> bool {
         self.0 & ffi::SQLITE_OPEN_CREATE != 0
     }
+    /// `SQLITE_OPEN_DELETEONCLOSE`: the base VFS deletes the file when it is closed.
     pub fn delete_on_close(self) -> bool {
         self.0 & ffi::SQLITE_OPEN_DELETEONCLOSE != 0
     }
+    /// `SQLITE_OPEN_EXCLUSIVE`: the file must not exist yet.
     pub fn exclusive(self) -> bool {
         self.0 & ffi::SQLITE_OPEN_EXCLUSIVE != 0
     }
+    /// The flag word (without the file-type bit).
     pub fn raw(self) -> i32 {
         self.0
     }
@@ -111,9 +120,11 @@ impl SyncFlags {
     pub const NORMAL: SyncFlags = SyncFlags(ffi::SQLITE_SYNC_NORMAL);
     /// `SQLITE_SYNC_FULL`.
     pub const FULL: SyncFlags = SyncFlags(ffi::SQLITE_SYNC_FULL);
+    /// `SQLITE_SYNC_FULL` (else `SQLITE_SYNC_NORMAL`).
     pub fn full(self) -> bool {
         self.0 & 0x0f == ffi::SQLITE_SYNC_FULL
     }
+    /// `SQLITE_SYNC_DATAONLY`: the file's metadata (size) need not be synced.
     pub fn data_only(self) -> bool {
         self.0 & ffi::SQLITE_SYNC_DATAONLY != 0
     }
@@ -122,14 +133,20 @@ impl SyncFlags {
 /// File lock levels (`SQLITE_LOCK_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LockLevel {
+    /// No lock.
     None,
+    /// Reading.
     Shared,
+    /// About to write; other connections may still read.
     Reserved,
+    /// Waiting for readers to finish before writing.
     Pending,
+    /// Writing.
     Exclusive,
 }
 
 impl LockLevel {
+    /// Decode an `SQLITE_LOCK_*` value; `None` for anything else.
     pub fn from_raw(v: i32) -> Option<LockLevel> {
         Some(match v {
             ffi::SQLITE_LOCK_NONE => LockLevel::None,
@@ -140,6 +157,7 @@ impl LockLevel {
             _ => return None,
         })
     }
+    /// The `SQLITE_LOCK_*` value.
     pub fn raw(self) -> i32 {
         match self {
             LockLevel::None => ffi::SQLITE_LOCK_NONE,
@@ -154,8 +172,11 @@ impl LockLevel {
 /// `xAccess` check kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessCheck {
+    /// `SQLITE_ACCESS_EXISTS`.
     Exists,
+    /// `SQLITE_ACCESS_READWRITE`.
     ReadWrite,
+    /// `SQLITE_ACCESS_READ`.
     Read,
 }
 
@@ -164,6 +185,7 @@ pub enum AccessCheck {
 pub struct DeviceCharacteristics(pub i32);
 
 impl DeviceCharacteristics {
+    /// Every "writes of this size are atomic" bit, including batch-atomic.
     pub const ATOMIC_ANY: i32 = ffi::SQLITE_IOCAP_ATOMIC
         | ffi::SQLITE_IOCAP_ATOMIC512
         | ffi::SQLITE_IOCAP_ATOMIC1K
@@ -174,13 +196,18 @@ impl DeviceCharacteristics {
         | ffi::SQLITE_IOCAP_ATOMIC32K
         | ffi::SQLITE_IOCAP_ATOMIC64K
         | ffi::SQLITE_IOCAP_BATCH_ATOMIC;
+    /// A crash changes only the bytes being written (see the notes on read-modify-write).
     pub const POWERSAFE_OVERWRITE: i32 = ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE;
+    /// Appended data is written before the file size grows.
     pub const SAFE_APPEND: i32 = ffi::SQLITE_IOCAP_SAFE_APPEND;
+    /// Writes reach storage in the order they were issued.
     pub const SEQUENTIAL: i32 = ffi::SQLITE_IOCAP_SEQUENTIAL;
 
+    /// Whether every bit of `bits` is set.
     pub fn contains(self, bits: i32) -> bool {
         self.0 & bits == bits
     }
+    /// These characteristics with `bits` cleared.
     pub fn without(self, bits: i32) -> DeviceCharacteristics {
         DeviceCharacteristics(self.0 & !bits)
     }

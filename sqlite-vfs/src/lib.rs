@@ -16,6 +16,8 @@
 //! - Short reads are zero-filled and reported as [`ReadStatus::Short`]; the binding turns that
 //!   into `SQLITE_IOERR_SHORT_READ`, as SQLite requires.
 
+#![warn(missing_docs)]
+
 pub mod api;
 mod error;
 mod ffi;
@@ -23,7 +25,7 @@ mod kinds;
 pub mod passthrough;
 
 pub use error::{ErrorCode, VfsError, VfsResult};
-pub use ffi::{register_with_api, RegisterOptions, RegisteredVfs, UriHandle};
+pub use ffi::{register_with_api, RegisterOptions, RegisteredVfs};
 pub use kinds::{AccessCheck, DeviceCharacteristics, FileKind, LockLevel, OpenFlags, SyncFlags};
 
 #[cfg(feature = "static")]
@@ -41,7 +43,8 @@ pub enum ReadStatus {
 /// Outcome of a `PRAGMA` routed to the file through `SQLITE_FCNTL_PRAGMA`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PragmaOutcome {
-    /// Not ours: SQLite handles the pragma itself (`SQLITE_NOTFOUND`).
+    /// Not ours: the binding forwards it to the base file (so a VFS below may answer); the unix
+    /// VFS answers `SQLITE_NOTFOUND` and SQLite then handles the pragma itself.
     NotFound,
     /// Handled; `Some(text)` is returned to the caller as a one-row, one-column result.
     Handled(Option<String>),
@@ -152,7 +155,8 @@ pub trait ShimFile: Send + 'static {
     /// The base file, for shim I/O and for the binding's forwarding defaults.
     fn base(&mut self) -> &mut BaseFile;
 
-    /// Fill `buf` from logical offset `offset`.
+    /// Fill `buf` from logical offset `offset`. The binding zeroes `buf` before the call, so a
+    /// short read only has to fill the bytes that exist.
     fn read(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus>;
 
     /// Write `buf` at logical offset `offset`.

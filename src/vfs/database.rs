@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlite_vfs::{BaseFile, ReadStatus, SyncFlags};
 
 use super::TdeContext;
-use crate::crypto::{kcv_matches, key_check_value, random_array, XtsCipher};
+use crate::crypto::{kcv_matches, key_check_value, random_array, Domain, XtsCipher};
 use crate::error::{Error, Result};
 use crate::format::{choose_slot, Header, HEADER_REGION_LEN, SLOT_LEN};
 use crate::keycache::CacheKey;
@@ -69,7 +69,49 @@ pub fn open_existing(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Resul
     let (header, _slot) =
         choose_slot(&region).map_err(|source| Error::Header { path: path.to_string(), source })?;
     let cipher = unlock(ctx, path, &header)?;
+    verify_content_key(path, base, &cipher)?;
     Ok(Database { path: path.to_string(), header: Mutex::new(header), cipher })
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+
+/// The key-check value proves the DEK matches the header; this proves the header matches the
+/// pages (a header restored from, or swapped with, another database has a consistent but
+/// wrong DEK). Page 1 must decrypt to SQLite's magic. A database whose page 1 was never
+/// completely written (power loss during its first transaction) is accepted when its hot
+/// journal or WAL decrypts to a valid magic instead, so SQLite can recover it. Runs before
+/// SQLite reads anything, so a wrong key never reaches recovery.
+fn verify_content_key(path: &str, base: &mut BaseFile, cipher: &XtsCipher) -> Result<()> {
+    let size = base.file_size()?;
+    if size < (HEADER_REGION_LEN + 16) as u64 {
+        return Ok(()); // no page written yet
+    }
+    let mut block = [0u8; 16];
+    base.read(&mut block, HEADER_REGION_LEN as u64)?;
+    if block != [0u8; 16] {
+        cipher.decrypt(Domain::Database, 0, &mut block);
+        if &block == SQLITE_MAGIC {
+            return Ok(());
+        }
+    }
+    // Journals are not locked by SQLite, so reading them through a second descriptor cannot
+    // drop any lock.
+    let mut probe = |suffix: &str, domain: Domain, ok: &dyn Fn(&[u8; 16]) -> bool| -> bool {
+        let Ok(mut f) = std::fs::File::open(format!("{path}{suffix}")) else { return false };
+        let mut b = [0u8; 16];
+        if std::io::Read::read_exact(&mut f, &mut b).is_err() {
+            return false;
+        }
+        cipher.decrypt(domain, 0, &mut b);
+        ok(&b)
+    };
+    if probe("-journal", Domain::Journal, &|b| b[..8] == JOURNAL_MAGIC)
+        || probe("-wal", Domain::Wal, &|b| b[..3] == [0x37, 0x7f, 0x06] && (b[3] & 0xfe) == 0x82)
+    {
+        return Ok(());
+    }
+    Err(Error::WrongKey { path: path.to_string() })
 }
 
 /// Create the header of a new, empty database file under `key` and make it durable.

@@ -49,6 +49,8 @@ pub struct VfsConfig {
     pub cache: CacheConfig,
     /// Register as the process's default VFS.
     pub make_default: bool,
+    /// VFS to layer over (`None`: the default VFS).
+    pub base_vfs: Option<String>,
 }
 
 impl VfsConfig {
@@ -59,6 +61,7 @@ impl VfsConfig {
             default_key: DEFAULT_KEY_ALIAS.into(),
             cache: CacheConfig::default(),
             make_default: false,
+            base_vfs: None,
         }
     }
 }
@@ -109,7 +112,7 @@ fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
         cache: KeyCache::new(config.cache),
         vfs_name: config.name,
     });
-    let opts = RegisterOptions { base: None, make_default: config.make_default };
+    let opts = RegisterOptions { base: config.base_vfs, make_default: config.make_default };
     (ctx.clone(), TdeShim { ctx }, opts)
 }
 

@@ -38,6 +38,22 @@ pub fn passthrough(tag: &str, config: PassThroughConfig) -> Vfs {
     Vfs { reg, stats }
 }
 
+/// A fresh empty directory. On Linux it lives in /dev/shm when available: every commit fsyncs,
+/// and on a disk shared with busy builds fsync alone can take seconds; tmpfs supports all that
+/// SQLite needs (POSIX locks, shared memory, mmap) and still sees every sync call.
+pub fn tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("sqlite-vfs-")
+            .tempdir_in(shm)
+        {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("temporary directory")
+}
+
 pub fn flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -117,8 +133,8 @@ pub fn compare<F>(vfs: &Vfs, workload: F)
 where
     F: Fn(&Path, Option<&str>) -> Vec<Rows>,
 {
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
+    let a = tempdir();
+    let b = tempdir();
     let via_shim = workload(a.path(), Some(vfs.name()));
     let plain = workload(b.path(), None);
     assert_eq!(via_shim.len(), plain.len());

@@ -1,0 +1,115 @@
+//! `sqlite-tde info DB`: what an encrypted database is and which key it needs.
+//!
+//! The header fields come from the plaintext header region, so they are reported even when
+//! the key is unavailable; the page size needs the key (it lives in the encrypted page 1).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::error::{CliError, CliResult};
+use super::{open, Global};
+use crate::format::{Header, FORMAT_VERSION};
+use crate::inspect::read_header;
+use crate::OpenOptions;
+
+/// Arguments of `sqlite-tde info`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InfoArgs {
+    /// Database file.
+    #[arg(value_name = "DB")]
+    pub db: PathBuf,
+}
+
+/// Name of the only cipher of format version 1.
+pub const CIPHER_NAME: &str = "aes-256-xts";
+
+/// Run `sqlite-tde info`. When the header is readable but the database cannot be opened
+/// (key unavailable), the header fields are still printed, `page_size` is `null`, and the
+/// error is reported with its exit code.
+pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
+    let (header, slot) = read_header(&args.db)?;
+    let mut fields = header_fields(&header, slot);
+    fields.extend(file_sizes(&args.db));
+    let opened = open_stats(&global.keystore, &args.db);
+    let (stats, failure) = match opened {
+        Ok(stats) => (stats, None),
+        Err(e) => (vec![("page_size", Value::Null)], Some(e)),
+    };
+    fields.extend(stats);
+
+    let mut out = io::stdout().lock();
+    if global.json {
+        let map: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(map))?)?;
+    } else {
+        for (name, value) in fields {
+            match value {
+                // Absent facts (no WAL file, page size without the key) are left out.
+                Value::Null => {}
+                Value::String(s) => writeln!(out, "{name}: {s}")?,
+                other => writeln!(out, "{name}: {other}")?,
+            }
+        }
+    }
+    out.flush()?;
+    match failure {
+        Some(mut e) => {
+            e.message = format!("cannot open the database to read its page size: {}", e.message);
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+/// The report's fields from the header, in display order.
+fn header_fields(h: &Header, slot: usize) -> Vec<(&'static str, Value)> {
+    let mut v = vec![
+        ("format_version", json!(FORMAT_VERSION)),
+        ("cipher", json!(CIPHER_NAME)),
+        ("db_uuid", json!(uuid::Uuid::from_bytes(h.db_uuid).hyphenated().to_string())),
+        ("key_id", json!(h.key.key_id())),
+        ("key_uri", json!(h.key.uri)),
+        ("key_version", json!(h.key.version)),
+        ("dek_created", json!(h.dek_created)),
+        ("header_sequence", json!(h.sequence)),
+        ("active_slot", json!(if slot == 0 { "A" } else { "B" })),
+        ("rekey_in_progress", json!(h.rekey.is_some())),
+    ];
+    if let Some(r) = &h.rekey {
+        v.push(("rekey_key_uri", json!(r.key.uri)));
+        v.push(("rekey_key_version", json!(r.key.version)));
+        v.push(("rekey_progress", json!(r.progress)));
+    }
+    v
+}
+
+/// Physical sizes of the database and its journal files (`null` for a file that is absent).
+fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
+    let size = |p: PathBuf| std::fs::metadata(p).map(|m| json!(m.len())).unwrap_or(Value::Null);
+    let with_suffix = |s: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(s);
+        PathBuf::from(p)
+    };
+    vec![
+        ("file_size", size(db.to_path_buf())),
+        ("wal_size", size(with_suffix("-wal"))),
+        ("journal_size", size(with_suffix("-journal"))),
+    ]
+}
+
+/// Facts that need the key: open read-only through the VFS and ask SQLite.
+fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, CliError> {
+    let tde = open::register(keystore)?;
+    let conn = open::open(&tde, db, &OpenOptions { key: None, read_only: true, must_exist: true })?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    Ok(vec![
+        ("page_size", json!(page_size)),
+        ("page_count", json!(page_count)),
+        ("journal_mode", json!(journal_mode)),
+    ])
+}
