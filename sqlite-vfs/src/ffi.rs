@@ -16,6 +16,10 @@
 //! registration, a file's `pMethods` identifies which registration (and shim type) opened it;
 //! that is how journal and WAL opens find their main database's shim file.
 //!
+//! The base file object is reached only through a `BaseCell` (a mutex around its pointer, shared
+//! with the shim's `BaseFile`), so that a `BaseFile` kept past `xClose` or moved to another
+//! thread can never touch freed memory or race with the binding.
+//!
 //! Every trampoline that runs shim code catches panics: unwinding out of an `extern "C"`
 //! function aborts the process. A panic inside a file's method *poisons* that file: the shim's
 //! invariants may be broken (half-updated state, key material), so further I/O fails with
@@ -28,7 +32,7 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use libsqlite3_sys as sys;
 
@@ -332,10 +336,9 @@ struct FileHeader<S: Shim> {
     reg: *const Registration<S>,
     /// The shim's file, from `Box::into_raw`; null until the open succeeded and after close.
     shim: *mut S::File,
-    /// The base VFS's file, at `base_offset::<S>()` inside the same allocation.
-    base: *mut sys::sqlite3_file,
-    /// The lock level SQLite believes this file holds (see `x_lock`).
-    lock: LockLevel,
+    /// The base VFS's file (at `base_offset::<S>()` inside the same allocation), shared with
+    /// the shim's [`BaseFile`]; `None` until it is open and after it is closed.
+    base: Option<Arc<BaseCell>>,
     /// Set when a shim method panicked; see the module documentation.
     poisoned: bool,
 }
@@ -490,15 +493,111 @@ unsafe fn with_shim<S: Shim, R>(
     r
 }
 
-/// The base file's methods, or `None` when it is not open.
+// ---------------------------------------------------------------------------------------------
+// The base file, shared by the binding and the shim's BaseFile
+// ---------------------------------------------------------------------------------------------
+
+/// The base file object inside one of our file objects, plus the lock level SQLite believes the
+/// file holds.
 ///
-/// # Safety
-///
-/// `base` must point to a base file object inside one of our file objects.
-unsafe fn base_methods<'a>(base: *mut sys::sqlite3_file) -> Option<&'a sys::sqlite3_io_methods> {
-    // SAFETY: per the contract `base` is valid; pMethods is null or points to the base VFS's
-    // static (or otherwise file-outliving) methods table.
-    unsafe { (*base).pMethods.as_ref() }
+/// A [`BaseFile`] is an owned, `Send` handle, so safe shim code could keep it beyond `xClose`
+/// (after which SQLite frees the memory) or use it from another thread. Every access therefore
+/// goes through this cell's mutex, and `close` empties the slot under that mutex before the
+/// memory is released: a late or concurrent use finds the file closed (an error), never freed
+/// memory, and calls into the base file are never concurrent. The mutex is uncontended in
+/// normal operation (SQLite calls one file from one thread at a time).
+pub(crate) struct BaseCell {
+    state: Mutex<CellState>,
+}
+
+struct CellState {
+    /// The open base file; `None` once closed.
+    file: Option<NonNull<sys::sqlite3_file>>,
+    /// What SQLite believes it holds: changes only when an `xLock`/`xUnlock` returns
+    /// `SQLITE_OK`. Kept here so that [`BaseFile::unlock`] never releases SQLite's own lock.
+    sqlite_lock: LockLevel,
+}
+
+// SAFETY: the raw pointer is only dereferenced by `CellState::call`, which needs the mutex held
+// (it is reached only through the guard) and the slot non-empty; `close` empties the slot under
+// the mutex before xClose returns to SQLite, which frees the memory only afterwards. So every
+// use, from whichever thread, is serialised and reaches live memory.
+unsafe impl Send for BaseCell {}
+// SAFETY: as for `Send`: all shared access goes through the mutex.
+unsafe impl Sync for BaseCell {}
+
+impl BaseCell {
+    fn new(file: NonNull<sys::sqlite3_file>) -> BaseCell {
+        BaseCell {
+            state: Mutex::new(CellState {
+                file: Some(file),
+                sqlite_lock: LockLevel::None,
+            }),
+        }
+    }
+
+    /// Lock the cell. Poisoning is ignored: nothing that runs under the lock can leave the
+    /// state half-updated (a pointer and a lock level, each written in one step).
+    fn state(&self) -> MutexGuard<'_, CellState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Run `f` with the open base file and its methods; `None` once it is closed.
+    fn with<R>(
+        &self,
+        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R,
+    ) -> Option<R> {
+        self.state().call(f)
+    }
+
+    /// Close the base file (once; later calls do nothing and return `SQLITE_OK`).
+    fn close(&self) -> c_int {
+        let mut state = self.state();
+        let Some(file) = state.file.take() else {
+            return sys::SQLITE_OK;
+        };
+        let file = file.as_ptr();
+        // SAFETY: the slot held the pointer, so the base file is open and its memory live (see
+        // the `Send` impl); it was just taken out, so this is the last use.
+        unsafe {
+            let Some(methods) = (*file).pMethods.as_ref() else {
+                return sys::SQLITE_OK;
+            };
+            let rc = methods.xClose.map_or(sys::SQLITE_OK, |close| close(file));
+            (*file).pMethods = ptr::null();
+            rc
+        }
+    }
+}
+
+impl CellState {
+    /// Run `f` with the open base file and its methods; `None` once it is closed. Callers hold
+    /// the cell's mutex (a `CellState` is only reachable through its guard).
+    fn call<R>(
+        &self,
+        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R,
+    ) -> Option<R> {
+        let file = self.file?.as_ptr();
+        // SAFETY: the slot holds the pointer and the mutex is held, so the base file is open and
+        // its memory live (see the `Send` impl of `BaseCell`); pMethods of an open file points
+        // to the base VFS's methods table, which outlives the file.
+        let methods = unsafe { (*file).pMethods.as_ref() }?;
+        Some(f(file, methods))
+    }
+}
+
+impl<S: Shim> FileHeader<S> {
+    /// Run `f` with the open base file and its methods, or return `closed`.
+    fn with_base<R>(
+        &self,
+        closed: R,
+        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R,
+    ) -> R {
+        match self.base.as_deref().and_then(|cell| cell.with(f)) {
+            Some(r) => r,
+            None => closed,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,11 +605,18 @@ unsafe fn base_methods<'a>(base: *mut sys::sqlite3_file) -> Option<&'a sys::sqli
 // ---------------------------------------------------------------------------------------------
 
 impl BaseFile {
-    fn methods(&self) -> &sys::sqlite3_io_methods {
-        // SAFETY: a BaseFile is only created for a base file that was opened successfully, and the
-        // binding closes that file only after the owning shim file is done with it, so pMethods
-        // is the base VFS's (non-null) methods table.
-        unsafe { &*(*self.ptr.as_ptr()).pMethods }
+    /// Run `f` with the open base file; an error once it is closed.
+    fn call<R>(
+        &self,
+        what: &str,
+        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> VfsResult<R>,
+    ) -> VfsResult<R> {
+        self.cell.with(f).unwrap_or_else(|| {
+            Err(VfsError::new(
+                ErrorCode::Io,
+                format!("{what}: the base file is already closed"),
+            ))
+        })
     }
 
     /// Read `buf.len()` bytes at `offset` from the base file. A read past the end of the file
@@ -518,78 +624,131 @@ impl BaseFile {
     pub fn read(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
         let amt = len_to_c_int(buf.len(), "read")?;
         let ofst = offset_to_i64(offset, "read")?;
-        let Some(x_read) = self.methods().xRead else {
-            return Err(missing("xRead"));
-        };
-        // SAFETY: `buf` is valid for writes of `amt` bytes for the duration of the call and the
-        // base file is open (see `methods`).
-        let rc = unsafe { x_read(self.ptr.as_ptr(), buf.as_mut_ptr().cast(), amt, ofst) };
-        match rc {
-            sys::SQLITE_OK => Ok(ReadStatus::Full),
-            sys::SQLITE_IOERR_SHORT_READ => Ok(ReadStatus::Short),
-            rc => Err(VfsError::from_base(rc, "read")),
-        }
+        self.call("read", |file, m| {
+            let x_read = m.xRead.ok_or_else(|| missing("xRead"))?;
+            // SAFETY: `file` is the open base file (`BaseCell::with`); `buf` is valid for writes
+            // of `amt` bytes for the duration of the call.
+            let rc = unsafe { x_read(file, buf.as_mut_ptr().cast(), amt, ofst) };
+            match rc {
+                sys::SQLITE_OK => Ok(ReadStatus::Full),
+                sys::SQLITE_IOERR_SHORT_READ => Ok(ReadStatus::Short),
+                rc => Err(VfsError::from_base(rc, "read")),
+            }
+        })
     }
 
     /// Write `buf` at `offset` to the base file.
     pub fn write(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
         let amt = len_to_c_int(buf.len(), "write")?;
         let ofst = offset_to_i64(offset, "write")?;
-        let Some(x_write) = self.methods().xWrite else {
-            return Err(missing("xWrite"));
-        };
-        // SAFETY: `buf` is valid for reads of `amt` bytes for the call; the base file is open.
-        let rc = unsafe { x_write(self.ptr.as_ptr(), buf.as_ptr().cast(), amt, ofst) };
-        base_result(rc, "write")
+        self.call("write", |file, m| {
+            let x_write = m.xWrite.ok_or_else(|| missing("xWrite"))?;
+            // SAFETY: `file` is the open base file; `buf` is valid for reads of `amt` bytes.
+            let rc = unsafe { x_write(file, buf.as_ptr().cast(), amt, ofst) };
+            base_result(rc, "write")
+        })
     }
 
     /// Truncate the base file to `size` bytes.
     pub fn truncate(&mut self, size: u64) -> VfsResult<()> {
         let size = offset_to_i64(size, "truncate")?;
-        let Some(x_truncate) = self.methods().xTruncate else {
-            return Err(missing("xTruncate"));
-        };
-        // SAFETY: the base file is open.
-        base_result(unsafe { x_truncate(self.ptr.as_ptr(), size) }, "truncate")
+        self.call("truncate", |file, m| {
+            let x_truncate = m.xTruncate.ok_or_else(|| missing("xTruncate"))?;
+            // SAFETY: `file` is the open base file.
+            base_result(unsafe { x_truncate(file, size) }, "truncate")
+        })
     }
 
     /// Sync the base file.
     pub fn sync(&mut self, flags: SyncFlags) -> VfsResult<()> {
-        let Some(x_sync) = self.methods().xSync else {
-            return Err(missing("xSync"));
-        };
-        // SAFETY: the base file is open.
-        base_result(unsafe { x_sync(self.ptr.as_ptr(), flags.0) }, "sync")
+        self.call("sync", |file, m| {
+            let x_sync = m.xSync.ok_or_else(|| missing("xSync"))?;
+            // SAFETY: `file` is the open base file.
+            base_result(unsafe { x_sync(file, flags.0) }, "sync")
+        })
     }
 
     /// Size of the base file in bytes.
     pub fn file_size(&mut self) -> VfsResult<u64> {
-        let Some(x_file_size) = self.methods().xFileSize else {
-            return Err(missing("xFileSize"));
-        };
-        let mut size: sys::sqlite3_int64 = 0;
-        // SAFETY: the base file is open and `size` is a valid out-pointer for the call.
-        let rc = unsafe { x_file_size(self.ptr.as_ptr(), &mut size) };
-        base_result(rc, "file size")?;
+        let size = self.call("file size", |file, m| {
+            let x_file_size = m.xFileSize.ok_or_else(|| missing("xFileSize"))?;
+            let mut size: sys::sqlite3_int64 = 0;
+            // SAFETY: `file` is the open base file; `size` is a valid out-pointer.
+            base_result(unsafe { x_file_size(file, &mut size) }, "file size")?;
+            Ok(size)
+        })?;
         u64::try_from(size).map_err(|_| VfsError::new(ErrorCode::Fstat, "negative base file size"))
     }
 
-    /// The base file's sector size (SQLite's default, 4096, if the base does not say).
+    /// The base file's sector size (SQLite's default, 4096, if the base does not say or the
+    /// file is closed).
     pub fn sector_size(&mut self) -> u32 {
-        match self.methods().xSectorSize {
-            // SAFETY: the base file is open.
-            Some(f) => u32::try_from(unsafe { f(self.ptr.as_ptr()) }).unwrap_or(0),
-            None => 4096,
-        }
+        self.cell
+            .with(|file, m| match m.xSectorSize {
+                // SAFETY: `file` is the open base file.
+                Some(f) => u32::try_from(unsafe { f(file) }).unwrap_or(0),
+                None => 4096,
+            })
+            .unwrap_or(4096)
     }
 
-    /// The base file's device characteristics (`SQLITE_IOCAP_*`).
+    /// The base file's device characteristics (`SQLITE_IOCAP_*`; none once closed).
     pub fn device_characteristics(&mut self) -> DeviceCharacteristics {
-        match self.methods().xDeviceCharacteristics {
-            // SAFETY: the base file is open.
-            Some(f) => DeviceCharacteristics(unsafe { f(self.ptr.as_ptr()) }),
-            None => DeviceCharacteristics(0),
+        self.cell
+            .with(|file, m| match m.xDeviceCharacteristics {
+                // SAFETY: `file` is the open base file.
+                Some(f) => DeviceCharacteristics(unsafe { f(file) }),
+                None => DeviceCharacteristics(0),
+            })
+            .unwrap_or(DeviceCharacteristics(0))
+    }
+
+    /// Take (or upgrade to) `level` on the base file, with SQLite's lock protocol (a shim uses
+    /// this to serialise its own metadata updates with other connections, e.g. while creating
+    /// a header). Returns `Busy` when another connection holds a conflicting lock.
+    ///
+    /// The lock is shared with SQLite's: lock levels belong to the file, not to the caller.
+    /// Release it with [`BaseFile::unlock`], which never goes below what SQLite itself holds.
+    pub fn lock(&mut self, level: LockLevel) -> VfsResult<()> {
+        self.call("lock", |file, m| {
+            let x_lock = m.xLock.ok_or_else(|| missing("xLock"))?;
+            // SAFETY: `file` is the open base file; `level` is a valid SQLITE_LOCK_* value.
+            match unsafe { x_lock(file, level.raw()) } {
+                sys::SQLITE_OK => Ok(()),
+                sys::SQLITE_BUSY => Err(VfsError::new(ErrorCode::Busy, "base file is locked")),
+                rc => Err(VfsError::from_base(rc, "lock")),
+            }
+        })
+    }
+
+    /// Release locks down to `level` (`Shared` or `None`), but never below the level SQLite
+    /// holds on this file: then down to SQLite's level, or not at all while SQLite holds
+    /// RESERVED or more (`xUnlock` cannot return to those), in which case the shim's extra lock
+    /// is released with SQLite's own next unlock.
+    pub fn unlock(&mut self, level: LockLevel) -> VfsResult<()> {
+        if level > LockLevel::Shared {
+            return Err(VfsError::new(
+                ErrorCode::Misuse,
+                format!("unlock to {level:?}: only Shared or None"),
+            ));
         }
+        let state = self.cell.state();
+        if state.sqlite_lock > LockLevel::Shared {
+            return Ok(());
+        }
+        let target = level.max(state.sqlite_lock);
+        state
+            .call(|file, m| {
+                let x_unlock = m.xUnlock.ok_or_else(|| missing("xUnlock"))?;
+                // SAFETY: `file` is the open base file; `target` is NONE or SHARED.
+                base_result(unsafe { x_unlock(file, target.raw()) }, "unlock")
+            })
+            .unwrap_or_else(|| {
+                Err(VfsError::new(
+                    ErrorCode::Io,
+                    "unlock: the base file is already closed",
+                ))
+            })
     }
 }
 
@@ -653,8 +812,7 @@ unsafe extern "C" fn x_open<S: Shim>(
             },
             reg: ptr::from_ref(reg),
             shim: ptr::null_mut(),
-            base,
-            lock: LockLevel::None,
+            base: None,
             poisoned: false,
         });
         (*base).pMethods = ptr::null();
@@ -676,15 +834,23 @@ unsafe extern "C" fn x_open<S: Shim>(
         }
     };
     // The open failed after (possibly) opening the base file: close it, or its descriptor and
-    // locks would leak. The shim file, if any was made, was already dropped.
-    // SAFETY: `base` is the base file object initialised above; a non-null pMethods means the
-    // base VFS considers it open.
+    // locks would leak. The shim file, if any was made, was already dropped; a BaseFile the
+    // shim kept finds the file closed.
+    // SAFETY: `hdr` and `base` were initialised above. A base open that failed but left a
+    // non-null pMethods (which SQLite's own VFSes never do) is closed as SQLite would close it.
     unsafe {
-        if let Some(m) = base_methods(base) {
-            if let Some(close) = m.xClose {
-                close(base);
+        match (*hdr).base.take() {
+            Some(cell) => {
+                cell.close();
             }
-            (*base).pMethods = ptr::null();
+            None => {
+                if let Some(m) = (*base).pMethods.as_ref() {
+                    if let Some(close) = m.xClose {
+                        close(base);
+                    }
+                    (*base).pMethods = ptr::null();
+                }
+            }
         }
         (*hdr).file.pMethods = ptr::null();
         (*hdr).shim = ptr::null_mut();
@@ -760,6 +926,14 @@ unsafe fn open_file<S: Shim>(
     if rc != sys::SQLITE_OK {
         return Err(VfsError::from_base(rc, "open"));
     }
+    // SAFETY: the base is open, so its pMethods points to its methods table.
+    let version = unsafe { (*(*base).pMethods).iVersion }.clamp(1, 3);
+    // From here on every use of the base file goes through the cell (see `BaseCell`). The
+    // header holds it first, so x_open's error path closes the file whatever happens next.
+    // SAFETY: `base` points inside SQLite's non-null file object.
+    let cell = Arc::new(BaseCell::new(unsafe { NonNull::new_unchecked(base) }));
+    // SAFETY: `hdr` was initialised by x_open and nothing else references it yet.
+    unsafe { (*hdr).base = Some(Arc::clone(&cell)) };
 
     let main_db = if kind.is_linked_to_main_db() && !z_name.is_null() {
         // SAFETY: SQLite's pager passes its own journal/WAL name to xOpen for these kinds.
@@ -779,15 +953,8 @@ unsafe fn open_file<S: Shim>(
         // SAFETY: for MainDb, zName is made by SQLite's core and lives until close.
         uri: unsafe { UriHandle::new(uri_name, &reg.common.api) },
     };
-    let base_file = BaseFile {
-        // SAFETY: `base` points inside SQLite's non-null file object; the base file was opened
-        // successfully just above.
-        ptr: unsafe { NonNull::new_unchecked(base) },
-    };
-    let shim_file = reg.shim.open(&req, base_file, main_db)?;
+    let shim_file = reg.shim.open(&req, BaseFile { cell }, main_db)?;
 
-    // SAFETY: the base is open, so its pMethods is non-null.
-    let version = unsafe { (*(*base).pMethods).iVersion }.clamp(1, 3);
     // SAFETY: `hdr` was initialised by x_open; nothing else references it yet.
     unsafe {
         (*hdr).shim = Box::into_raw(Box::new(shim_file));
@@ -1090,19 +1257,11 @@ unsafe extern "C" fn x_close<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
             .0;
         }
     }
-    // SAFETY: the base file is part of this file object and was opened by x_open.
-    let base_rc = unsafe {
-        match base_methods(hdr.base) {
-            Some(m) => {
-                let rc = m.xClose.map_or(sys::SQLITE_OK, |f| f(hdr.base));
-                (*hdr.base).pMethods = ptr::null();
-                rc
-            }
-            None => sys::SQLITE_OK,
-        }
-    };
-    // The shim file (and the BaseFile inside it, a plain pointer without Drop) goes last, so a
-    // shim that wipes secrets on drop does so after every use of them.
+    // Close the base file. Any BaseFile the shim still holds fails from now on instead of
+    // reaching memory SQLite is about to free.
+    let base_rc = hdr.base.take().map_or(sys::SQLITE_OK, |cell| cell.close());
+    // The shim file goes last, so a shim that wipes secrets on drop does so after every use of
+    // them. (Its BaseFile is already closed: final writes belong in `close`.)
     if let Some(s) = shim {
         guard(common, "close (drop)", (), move || drop(s));
     }
@@ -1223,37 +1382,44 @@ unsafe extern "C" fn x_file_size<S: Shim>(
 
 /// `xLock`: lock the base file, then tell the shim.
 ///
-/// `hdr.lock` tracks the level SQLite *believes* the file holds: it changes only when an
-/// `xLock`/`xUnlock` returns `SQLITE_OK`, and `after_lock_change` is called exactly when it
-/// changes. When the shim rejects an upgrade from NONE or SHARED, the base is unlocked back to
-/// that level. From RESERVED (an upgrade to EXCLUSIVE) the base cannot go back (`xUnlock` only
-/// knows SHARED and NONE), so it keeps the stronger lock until SQLite's next `xUnlock`; that is
-/// the same state a busy EXCLUSIVE attempt leaves the unix VFS in (holding PENDING), and it is
-/// safe: holding more than SQLite thinks only delays other connections.
+/// The cell's `sqlite_lock` tracks the level SQLite *believes* the file holds: it changes only
+/// when an `xLock`/`xUnlock` returns `SQLITE_OK`, and `after_lock_change` is called exactly
+/// when it changes. When the shim rejects an upgrade from NONE or SHARED, the base is unlocked
+/// back to that level. From RESERVED (an upgrade to EXCLUSIVE) the base cannot go back
+/// (`xUnlock` only knows SHARED and NONE), so it keeps the stronger lock until SQLite's next
+/// `xUnlock`; that is the same state a busy EXCLUSIVE attempt leaves the unix VFS in (holding
+/// PENDING), and it is safe: holding more than SQLite thinks only delays other connections.
 unsafe extern "C" fn x_lock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines.
-    let hdr = unsafe { header::<S>(file) };
     let Some(new) = LockLevel::from_raw(level) else {
         return sys::SQLITE_IOERR_LOCK;
     };
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
     if hdr.poisoned {
         return sys::SQLITE_IOERR_LOCK;
     }
-    let base = hdr.base;
-    // SAFETY: the base file is open while our file is.
-    let Some(m) = (unsafe { base_methods(base) }) else {
+    let Some(cell) = hdr.base.clone() else {
         return sys::SQLITE_IOERR_LOCK;
     };
-    let Some(base_lock) = m.xLock else {
-        return sys::SQLITE_IOERR_LOCK;
+    // SAFETY: the registration is leaked and outlives every file.
+    let common = unsafe { &(*hdr.reg).common };
+    let previous = {
+        let mut state = cell.state();
+        let rc = state
+            .call(|base, m| match m.xLock {
+                // SAFETY: `base` is the open base file; SQLite's lock level is forwarded.
+                Some(lock) => unsafe { lock(base, level) },
+                None => sys::SQLITE_IOERR_LOCK,
+            })
+            .unwrap_or(sys::SQLITE_IOERR_LOCK);
+        let previous = state.sqlite_lock;
+        if rc != sys::SQLITE_OK || new <= previous {
+            return rc;
+        }
+        state.sqlite_lock = new;
+        previous
     };
-    // SAFETY: forwarding SQLite's arguments to the open base file.
-    let rc = unsafe { base_lock(base, level) };
-    let previous = hdr.lock;
-    if rc != sys::SQLITE_OK || new <= previous {
-        return rc;
-    }
-    hdr.lock = new;
+    // The cell is unlocked while the shim runs: it may use its BaseFile.
     // SAFETY: see the comment above the I/O trampolines.
     let rc = unsafe {
         with_shim::<S, _>(file, "lock", sys::SQLITE_IOERR_LOCK, |f, c| {
@@ -1261,18 +1427,18 @@ unsafe extern "C" fn x_lock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int)
         })
     };
     if rc != sys::SQLITE_OK {
-        // SAFETY: re-borrow after with_shim's borrow ended; same contract.
-        let hdr = unsafe { header::<S>(file) };
-        hdr.lock = previous;
+        let mut state = cell.state();
+        state.sqlite_lock = previous;
         if previous <= LockLevel::Shared {
-            if let Some(unlock) = m.xUnlock {
-                // SAFETY: the base file is open; NONE and SHARED are valid xUnlock levels.
-                let urc = unsafe { unlock(base, previous.raw()) };
-                if urc != sys::SQLITE_OK {
-                    // SAFETY: the registration outlives every file.
-                    let common = unsafe { &(*hdr.reg).common };
-                    common.log(urc, "lock", "could not release the lock the shim rejected");
-                }
+            let urc = state
+                .call(|base, m| match m.xUnlock {
+                    // SAFETY: `base` is the open base file; NONE and SHARED are valid levels.
+                    Some(unlock) => unsafe { unlock(base, previous.raw()) },
+                    None => sys::SQLITE_IOERR_UNLOCK,
+                })
+                .unwrap_or(sys::SQLITE_IOERR_UNLOCK);
+            if urc != sys::SQLITE_OK {
+                common.log(urc, "lock", "could not release the lock the shim rejected");
             }
         }
     }
@@ -1280,23 +1446,29 @@ unsafe extern "C" fn x_lock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int)
 }
 
 unsafe extern "C" fn x_unlock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines.
-    let hdr = unsafe { header::<S>(file) };
     let Some(new) = LockLevel::from_raw(level) else {
         return sys::SQLITE_IOERR_UNLOCK;
     };
-    let base = hdr.base;
-    // Forwarded even for a poisoned file: locks must be released.
-    // SAFETY: the base file is open while our file is.
-    let rc = match unsafe { base_methods(base) }.and_then(|m| m.xUnlock) {
-        // SAFETY: forwarding SQLite's arguments to the open base file.
-        Some(unlock) => unsafe { unlock(base, level) },
-        None => sys::SQLITE_IOERR_UNLOCK,
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    let Some(cell) = hdr.base.clone() else {
+        return sys::SQLITE_IOERR_UNLOCK;
     };
-    if rc != sys::SQLITE_OK || new >= hdr.lock {
-        return rc;
+    // Forwarded even for a poisoned file: locks must be released.
+    {
+        let mut state = cell.state();
+        let rc = state
+            .call(|base, m| match m.xUnlock {
+                // SAFETY: `base` is the open base file; SQLite's lock level is forwarded.
+                Some(unlock) => unsafe { unlock(base, level) },
+                None => sys::SQLITE_IOERR_UNLOCK,
+            })
+            .unwrap_or(sys::SQLITE_IOERR_UNLOCK);
+        if rc != sys::SQLITE_OK || new >= state.sqlite_lock {
+            return rc;
+        }
+        state.sqlite_lock = new;
     }
-    hdr.lock = new;
     // SAFETY: see the comment above the I/O trampolines. A poisoned file returns OK here: the
     // base lock was released, and that is all SQLite asked for.
     unsafe {
@@ -1310,29 +1482,35 @@ unsafe extern "C" fn x_check_reserved_lock<S: Shim>(
     file: *mut sys::sqlite3_file,
     out: *mut c_int,
 ) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
-    unsafe {
-        let base = header::<S>(file).base;
-        match base_methods(base).and_then(|m| m.xCheckReservedLock) {
-            Some(f) => f(base, out),
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_IOERR_CHECKRESERVEDLOCK, |base, m| {
+        match m.xCheckReservedLock {
+            // SAFETY: `base` is the open base file; `out` is SQLite's out-pointer.
+            Some(f) => unsafe { f(base, out) },
             None => sys::SQLITE_IOERR_CHECKRESERVEDLOCK,
         }
-    }
+    })
 }
 
 /// Forward a file control to the base file with SQLite's original argument.
 ///
 /// # Safety
 ///
-/// `base` is an open base file; `arg` is the argument SQLite passed with `op`.
-unsafe fn forward_file_control(base: *mut sys::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
-    // SAFETY: per the contract.
-    unsafe {
-        match base_methods(base).and_then(|m| m.xFileControl) {
-            Some(f) => f(base, op, arg),
-            None => sys::SQLITE_NOTFOUND,
-        }
-    }
+/// As for the I/O trampolines; `arg` is the argument SQLite passed with `op`.
+unsafe fn forward_file_control<S: Shim>(
+    file: *mut sys::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_NOTFOUND, |base, m| match m.xFileControl {
+        // SAFETY: `base` is the open base file; `op` and `arg` are SQLite's, as the contract
+        // requires, and mean the same to the base.
+        Some(f) => unsafe { f(base, op, arg) },
+        None => sys::SQLITE_NOTFOUND,
+    })
 }
 
 unsafe extern "C" fn x_file_control<S: Shim>(
@@ -1340,18 +1518,15 @@ unsafe extern "C" fn x_file_control<S: Shim>(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines.
-    let hdr = unsafe { header::<S>(file) };
-    let base = hdr.base;
-    // SAFETY: the registration outlives every file.
-    let common = unsafe { &(*hdr.reg).common };
+    // SAFETY: see the comment above the I/O trampolines; the registration outlives every file.
+    let common = unsafe { &(*header::<S>(file).reg).common };
     match op {
         // SAFETY: SQLITE_FCNTL_PRAGMA's argument is a `char *[4]` (see `pragma`).
         sys::SQLITE_FCNTL_PRAGMA => unsafe { pragma::<S>(file, arg.cast()) },
         sys::SQLITE_FCNTL_VFSNAME => {
             // Report the whole stack, "ours/base", as SQLite's own shims do.
             // SAFETY: forwarding SQLite's argument (a `char **`) to the open base file.
-            let rc = unsafe { forward_file_control(base, op, arg) };
+            let rc = unsafe { forward_file_control::<S>(file, op, arg) };
             let out = arg.cast::<*mut c_char>();
             if out.is_null() {
                 return rc;
@@ -1383,7 +1558,7 @@ unsafe extern "C" fn x_file_control<S: Shim>(
                 unsafe { with_shim::<S, _>(file, "file control", false, |f, _| f.allow_mmap()) };
             if allow {
                 // SAFETY: forwarding SQLite's argument to the open base file.
-                unsafe { forward_file_control(base, op, arg) }
+                unsafe { forward_file_control::<S>(file, op, arg) }
             } else {
                 // Keep the base from mapping the file at all and report "mmap off" (PRAGMA
                 // mmap_size then returns 0). SQLite still calls xFetch, which declines.
@@ -1418,7 +1593,9 @@ unsafe extern "C" fn x_file_control<S: Shim>(
             };
             match outcome {
                 // SAFETY: forwarding SQLite's argument unchanged to the open base file.
-                Some(FileControlOutcome::Forward) => unsafe { forward_file_control(base, op, arg) },
+                Some(FileControlOutcome::Forward) => unsafe {
+                    forward_file_control::<S>(file, op, arg)
+                },
                 Some(FileControlOutcome::NotFound) => sys::SQLITE_NOTFOUND,
                 Some(FileControlOutcome::Done(r)) => common.code("file control", r),
                 None => sys::SQLITE_IOERR,
@@ -1435,11 +1612,8 @@ unsafe extern "C" fn x_file_control<S: Shim>(
 ///
 /// As for the I/O trampolines; `az` is SQLite's `char *[4]` for this op.
 unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines.
-    let hdr = unsafe { header::<S>(file) };
-    let base = hdr.base;
-    // SAFETY: the registration outlives every file.
-    let common = unsafe { &(*hdr.reg).common };
+    // SAFETY: see the comment above the I/O trampolines; the registration outlives every file.
+    let common = unsafe { &(*header::<S>(file).reg).common };
     if az.is_null() {
         return sys::SQLITE_NOTFOUND;
     }
@@ -1459,7 +1633,7 @@ unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) ->
     // Shims only answer UTF-8 pragmas; anything else belongs to whatever is below (or SQLite).
     let (Ok(name), Ok(value)) = (name, value.transpose()) else {
         // SAFETY: forwarding SQLite's argument unchanged to the open base file.
-        return unsafe { forward_file_control(base, sys::SQLITE_FCNTL_PRAGMA, az.cast()) };
+        return unsafe { forward_file_control::<S>(file, sys::SQLITE_FCNTL_PRAGMA, az.cast()) };
     };
     // Pragma names are case-insensitive in SQL; SQLite passes them as written.
     let name = name.to_ascii_lowercase();
@@ -1477,7 +1651,7 @@ unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) ->
         // its built-in pragma, if any).
         // SAFETY: forwarding SQLite's argument unchanged to the open base file.
         Some(PragmaOutcome::NotFound) => unsafe {
-            forward_file_control(base, sys::SQLITE_FCNTL_PRAGMA, az.cast())
+            forward_file_control::<S>(file, sys::SQLITE_FCNTL_PRAGMA, az.cast())
         },
         Some(PragmaOutcome::Handled(None)) => sys::SQLITE_OK,
         Some(PragmaOutcome::Handled(Some(text))) => {
@@ -1512,14 +1686,15 @@ unsafe extern "C" fn x_sector_size<S: Shim>(file: *mut sys::sqlite3_file) -> c_i
         Some(s) => c_int::try_from(s).unwrap_or(c_int::MAX),
         // Poisoned (or panicked): report the base's value, which is what SQLite would use
         // without us.
-        // SAFETY: the base file is open while our file is.
-        None => unsafe {
-            let base = header::<S>(file).base;
-            match base_methods(base).and_then(|m| m.xSectorSize) {
-                Some(f) => f(base),
+        None => {
+            // SAFETY: see the comment above the I/O trampolines.
+            let hdr = unsafe { header::<S>(file) };
+            hdr.with_base(4096, |base, m| match m.xSectorSize {
+                // SAFETY: `base` is the open base file.
+                Some(f) => unsafe { f(base) },
                 None => 4096,
-            }
-        },
+            })
+        }
     }
 }
 
@@ -1534,7 +1709,8 @@ unsafe extern "C" fn x_device_characteristics<S: Shim>(file: *mut sys::sqlite3_f
 }
 
 // Shared memory (the WAL index) is not file content: it is forwarded to the base file as is,
-// even for a poisoned file, so that shm locks are always released.
+// even for a poisoned file, so that shm locks are always released. In each of these, `base` is
+// the open base file (`with_base`) and the other arguments are SQLite's, forwarded unchanged.
 
 unsafe extern "C" fn x_shm_map<S: Shim>(
     file: *mut sys::sqlite3_file,
@@ -1543,14 +1719,13 @@ unsafe extern "C" fn x_shm_map<S: Shim>(
     extend: c_int,
     pp: *mut *mut c_void,
 ) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
-    unsafe {
-        let base = header::<S>(file).base;
-        match base_methods(base).and_then(|m| m.xShmMap) {
-            Some(f) => f(base, region, size, extend, pp),
-            None => sys::SQLITE_IOERR_SHMMAP,
-        }
-    }
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_IOERR_SHMMAP, |base, m| match m.xShmMap {
+        // SAFETY: see above.
+        Some(f) => unsafe { f(base, region, size, extend, pp) },
+        None => sys::SQLITE_IOERR_SHMMAP,
+    })
 }
 
 unsafe extern "C" fn x_shm_lock<S: Shim>(
@@ -1559,35 +1734,34 @@ unsafe extern "C" fn x_shm_lock<S: Shim>(
     n: c_int,
     flags: c_int,
 ) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
-    unsafe {
-        let base = header::<S>(file).base;
-        match base_methods(base).and_then(|m| m.xShmLock) {
-            Some(f) => f(base, offset, n, flags),
-            None => sys::SQLITE_IOERR_SHMLOCK,
-        }
-    }
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_IOERR_SHMLOCK, |base, m| match m.xShmLock {
+        // SAFETY: see above.
+        Some(f) => unsafe { f(base, offset, n, flags) },
+        None => sys::SQLITE_IOERR_SHMLOCK,
+    })
 }
 
 unsafe extern "C" fn x_shm_barrier<S: Shim>(file: *mut sys::sqlite3_file) {
-    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
-    unsafe {
-        let base = header::<S>(file).base;
-        if let Some(f) = base_methods(base).and_then(|m| m.xShmBarrier) {
-            f(base);
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base((), |base, m| {
+        if let Some(f) = m.xShmBarrier {
+            // SAFETY: see above.
+            unsafe { f(base) }
         }
-    }
+    });
 }
 
 unsafe extern "C" fn x_shm_unmap<S: Shim>(file: *mut sys::sqlite3_file, delete: c_int) -> c_int {
-    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
-    unsafe {
-        let base = header::<S>(file).base;
-        match base_methods(base).and_then(|m| m.xShmUnmap) {
-            Some(f) => f(base, delete),
-            None => sys::SQLITE_OK,
-        }
-    }
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_OK, |base, m| match m.xShmUnmap {
+        // SAFETY: see above.
+        Some(f) => unsafe { f(base, delete) },
+        None => sys::SQLITE_OK,
+    })
 }
 
 unsafe extern "C" fn x_fetch<S: Shim>(
@@ -1599,22 +1773,22 @@ unsafe extern "C" fn x_fetch<S: Shim>(
     if pp.is_null() {
         return sys::SQLITE_IOERR_MMAP;
     }
+    // SAFETY: `pp` is SQLite's valid out-pointer.
+    unsafe { *pp = ptr::null_mut() };
     // SAFETY: see the comment above the I/O trampolines.
     let allow = unsafe { with_shim::<S, _>(file, "fetch", false, |f, _| f.allow_mmap()) };
-    // SAFETY: `pp` is SQLite's out-pointer; the base file is open.
-    unsafe {
-        *pp = ptr::null_mut();
-        if !allow {
-            // Declined: a mapping would show SQLite the base file's bytes, bypassing `read`.
-            // A null page with SQLITE_OK makes SQLite fall back to xRead.
-            return sys::SQLITE_OK;
-        }
-        let base = header::<S>(file).base;
-        match base_methods(base).and_then(|m| m.xFetch) {
-            Some(f) => f(base, ofst, amt, pp),
-            None => sys::SQLITE_OK,
-        }
+    if !allow {
+        // Declined: a mapping would show SQLite the base file's bytes, bypassing `read`.
+        // A null page with SQLITE_OK makes SQLite fall back to xRead.
+        return sys::SQLITE_OK;
     }
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_OK, |base, m| match m.xFetch {
+        // SAFETY: `base` is the open base file; SQLite's arguments are forwarded.
+        Some(f) => unsafe { f(base, ofst, amt, pp) },
+        None => sys::SQLITE_OK,
+    })
 }
 
 unsafe extern "C" fn x_unfetch<S: Shim>(
@@ -1626,14 +1800,13 @@ unsafe extern "C" fn x_unfetch<S: Shim>(
     // handed out, and a null pointer ("drop every mapping") is harmless for a base that never
     // mapped anything. Not forwarding would leak the base's mapping reference count if a shim
     // ever changed its answer to `allow_mmap` while pages were mapped.
-    // SAFETY: see the comment above the I/O trampolines; pure forwarding to the open base file.
-    unsafe {
-        let base = header::<S>(file).base;
-        match base_methods(base).and_then(|m| m.xUnfetch) {
-            Some(f) => f(base, ofst, p),
-            None => sys::SQLITE_OK,
-        }
-    }
+    // SAFETY: see the comment above the I/O trampolines.
+    let hdr = unsafe { header::<S>(file) };
+    hdr.with_base(sys::SQLITE_OK, |base, m| match m.xUnfetch {
+        // SAFETY: `base` is the open base file; SQLite's arguments are forwarded.
+        Some(f) => unsafe { f(base, ofst, p) },
+        None => sys::SQLITE_OK,
+    })
 }
 
 #[cfg(all(test, feature = "static"))]
@@ -1687,35 +1860,5 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::Misuse);
         assert!(register_static("", PassThrough::default(), RegisterOptions::default()).is_err());
-    }
-}
-
-impl BaseFile {
-    /// Take (or upgrade to) `level` on the base file, with SQLite's lock protocol (a shim uses
-    /// this to serialise its own metadata updates with other connections, e.g. while creating
-    /// a header). Returns `Busy` when another connection holds a conflicting lock.
-    pub fn lock(&mut self, level: LockLevel) -> VfsResult<()> {
-        let Some(x_lock) = self.methods().xLock else {
-            return Err(missing("xLock"));
-        };
-        // SAFETY: the base file is open.
-        let rc = unsafe { x_lock(self.ptr.as_ptr(), level.raw()) };
-        match rc {
-            sys::SQLITE_OK => Ok(()),
-            sys::SQLITE_BUSY => Err(VfsError::new(ErrorCode::Busy, "base file is locked")),
-            rc => Err(VfsError::from_base(rc, "lock")),
-        }
-    }
-
-    /// Release locks down to `level` (`Shared` or `None`).
-    pub fn unlock(&mut self, level: LockLevel) -> VfsResult<()> {
-        let Some(x_unlock) = self.methods().xUnlock else {
-            return Err(missing("xUnlock"));
-        };
-        // SAFETY: the base file is open.
-        base_result(
-            unsafe { x_unlock(self.ptr.as_ptr(), level.raw()) },
-            "unlock",
-        )
     }
 }

@@ -109,16 +109,12 @@ impl<'a> OpenRequest<'a> {
 
 /// A handle on the file the base VFS opened. A shim reads and writes the real bytes through it.
 ///
-/// The binding owns the memory and closes the base file after [`ShimFile::close`] returns; the
-/// shim only borrows it through [`ShimFile::base`].
+/// The binding owns the memory and closes the base file after [`ShimFile::close`] returns (so
+/// final writes belong in `close`, not in `Drop`); from then on every operation fails with an
+/// I/O error. Calls are serialised with the binding's own calls on the same file.
 pub struct BaseFile {
-    pub(crate) ptr: std::ptr::NonNull<libsqlite3_sys::sqlite3_file>,
+    pub(crate) cell: std::sync::Arc<ffi::BaseCell>,
 }
-
-// SAFETY: a `sqlite3_file` is owned by exactly one connection at a time; SQLite never calls one
-// file's methods from two threads at once, and the binding hands the `BaseFile` only to that
-// file's shim.
-unsafe impl Send for BaseFile {}
 
 impl std::fmt::Debug for BaseFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

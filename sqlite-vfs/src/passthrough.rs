@@ -72,7 +72,7 @@ pub struct Stats {
     pub closes: u64,
     /// `xDelete` calls.
     pub deletes: u64,
-    /// Read calls and bytes.
+    /// Read calls.
     pub reads: u64,
     /// Bytes read (requested, including zero-filled short-read tails).
     pub bytes_read: u64,

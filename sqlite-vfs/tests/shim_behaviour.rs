@@ -337,3 +337,133 @@ fn vfs_name_lists_the_stack() {
     };
     assert_eq!(text, format!("{}/{}", vfs.name(), vfs.reg.base_name()));
 }
+
+/// Shared state of a [`Probe`] shim.
+#[derive(Default)]
+struct ProbeState {
+    /// Base files the shim kept after `close` (safe code can do that; it must stay harmless).
+    kept: Mutex<Vec<BaseFile>>,
+    /// In `after_lock_change(Shared)`, take RESERVED on the base and then unlock to NONE.
+    relock_on_shared: AtomicBool,
+}
+
+/// A minimal pass-through that misuses its `BaseFile` in legal ways.
+struct Probe(Arc<ProbeState>);
+
+struct ProbeFile {
+    base: Option<BaseFile>,
+    state: Arc<ProbeState>,
+}
+
+impl ProbeFile {
+    fn b(&mut self) -> &mut BaseFile {
+        self.base.as_mut().expect("base file used after close")
+    }
+}
+
+impl Shim for Probe {
+    type File = ProbeFile;
+    fn open(
+        &self,
+        _req: &OpenRequest<'_>,
+        base: BaseFile,
+        _main_db: Option<&ProbeFile>,
+    ) -> VfsResult<ProbeFile> {
+        Ok(ProbeFile {
+            base: Some(base),
+            state: Arc::clone(&self.0),
+        })
+    }
+}
+
+impl ShimFile for ProbeFile {
+    fn base(&mut self) -> &mut BaseFile {
+        self.b()
+    }
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
+        self.b().read(buf, offset)
+    }
+    fn write(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
+        self.b().write(buf, offset)
+    }
+    fn truncate(&mut self, size: u64) -> VfsResult<()> {
+        self.b().truncate(size)
+    }
+    fn file_size(&mut self) -> VfsResult<u64> {
+        self.b().file_size()
+    }
+    fn after_lock_change(&mut self, level: LockLevel) -> VfsResult<()> {
+        if level == LockLevel::Shared && self.state.relock_on_shared.load(Ordering::SeqCst) {
+            self.b().lock(LockLevel::Reserved)?;
+            // Must not release the SHARED lock SQLite has just been granted.
+            self.b().unlock(LockLevel::None)?;
+        }
+        Ok(())
+    }
+    fn close(&mut self) -> VfsResult<()> {
+        if let Some(b) = self.base.take() {
+            self.state.kept.lock().unwrap().push(b);
+        }
+        Ok(())
+    }
+}
+
+fn probe(name: &str) -> Arc<ProbeState> {
+    let state = Arc::new(ProbeState::default());
+    register_static(name, Probe(Arc::clone(&state)), RegisterOptions::default()).unwrap();
+    state
+}
+
+#[test]
+fn base_file_kept_past_close_fails_cleanly() {
+    let state = probe("probe-kept");
+    let dir = common::tempdir();
+    let conn = open(&dir.path().join("main.db"), Some("probe-kept"));
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(conn);
+    let mut kept = state.kept.lock().unwrap();
+    assert!(!kept.is_empty());
+    for b in kept.iter_mut() {
+        let mut buf = [0u8; 16];
+        let err = b.read(&mut buf, 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Io, "{err}");
+        assert!(b.write(&buf, 0).is_err());
+        assert!(b.file_size().is_err());
+        assert!(b.lock(LockLevel::Shared).is_err());
+        assert_eq!(b.sector_size(), 4096);
+    }
+    // Moving a closed BaseFile to another thread is fine too.
+    let b = kept.pop().unwrap();
+    std::thread::spawn(move || {
+        let mut b = b;
+        assert!(b.sync(SyncFlags::NORMAL).is_err());
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn shim_unlock_never_drops_sqlites_lock() {
+    let state = probe("probe-relock");
+    state.relock_on_shared.store(true, Ordering::SeqCst);
+    let dir = common::tempdir();
+    let path = dir.path().join("main.db");
+    let conn = open(&path, Some("probe-relock"));
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    // A read transaction holds SHARED; the shim's unlock(None) inside after_lock_change must
+    // have stopped at SHARED, so a writer elsewhere cannot take EXCLUSIVE.
+    conn.execute_batch("BEGIN; SELECT * FROM t;").unwrap();
+    let plain = open(&path, None);
+    let err = plain
+        .execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE;")
+        .unwrap_err();
+    assert_eq!(
+        sqlite_code(&err).map(|c| c.0),
+        Some(SqlErr::DatabaseBusy),
+        "{err}"
+    );
+    conn.execute_batch("COMMIT;").unwrap();
+    plain.execute_batch("BEGIN EXCLUSIVE; COMMIT;").unwrap();
+}

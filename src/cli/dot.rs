@@ -92,7 +92,7 @@ pub fn run(p: &mut Processor<'_>, line: &str) -> CliResult<Flow> {
     Ok(Flow::Continue)
 }
 
-fn read(p: &mut Processor<'_>, file: &str) -> CliResult<Flow> {
+fn read(p: &mut Processor<'_>, file: &str) -> CliResult {
     if p.read_depth >= MAX_READ_DEPTH {
         return Err(CliError::failure(format!(".read nested more than {MAX_READ_DEPTH} deep")));
     }
@@ -101,7 +101,7 @@ fn read(p: &mut Processor<'_>, file: &str) -> CliResult<Flow> {
     let result = p.script(&text);
     p.read_depth -= 1;
     // `.quit` inside a file ends that file, not the session.
-    result.map(|_| Flow::Continue)
+    result.map(|_| ())
 }
 
 fn tables(p: &mut Processor<'_>, pattern: Option<&str>) -> CliResult {

@@ -75,7 +75,28 @@ fn exit_code_of_sqlite(e: &rusqlite::Error) -> u8 {
 
 impl From<Error> for CliError {
     fn from(e: Error) -> CliError {
-        CliError { code: exit_code_of(&e), message: e.to_string(), quiet: false }
+        let message = match &e {
+            Error::Sqlite(s) => sqlite_message(s),
+            other => other.to_string(),
+        };
+        CliError { code: exit_code_of(&e), message, quiet: false }
+    }
+}
+
+/// SQLite's message; for a parse error, followed by the offending line with a caret under
+/// the token, as the sqlite3 shell shows it (rusqlite's own text runs the whole SQL inline).
+pub fn sqlite_message(e: &rusqlite::Error) -> String {
+    let rusqlite::Error::SqlInputError { msg, sql, offset, .. } = e else {
+        return e.to_string();
+    };
+    match usize::try_from(*offset) {
+        Ok(at) if at <= sql.len() && sql.is_char_boundary(at) => {
+            let start = sql[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = sql[at..].find('\n').map_or(sql.len(), |i| at + i);
+            let column = sql[start..at].chars().count();
+            format!("{msg}\n  {}\n  {}^--- error here", &sql[start..end], " ".repeat(column))
+        }
+        _ => msg.clone(),
     }
 }
 
@@ -87,7 +108,7 @@ impl From<KmsError> for CliError {
 
 impl From<rusqlite::Error> for CliError {
     fn from(e: rusqlite::Error) -> CliError {
-        CliError { code: exit_code_of_sqlite(&e), message: e.to_string(), quiet: false }
+        CliError { code: exit_code_of_sqlite(&e), message: sqlite_message(&e), quiet: false }
     }
 }
 

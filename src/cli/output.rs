@@ -49,10 +49,12 @@ pub struct Settings {
     pub headers: bool,
 }
 
-/// Render a REAL as SQLite does when converting it to text (`printf("%!.15g")`): 15
+/// Render a REAL as the sqlite3 shell prints it (SQLite's `printf("%!.15g")`): 15
 /// significant digits, trailing zeros dropped but at least one digit after the point, and an
-/// exponent of at least two digits outside `1e-4 <= |r| < 1e15`. This is what the sqlite3
-/// shell prints (`1.5`, `1.0`, `1.0e+20`, `0.333333333333333`).
+/// exponent of at least two digits outside `1e-4 <= |r| < 1e15` (`1.5`, `1.0`, `1.0e+20`,
+/// `0.333333333333333`). Recent SQLite releases convert reals to text with up to 17 digits
+/// instead; the shorter classic form is kept because it is what users and scripts compare
+/// against, and it is stable across SQLite versions.
 pub fn format_real(r: f64) -> String {
     if r.is_nan() {
         // SQLite stores NaN as NULL, so this only shows up for values made in Rust.
@@ -65,30 +67,48 @@ pub fn format_real(r: f64) -> String {
         // SQLite prints negative zero as 0.0 too.
         return "0.0".into();
     }
-    // The exponent after rounding to 15 significant digits decides the notation, as in C's %g.
-    let sci = format!("{r:.14e}");
-    let (mantissa, exp) = sci.split_once('e').expect("exponent form");
-    let exp: i32 = exp.parse().expect("decimal exponent");
+    let (digits, exp) = fifteen_digits(r.abs());
+    let sign = if r < 0.0 { "-" } else { "" };
     if !(-4..15).contains(&exp) {
-        let mantissa = trim_fraction(mantissa);
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
+        let frac = trim_zeros(&digits[1..]);
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{}.{frac}e{esign}{:02}", &digits[..1], exp.unsigned_abs())
+    } else if exp >= 0 {
+        let int_len = exp as usize + 1;
+        format!("{sign}{}.{}", &digits[..int_len], trim_zeros(&digits[int_len..]))
     } else {
-        let decimals = (14 - exp) as usize;
-        trim_fraction(&format!("{r:.decimals$}")).to_string()
+        let zeros = "0".repeat((-exp - 1) as usize);
+        format!("{sign}0.{zeros}{}", trim_zeros(&digits))
     }
 }
 
-/// Drop trailing zeros of a decimal fraction, keeping one digit after the point.
-fn trim_fraction(s: &str) -> String {
-    if !s.contains('.') {
-        return format!("{s}.0");
+/// The 15 significant digits SQLite's printf shows, and the decimal exponent of the first.
+/// SQLite rounds ties away from zero where Rust's formatting rounds them to even, so the
+/// rounding is done here on a longer expansion (41 digits: enough to see past any tie a
+/// 53-bit mantissa can produce at the 16th digit).
+fn fifteen_digits(r: f64) -> (String, i32) {
+    let sci = format!("{r:.40e}");
+    let (mantissa, exp) = sci.split_once('e').expect("exponent form");
+    let mut exp: i32 = exp.parse().expect("decimal exponent");
+    let all: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let mut value: u64 = all[..15].parse().expect("digits");
+    if all.as_bytes()[15] >= b'5' {
+        value += 1;
+        if value == 1_000_000_000_000_000 {
+            value = 100_000_000_000_000;
+            exp += 1;
+        }
     }
-    let t = s.trim_end_matches('0');
-    if t.ends_with('.') {
-        format!("{t}0")
+    (value.to_string(), exp)
+}
+
+/// Drop trailing zeros of a fraction's digits, keeping at least one digit.
+fn trim_zeros(frac: &str) -> &str {
+    let t = frac.trim_end_matches('0');
+    if t.is_empty() {
+        "0"
     } else {
-        t.to_string()
+        t
     }
 }
 
@@ -269,10 +289,12 @@ mod tests {
         let samples = [
             1.5, 1.0, 1e20, 0.1, 1.0 / 3.0, 123456789012345678.0, -0.0, 1e-7, 2.5e15, 1e15, 1e14, 9.99e15,
             1e-300, 123.456, 100.0, -2.75, 0.0001, 0.00001, 999999999999999.0, 9999999999999999.0,
-            f64::MAX, f64::MIN_POSITIVE, 3.14159265358979, -1e100, 42.0,
+            f64::MAX, f64::MIN_POSITIVE, std::f64::consts::PI, -1e100, 42.0,
+            // A tie at the 16th digit: SQLite rounds it up, not to even.
+            508025621151756.5, -508025621151756.5,
         ];
         for r in samples {
-            let sqlite: String = conn.query_row("SELECT CAST(?1 AS TEXT)", [r], |row| row.get(0)).unwrap();
+            let sqlite: String = conn.query_row("SELECT printf('%!.15g', ?1)", [r], |row| row.get(0)).unwrap();
             assert_eq!(format_real(r), sqlite, "value {r:e}");
         }
     }

@@ -88,7 +88,7 @@ pub fn execute(conn: &Connection, sql: &str, settings: Settings, out: &mut dyn W
 }
 
 fn run_statement(mut stmt: Statement<'_>, settings: Settings, out: &mut dyn Write) -> CliResult {
-    let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let names: Vec<String> = stmt.column_names().map(String::from).collect();
     let columns = names.len();
     let mut printer = RowPrinter::new(settings, names, out);
     // Statements without result columns step once here, like any other.

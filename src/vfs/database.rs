@@ -97,7 +97,7 @@ fn verify_content_key(path: &str, base: &mut BaseFile, cipher: &XtsCipher) -> Re
     }
     // Journals are not locked by SQLite, so reading them through a second descriptor cannot
     // drop any lock.
-    let mut probe = |suffix: &str, domain: Domain, ok: &dyn Fn(&[u8; 16]) -> bool| -> bool {
+    let probe = |suffix: &str, domain: Domain, ok: &dyn Fn(&[u8; 16]) -> bool| -> bool {
         let Ok(mut f) = std::fs::File::open(format!("{path}{suffix}")) else { return false };
         let mut b = [0u8; 16];
         if std::io::Read::read_exact(&mut f, &mut b).is_err() {
