@@ -188,10 +188,20 @@ impl Tde {
                 flags |= OpenFlags::SQLITE_OPEN_CREATE;
             }
         }
+        // A new database's header is created when the first write lock is taken. Create it
+        // now, so a bad key or an unreachable KMS fails this call rather than the first write
+        // (without a write transaction, which would fix the page size).
+        let is_new = !opts.read_only && std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
         let _ = take_last_open_error();
-        match Connection::open_with_flags(&uri, flags) {
-            Ok(c) => Ok(c),
-            Err(e) => Err(take_last_open_error().unwrap_or(Error::Sqlite(e))),
+        let conn = match Connection::open_with_flags(&uri, flags) {
+            Ok(c) => c,
+            Err(e) => return Err(take_last_open_error().unwrap_or(Error::Sqlite(e))),
+        };
+        if is_new {
+            if let Err(e) = conn.query_row("PRAGMA tde_create", [], |_| Ok(())) {
+                return Err(take_last_open_error().unwrap_or(Error::Sqlite(e)));
+            }
         }
+        Ok(conn)
     }
 }

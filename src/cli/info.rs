@@ -103,7 +103,7 @@ fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
 /// Facts that need the key: open read-only through the VFS and ask SQLite.
 fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, CliError> {
     let tde = open::register(keystore)?;
-    let conn = open::open(&tde, db, &OpenOptions { key: None, read_only: true, must_exist: true })?;
+    let conn = open::open(&tde, keystore, db, &OpenOptions { key: None, read_only: true, must_exist: true })?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;

@@ -15,7 +15,7 @@ pub enum KmsCommand {
         #[arg(long, value_name = "alias/NAME")]
         alias: Option<String>,
         /// Free-text description.
-        #[arg(long, value_name = "TEXT", default_value = "")]
+        #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
         description: String,
     },
     /// List the keys of the keystore (key id, state, aliases, description; tab-separated).

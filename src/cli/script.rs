@@ -63,7 +63,9 @@ impl<'c> Processor<'c> {
         }
         self.buffer.push_str(line);
         self.buffer.push('\n');
-        if is_complete(&self.buffer) {
+        // Only a line with a `;` can complete a statement; checking just those keeps long
+        // multi-line statements from being rescanned at every line.
+        if line.contains(';') && is_complete(&self.buffer) {
             let sql = std::mem::take(&mut self.buffer);
             self.sql(&sql)?;
         }

@@ -38,7 +38,7 @@ pub struct SqlArgs {
 pub fn run(global: &Global, args: &SqlArgs) -> CliResult {
     let tde = open::register(&global.keystore)?;
     let opts = OpenOptions { key: args.key.clone(), read_only: args.read_only, must_exist: false };
-    let conn = open::open(&tde, &args.db, &opts)?;
+    let conn = open::open(&tde, &global.keystore, &args.db, &opts)?;
     let mut settings = Settings::default();
     if global.json {
         settings.mode = Mode::Json;

@@ -64,4 +64,15 @@ pub trait Kms: Send + Sync {
     /// Decrypt a wrapped DEK recorded with `key_ref`. The context must equal the one used at
     /// generation.
     fn decrypt_data_key(&self, key_ref: &KeyRef, wrapped: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError>;
+
+    /// ReEncrypt: wrap the same DEK under `target` (key id or alias), or under the newest
+    /// version of its current key when `target` is `None`. The plaintext DEK is not returned
+    /// to the caller (a remote KMS never sends it).
+    fn rewrap_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        target: Option<&str>,
+    ) -> Result<(Vec<u8>, KeyRef), KmsError>;
 }

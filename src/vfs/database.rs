@@ -149,22 +149,37 @@ pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> R
     Ok(Database { path: path.to_string(), header: Mutex::new(header), cipher })
 }
 
-/// Take `level` through SQLite's own lock protocol on the base file, waiting out other
-/// connections for up to ~5 s (creation is short).
-fn lock_with_retry(base: &mut BaseFile, level: sqlite_vfs::LockLevel) -> Result<()> {
-    use sqlite_vfs::{ErrorCode, LockLevel};
-    for _ in 0..500 {
-        let r = base.lock(LockLevel::Shared).and_then(|_| {
-            if level > LockLevel::Shared {
-                base.lock(level)
-            } else {
-                Ok(())
+/// Open an existing database. A header still being written by a creator in another process
+/// (it holds RESERVED while we may hold SHARED) can be seen half-written: retry briefly before
+/// calling it corrupt.
+pub fn open_existing_or_wait(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Database> {
+    let mut tries = 0;
+    loop {
+        match open_existing(ctx, path, base) {
+            Err(Error::Header { source: crate::format::HeaderError::Truncated | crate::format::HeaderError::Corrupt(_) | crate::format::HeaderError::NotEncrypted, .. })
+                if tries < 20 && base.file_size()? <= HEADER_REGION_LEN as u64 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-        });
+            other => return other,
+        }
+    }
+}
+
+/// Create the header of a still-empty database outside a SQLite transaction (for
+/// `PRAGMA tde_create`, so an application learns about a bad key at open time). SQLite's
+/// EXCLUSIVE lock, taken through the base handle, keeps other creators out meanwhile.
+pub fn create_locked(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Option<Database>> {
+    use sqlite_vfs::{ErrorCode, LockLevel};
+    let mut tries = 0;
+    loop {
+        let r = base.lock(LockLevel::Shared).and_then(|_| base.lock(LockLevel::Exclusive));
         match r {
-            Ok(()) => return Ok(()),
-            Err(e) if e.code == ErrorCode::Busy => {
+            Ok(()) => break,
+            Err(e) if e.code == ErrorCode::Busy && tries < 500 => {
                 let _ = base.unlock(LockLevel::None);
+                tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) => {
@@ -173,35 +188,11 @@ fn lock_with_retry(base: &mut BaseFile, level: sqlite_vfs::LockLevel) -> Result<
             }
         }
     }
-    Err(Error::Vfs(sqlite_vfs::VfsError::new(ErrorCode::Busy, "database file stayed locked while opening")))
-}
-
-/// Create a new database's header while holding SQLite's EXCLUSIVE lock on the file, so two
-/// processes creating the same file cannot both write a header with different keys. If
-/// another process won the race, open what it created.
-pub fn create_locked(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
-    lock_with_retry(base, sqlite_vfs::LockLevel::Exclusive)?;
     let result = match base.file_size() {
-        Ok(0) => create(ctx, path, key, base),
-        Ok(_) => open_existing(ctx, path, base),
+        Ok(0) => create(ctx, path, key, base).map(Some),
+        Ok(_) => Ok(None), // another connection created it meanwhile
         Err(e) => Err(e.into()),
     };
-    let _ = base.unlock(sqlite_vfs::LockLevel::None);
+    let _ = base.unlock(LockLevel::None);
     result
-}
-
-/// Open an existing database; if its header is still being written by a creator in another
-/// process, wait for the creator's lock and read again.
-pub fn open_existing_or_wait(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Database> {
-    match open_existing(ctx, path, base) {
-        Err(Error::Header { source: crate::format::HeaderError::Truncated | crate::format::HeaderError::NotEncrypted, .. })
-            if base.file_size()? < HEADER_REGION_LEN as u64 =>
-        {
-            lock_with_retry(base, sqlite_vfs::LockLevel::Shared)?;
-            let r = open_existing(ctx, path, base);
-            let _ = base.unlock(sqlite_vfs::LockLevel::None);
-            r
-        }
-        other => other,
-    }
 }

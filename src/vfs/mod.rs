@@ -26,6 +26,10 @@ pub const VFS_NAME: &str = "tde";
 /// URI parameter that selects the CMK a new database is created under.
 pub const URI_KEY_PARAM: &str = "key";
 
+/// Environment variable naming the CMK for new databases (when no URI `key=` or
+/// `PRAGMA tde_key` says otherwise).
+pub const ENV_KEY: &str = "SQLITE_TDE_KEY";
+
 /// What every file of one registered VFS shares: the KMS, the default key and the key cache.
 pub struct TdeContext {
     pub kms: Arc<dyn Kms>,

@@ -318,4 +318,22 @@ impl Kms for LocalKms {
         let plain = wrap::open(&material, wrapped, context)?;
         Ok(DataKey::from_slice(&plain)?)
     }
+
+    fn rewrap_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        target: Option<&str>,
+    ) -> Result<(Vec<u8>, KeyRef), KmsError> {
+        let dek = self.decrypt_data_key(key_ref, wrapped, context)?;
+        let (hdr, _) = wrap::parse(wrapped)?;
+        let target = target.map(str::to_string).unwrap_or(hdr.key_id);
+        let data = self.load_or_init()?;
+        let rec = Self::usable(&data, &target)?;
+        let version = rec.primary_version;
+        let material = self.material(&data, rec, version)?;
+        let rewrapped = wrap::seal(&material, &rec.key_id, version, dek.expose(), context)?;
+        Ok((rewrapped, KeyRef { uri: format!("{PROVIDER}:{}", rec.key_id), version }))
+    }
 }
