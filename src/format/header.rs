@@ -40,9 +40,13 @@ impl KeyRef {
     pub fn provider(&self) -> &str {
         self.uri.split(':').next().unwrap_or("")
     }
-    /// The key id part of the URI (after the first `:`).
+    /// The key id: the part after `provider:` for key-id providers (`local:<id>`), or the
+    /// whole URI for URL-addressed keys (`openbao+https://host/mount/key`).
     pub fn key_id(&self) -> &str {
-        self.uri.split_once(':').map(|(_, k)| k).unwrap_or(&self.uri)
+        match self.uri.split_once(':') {
+            Some((_, rest)) if !rest.starts_with("//") => rest,
+            _ => &self.uri,
+        }
     }
 }
 
