@@ -15,10 +15,12 @@ use rusqlite::{Connection, OpenFlags};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::keycache::CacheConfig;
 use crate::kms::local::{default_keystore_dir, LocalKms};
-use crate::kms::{Kms, DEFAULT_KEY_ALIAS};
+use crate::kms::{openbao, Kms, DEFAULT_KEY_ALIAS};
 use crate::vfs::{self, TdeContext, VfsConfig, VFS_NAME};
 
-/// Environment variable selecting the KMS (`local:` is the only built-in provider so far).
+/// Environment variable selecting the KMS: `local:[KEYSTORE_DIR]` (default), or
+/// `openbao+http(s)://HOST:PORT/MOUNT/KEY` for OpenBao / Vault transit (credentials from
+/// `BAO_TOKEN` / `VAULT_TOKEN`, a token file or AppRole; see [`crate::kms::openbao`]).
 pub const ENV_KMS: &str = "SQLITE_TDE_KMS";
 
 /// A registered encrypting VFS.
@@ -36,6 +38,7 @@ pub struct TdeBuilder {
     cache: CacheConfig,
     make_default: bool,
     base_vfs: Option<String>,
+    epoch_probe: Option<crate::keycache::EpochProbe>,
 }
 
 /// Options of one open.
@@ -87,6 +90,15 @@ impl TdeBuilder {
         self
     }
 
+    /// Revocation epoch of a custom KMS: cached data keys are revalidated with the KMS as
+    /// soon as the probe's value changes (see [`crate::keycache`]). The embedded KMS gets one
+    /// automatically: its keystore file's identity, so a key disabled by another process is
+    /// noticed at the next open.
+    pub fn epoch_probe(mut self, probe: crate::keycache::EpochProbe) -> Self {
+        self.epoch_probe = Some(probe);
+        self
+    }
+
     /// Register with an explicit KMS.
     pub fn register_with_kms(self, kms: Arc<dyn Kms>) -> Result<Tde> {
         let mut reg = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,7 +111,10 @@ impl TdeBuilder {
         cfg.cache = self.cache;
         cfg.make_default = self.make_default;
         cfg.base_vfs = self.base_vfs;
+        cfg.epoch_probe = self.epoch_probe;
         let ctx = vfs::register_static(cfg)?;
+        // Revocations in the embedded KMS (disable, deletion, ...) drop cached data keys.
+        crate::kms::events::watch_cache(&ctx);
         let tde = Tde { ctx };
         reg.push(tde.clone());
         Ok(tde)
@@ -107,23 +122,45 @@ impl TdeBuilder {
 
     /// Register with the KMS the environment selects (embedded local KMS by default).
     /// Registering a name twice returns the first registration.
-    pub fn register(self) -> Result<Tde> {
+    pub fn register(mut self) -> Result<Tde> {
         let kms = kms_from_env(self.keystore.clone())?;
+        if self.epoch_probe.is_none() {
+            if let Some(dir) = local_keystore_dir(self.keystore.clone()) {
+                self.epoch_probe = Some(crate::keycache::keystore_file_probe(dir.join("keystore.json")));
+            }
+        }
         self.register_with_kms(kms)
     }
 }
 
-/// Build the KMS selected by `SQLITE_TDE_KMS` (default `local:`).
+/// The keystore directory when `SQLITE_TDE_KMS` selects the embedded KMS.
+fn local_keystore_dir(keystore: Option<PathBuf>) -> Option<PathBuf> {
+    let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
+    let rest = spec.strip_prefix("local:").or((spec == "local").then_some(""))?;
+    Some(keystore.or_else(|| (!rest.is_empty()).then(|| PathBuf::from(rest))).unwrap_or_else(default_keystore_dir))
+}
+
+/// Build the KMS selected by `SQLITE_TDE_KMS` (default `local:`). `keystore` applies to the
+/// local provider only.
 pub fn kms_from_env(keystore: Option<PathBuf>) -> Result<Arc<dyn Kms>> {
     let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
-    match spec.split_once(':').map(|(p, rest)| (p, rest)).unwrap_or((spec.as_str(), "")) {
+    match spec.split_once(':').unwrap_or((spec.as_str(), "")) {
         ("local", rest) => {
             let dir = keystore
                 .or_else(|| (!rest.is_empty()).then(|| PathBuf::from(rest)))
                 .unwrap_or_else(default_keystore_dir);
             Ok(Arc::new(LocalKms::new(dir)))
         }
-        (other, _) => Err(Error::Config(format!("unsupported KMS '{other}' in {ENV_KMS} (supported: local:)"))),
+        // The sqlite-tde KMS daemon (`sqlite-tde kms serve --socket PATH`): CMK material
+        // stays in the daemon's process.
+        ("unix", path) if !path.is_empty() => Ok(Arc::new(crate::kms::daemon::UnixKms::new(path))),
+        (p, _) if p == openbao::PROVIDER_HTTP || p == openbao::PROVIDER_HTTPS => {
+            let kms = openbao::OpenBaoKms::from_env(&spec).map_err(|e| Error::Config(format!("{ENV_KMS}: {e}")))?;
+            Ok(Arc::new(kms))
+        }
+        (other, _) => Err(Error::Config(format!(
+            "unsupported KMS '{other}' in {ENV_KMS} (supported: local:[DIR], unix:SOCKET, openbao+http(s)://HOST:PORT/MOUNT/KEY)"
+        ))),
     }
 }
 
@@ -150,6 +187,7 @@ impl Tde {
             cache: CacheConfig::default(),
             make_default: false,
             base_vfs: None,
+            epoch_probe: None,
         }
     }
 

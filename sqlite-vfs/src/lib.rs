@@ -22,6 +22,7 @@ pub mod api;
 mod error;
 mod ffi;
 mod kinds;
+pub mod mem;
 pub mod passthrough;
 
 pub use error::{ErrorCode, VfsError, VfsResult};

@@ -31,6 +31,7 @@ pub const CIPHER_NAME: &str = "aes-256-xts";
 pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
     let (header, slot) = read_header(&args.db)?;
     let mut fields = header_fields(&header, slot);
+    fields.extend(key_fields(&global.keystore, &header));
     fields.extend(file_sizes(&args.db));
     let opened = open_stats(&global.keystore, &args.db);
     let (stats, failure) = match opened {
@@ -38,6 +39,7 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
         Err(e) => (vec![("page_size", Value::Null)], Some(e)),
     };
     fields.extend(stats);
+    fields.push(("key_cache", key_cache_state(&global.keystore)));
 
     let mut out = io::stdout().lock();
     if global.json {
@@ -97,6 +99,8 @@ fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
         ("file_size", size(db.to_path_buf())),
         ("wal_size", size(with_suffix("-wal"))),
         ("journal_size", size(with_suffix("-journal"))),
+        ("rekey_journal_size", size(with_suffix(crate::rotation::REKEY_JOURNAL_SUFFIX))),
+        ("convert_state_size", size(with_suffix(crate::rotation::CONVERT_JOURNAL_SUFFIX))),
     ]
 }
 
@@ -112,4 +116,41 @@ fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, 
         ("page_count", json!(page_count)),
         ("journal_mode", json!(journal_mode)),
     ])
+}
+
+/// What the KMS says about the database's CMK: its aliases, state, and whether the DEK is
+/// wrapped under the key's newest version (`null`s when the KMS cannot tell).
+fn key_fields(keystore: &Path, h: &Header) -> Vec<(&'static str, Value)> {
+    let described = (h.key.provider() == crate::kms::local::PROVIDER)
+        .then(|| crate::kms::local::LocalKms::new(keystore).describe_key(h.key.key_id()).ok())
+        .flatten()
+        .and_then(|k| serde_json::to_value(k).ok())
+        .unwrap_or(Value::Null);
+    let newest = described.get("primary_version").and_then(Value::as_u64);
+    vec![
+        ("key_aliases", described.get("aliases").cloned().unwrap_or(Value::Null)),
+        ("key_state", described.get("state").cloned().unwrap_or(Value::Null)),
+        ("key_newest_version", newest.map_or(Value::Null, |v| json!(v))),
+        ("key_version_is_newest", newest.map_or(Value::Null, |v| json!(v == u64::from(h.key.version)))),
+    ]
+}
+
+/// This process's key cache: thresholds, and whether it holds keys (after opening the
+/// database, the database's own).
+fn key_cache_state(keystore: &Path) -> Value {
+    match open::register(keystore) {
+        Ok(tde) => {
+            let cache = &tde.context().cache;
+            let config = cache.config();
+            json!({
+                "ttl_secs": config.ttl.as_secs(),
+                "max_entries": config.max_entries,
+                "revalidate_after_secs": config.revalidate_after.as_secs(),
+                "check_interval_ms": config.check_interval.as_millis() as u64,
+                "kms_timeout_ms": config.kms_timeout.as_millis() as u64,
+                "metrics": cache.metrics(),
+            })
+        }
+        Err(_) => Value::Null,
+    }
 }

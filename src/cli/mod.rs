@@ -1,17 +1,25 @@
 //! The `sqlite-tde` command line: argument types and dispatch. Each command lives in its own
 //! module; the exit-code contract is in [`error`].
 
+pub mod backup;
 pub mod complete;
+pub mod convert;
 pub mod dot;
 pub mod dump;
 pub mod error;
+pub mod export;
 pub mod info;
 pub mod kms;
 pub mod open;
 pub mod output;
+pub mod progress;
+pub mod rekey;
+pub mod rewrap;
 pub mod script;
+pub mod secrets;
 pub mod shell;
 pub mod sql;
+pub mod verify;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -30,10 +38,16 @@ Exit codes:
   2  usage error (bad command line)
   3  key, KMS or header error (wrong key, key not found or disabled, keystore unusable,
      not an sqlite-tde database, damaged header, rekey in progress)
+  4  verify (and backup/restore --verify) found a problem: damaged header slot,
+     page, WAL frame or journal, failed integrity_check; with only KMS problems
+     (key not found, disabled, access denied) verify exits 3 instead
+  130  rekey or encrypt --in-place stopped by Ctrl-C; the database stays usable and the
+     next open (or rekey --resume / encrypt --in-place --resume) finishes the operation
 
 Environment:
   SQLITE_TDE_KEYSTORE   keystore directory (same as --keystore)
-  SQLITE_TDE_KMS        KMS provider (default local:)
+  SQLITE_TDE_KMS        KMS provider (same as --kms; default local:)
+  SQLITE_TDE_PRINCIPAL  caller's principal for the embedded KMS (same as --principal)
 
 Examples:
   sqlite-tde kms create-key --alias alias/app
@@ -53,6 +67,14 @@ pub struct Cli {
     /// Print data as JSON (key records, `info`, and result rows of `sql`).
     #[arg(long, global = true)]
     pub json: bool,
+    /// KMS to use: `local:` (the embedded KMS over --keystore, the default) or
+    /// `unix:PATH` (a `sqlite-tde kms serve` daemon).
+    #[arg(long, global = true, value_name = "SPEC", env = crate::connection::ENV_KMS)]
+    pub kms: Option<String>,
+    /// Principal to act as with the embedded KMS [default: the OS user]. A daemon takes the
+    /// principal from the connection (peer uid or bearer token) instead.
+    #[arg(long, global = true, value_name = "P", env = crate::kms::ENV_PRINCIPAL)]
+    pub principal: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,13 +82,36 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage keys of the embedded KMS.
+    /// Manage KMS keys: lifecycle, rotation, BYOK, policies, audit, and the KMS daemon.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
+    /// Keep small versioned secrets (API tokens, passwords) encrypted under a KMS key.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Run SQL on an encrypted database (created if missing), or open an interactive shell.
     Sql(sql::SqlArgs),
     /// Show an encrypted database's format, identity, key and page size.
     Info(info::InfoArgs),
+    /// Check an encrypted database: header slots, key, every page, WAL, journal and
+    /// integrity_check; exit 4 on any problem.
+    Verify(verify::VerifyArgs),
+    /// Online, consistent backup (SQLite's backup API) into a new encrypted database with a
+    /// fresh data key.
+    Backup(backup::BackupArgs),
+    /// Restore a backup (encrypted, or a plain SQLite file) into an encrypted database.
+    Restore(backup::RestoreArgs),
+    /// Decrypt for migration: SQL text (like .dump) or a plain SQLite file. Uses the KMS
+    /// Decrypt operation (audited).
+    Export(export::ExportArgs),
+    /// Rotate the CMK: wrap the data key under the CMK's newest version (or another CMK),
+    /// without touching pages; `--all` for a fleet of files.
+    Rewrap(rewrap::RewrapArgs),
+    /// Rotate the data key: re-encrypt every page under a new one (crash-safe, resumable).
+    Rekey(rekey::RekeyArgs),
+    /// Encrypt a plain SQLite database: a new encrypted copy, or --in-place.
+    Encrypt(convert::EncryptArgs),
+    /// Write a plaintext copy of an encrypted database (migration, debugging; KMS Decrypt).
+    Decrypt(convert::DecryptArgs),
 }
 
 /// Options every command sees, resolved.
@@ -108,11 +153,28 @@ pub fn run_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> 
 
 /// Dispatch a parsed command line.
 pub fn run(cli: Cli) -> CliResult {
+    // --kms and --principal reach every KMS the process builds (the VFS's too) through the
+    // environment they mirror; this runs before any other thread exists.
+    if let Some(k) = &cli.kms {
+        std::env::set_var(crate::connection::ENV_KMS, k);
+    }
+    if let Some(p) = &cli.principal {
+        std::env::set_var(crate::kms::ENV_PRINCIPAL, p);
+    }
     let global = Global { keystore: cli.keystore.unwrap_or_else(default_keystore_dir), json: cli.json };
     match &cli.command {
         Command::Kms(cmd) => kms::run(&global, cmd),
+        Command::Secrets(cmd) => secrets::run(&global, cmd),
         Command::Sql(args) => sql::run(&global, args),
         Command::Info(args) => info::run(&global, args),
+        Command::Verify(args) => verify::run(&global, args),
+        Command::Backup(args) => backup::run_backup(&global, args),
+        Command::Restore(args) => backup::run_restore(&global, args),
+        Command::Export(args) => export::run(&global, args),
+        Command::Rewrap(args) => rewrap::run(&global, args),
+        Command::Rekey(args) => rekey::run(&global, args),
+        Command::Encrypt(args) => convert::run_encrypt(&global, args),
+        Command::Decrypt(args) => convert::run_decrypt(&global, args),
     }
 }
 

@@ -1,8 +1,24 @@
 //! Key management: the KMS abstraction the VFS uses for envelope encryption, and its
 //! providers. The embedded local KMS is the default; other providers implement [`Kms`].
+//!
+//! The sqlite-tde KMS itself (docs/ARCHITECTURE.md, "The KMS"): the CMK model
+//! ([`model`]), key policies and roles ([`policy`]), the hash-chained audit log ([`audit`]),
+//! an injectable clock ([`clock`]), the request API shared by every front end ([`api`]),
+//! the keystore-backed service ([`local`]), the daemon and its client ([`daemon`]), PKCS#11
+//! keys ([`hsm`]) and versioned secrets ([`secrets`]).
 
+pub mod api;
+pub mod audit;
+pub mod clock;
 mod context;
+pub mod daemon;
+pub mod events;
+pub mod hsm;
 pub mod local;
+pub mod model;
+pub mod openbao;
+pub mod policy;
+pub mod secrets;
 
 pub use context::EncryptionContext;
 
@@ -11,6 +27,10 @@ use crate::format::KeyRef;
 
 /// Alias of the service-managed default key, created on first use.
 pub const DEFAULT_KEY_ALIAS: &str = "alias/sqlite-tde/default";
+
+/// Environment variable naming the caller's principal for the embedded KMS (default: the
+/// OS user). The daemon ignores it: it takes principals from peer credentials or tokens.
+pub const ENV_PRINCIPAL: &str = "SQLITE_TDE_PRINCIPAL";
 
 /// A fresh data key: the plaintext for local use and the wrapped form to store.
 pub struct GeneratedDataKey {
@@ -33,6 +53,8 @@ pub enum KmsError {
     PendingDeletion(String),
     #[error("KMS key {0} has been deleted; data encrypted under it can no longer be decrypted")]
     Deleted(String),
+    #[error("KMS key {0} has no key material (pending import): import its material first")]
+    PendingImport(String),
     #[error("KMS key {key} is not usable: {reason}")]
     NotUsable { key: String, reason: String },
     #[error("access denied: principal {principal} may not {action} with key {key}")]
@@ -47,6 +69,8 @@ pub enum KmsError {
     Keystore(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("audit log unavailable, request refused: {0}")]
+    Audit(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -75,4 +99,27 @@ pub trait Kms: Send + Sync {
         context: &EncryptionContext,
         target: Option<&str>,
     ) -> Result<(Vec<u8>, KeyRef), KmsError>;
+}
+
+/// The sqlite-tde KMS front end for management commands: the embedded service over
+/// `keystore` acting for `principal` (`local:` specs), or the daemon (`unix:PATH`).
+pub fn service_for(
+    spec: &str,
+    keystore: &std::path::Path,
+    principal: Option<&str>,
+) -> Result<api::KmsClient, KmsError> {
+    use std::sync::Arc;
+    match spec.split_once(':').unwrap_or((spec, "")) {
+        ("local", _) => {
+            let mut kms = local::LocalKms::new(keystore);
+            if let Some(p) = principal {
+                kms = kms.with_principal(p);
+            }
+            Ok(api::KmsClient::new(Arc::new(kms)))
+        }
+        ("unix", path) if !path.is_empty() => Ok(daemon::UnixKms::new(path).client()),
+        (other, _) => Err(KmsError::InvalidRequest(format!(
+            "the KMS management commands need the sqlite-tde KMS (local: or unix:PATH), not '{other}'"
+        ))),
+    }
 }

@@ -1,24 +1,60 @@
 //! Per-database state behind a main-db handle: the header, and the prepared cipher its DEK
 //! unwraps to. Opening verifies the key before SQLite performs any I/O, so a wrong key can
 //! never trigger hot-journal or WAL recovery.
+//!
+//! The header can change under an open connection (another connection or process rewraps or
+//! rekeys the database). Every change is made under a lock that excludes this connection's
+//! use of the affected state (see docs/ARCHITECTURE.md, "Key rotation"); the connection
+//! notices it by re-reading the header region, through its own handle:
+//!
+//! - whenever SQLite takes SHARED from no lock (rollback mode: every transaction);
+//! - for reads SQLite makes without any lock (the page-size probe at open);
+//! - at most every `check_interval` on page I/O, together with the key-state revalidation
+//!   (WAL mode, where SHARED is held for the connection's life);
+//! - on `PRAGMA tde_status`.
+//!
+//! A changed header with the same DEK (rewrap) only replaces the header copy; a new DEK
+//! (rekey) replaces the cipher, which the journal and WAL handles pick up through
+//! [`Database::generation`].
 
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sqlite_vfs::{BaseFile, ReadStatus, SyncFlags};
+use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError};
 
 use super::TdeContext;
-use crate::crypto::{kcv_matches, key_check_value, random_array, Domain, XtsCipher};
+use crate::crypto::{kcv_matches, key_check_value, random_array, DataKey, Domain, XtsCipher, KCV_LEN};
 use crate::error::{Error, Result};
-use crate::format::{choose_slot, Header, HEADER_REGION_LEN, SLOT_LEN};
-use crate::keycache::CacheKey;
-use crate::kms::EncryptionContext;
+use crate::format::{choose_slot, Header, HeaderError, KeyRef, HEADER_REGION_LEN, SLOT_LEN};
+use crate::keycache::{is_transient, CacheKey};
+use crate::kms::{EncryptionContext, Kms, KmsError};
 
 /// State shared by a main database handle and its journal / WAL handles.
 pub struct Database {
     pub path: String,
-    pub header: Mutex<Header>,
+    state: Mutex<DbState>,
+    generation: AtomicU64,
+    /// Milliseconds since `epoch_instant()` at which the next key/header check is due.
+    next_check_ms: AtomicU64,
+    /// The interrupted operation this connection's open finished, if any (`rekey`,
+    /// `in-place encryption`), for `PRAGMA tde_status`.
+    recovered: Mutex<Option<&'static str>>,
+}
+
+/// The mutable part of a [`Database`].
+pub struct DbState {
+    /// Newest valid header slot.
+    pub header: Header,
+    /// Index of the slot `header` came from (0 = A, 1 = B).
+    pub slot: usize,
+    /// The raw header region as last read (change detection).
+    pub region: Vec<u8>,
+    /// Cipher of the header's DEK.
     pub cipher: Arc<XtsCipher>,
+    /// Set while page I/O must fail: the key was revoked (Auth), or a rekey of this
+    /// connection was interrupted and the file is between two keys (Busy).
+    pub blocked: Option<VfsError>,
 }
 
 impl std::fmt::Debug for Database {
@@ -27,8 +63,209 @@ impl std::fmt::Debug for Database {
     }
 }
 
-fn now() -> u64 {
+fn epoch_instant() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch_instant().elapsed().as_millis() as u64
+}
+
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Database {
+    pub(crate) fn new(path: &str, header: Header, slot: usize, region: Vec<u8>, cipher: Arc<XtsCipher>) -> Database {
+        Database {
+            path: path.to_string(),
+            state: Mutex::new(DbState { header, slot, region, cipher, blocked: None }),
+            generation: AtomicU64::new(1),
+            next_check_ms: AtomicU64::new(0),
+            recovered: Mutex::new(None),
+        }
+    }
+
+    /// The interrupted operation the open of this connection finished, if any.
+    pub fn recovered(&self) -> Option<&'static str> {
+        *self.recovered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lock the mutable state.
+    pub fn state(&self) -> MutexGuard<'_, DbState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the current header.
+    pub fn header(&self) -> Header {
+        self.state().header.clone()
+    }
+
+    /// Changes whenever the cipher is replaced (rekey).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current cipher and its generation.
+    pub fn cipher(&self) -> (u64, Arc<XtsCipher>) {
+        let st = self.state();
+        (self.generation(), st.cipher.clone())
+    }
+
+    /// The cache key of the current header's wrapped DEK.
+    pub fn cache_key(&self) -> CacheKey {
+        cache_key_of(&self.state().header)
+    }
+
+    /// Replace header and cipher (end of a rekey run by this connection).
+    pub(crate) fn replace(&self, header: Header, slot: usize, region: Vec<u8>, cipher: Arc<XtsCipher>) {
+        let mut st = self.state();
+        st.header = header;
+        st.slot = slot;
+        st.region = region;
+        st.cipher = cipher;
+        st.blocked = None;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Refuse page I/O until the connection is closed (or the state is replaced).
+    pub(crate) fn block(&self, e: VfsError) {
+        self.state().blocked = Some(e);
+    }
+
+    /// The error page I/O must fail with, if any.
+    pub fn blocked(&self) -> Option<VfsError> {
+        self.state().blocked.clone()
+    }
+
+    fn schedule_check(&self, after: Duration) {
+        self.next_check_ms.store(now_ms() + after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Is the periodic check due? (One clock read and an atomic load.)
+    pub fn check_due(&self) -> bool {
+        now_ms() >= self.next_check_ms.load(Ordering::Relaxed)
+    }
+
+    /// Force the next I/O to run the check.
+    pub fn check_soon(&self) {
+        self.next_check_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Re-read the header region through `base` and adopt a changed header. A header that
+    /// announces a rekey in progress is not adopted here: `Err(RekeyInProgress)` tells the
+    /// caller to recover (under EXCLUSIVE) or to wait.
+    pub fn refresh_header(&self, ctx: &TdeContext, base: &mut BaseFile) -> Result<bool> {
+        let region = read_region(base)?;
+        {
+            let st = self.state();
+            if st.region == region {
+                return Ok(false);
+            }
+        }
+        let (header, slot) = choose_slot(&region).map_err(|source| Error::Header { path: self.path.clone(), source })?;
+        let current = self.header();
+        if header.db_uuid != current.db_uuid {
+            return Err(Error::Header {
+                path: self.path.clone(),
+                source: HeaderError::Corrupt("the database file was replaced by another database while open".into()),
+            });
+        }
+        if header.rekey.is_some() {
+            return Err(Error::RekeyInProgress { path: self.path.clone() });
+        }
+        if header == current {
+            // Only the other slot changed (e.g. the second write of a rewrap): same state.
+            let mut st = self.state();
+            st.region = region;
+            st.slot = slot;
+            return Ok(false);
+        }
+        if kcv_matches(&header.kcv, &current.kcv) {
+            // Same DEK, rewrapped: keep the cipher; make the new wrapped form a cache alias of
+            // the old one (the next revalidation asks the KMS about the new one).
+            ctx.cache.alias(&cache_key_of(&current), cache_key_of(&header), &header.key.uri, header.key.version);
+            let mut st = self.state();
+            st.header = header;
+            st.slot = slot;
+            st.region = region;
+            return Ok(true);
+        }
+        // A new DEK (rekey finished by another connection): unwrap and verify it.
+        let cipher = unlock(ctx, &self.path, &header)?;
+        verify_content_key(&self.path, base, &cipher)?;
+        self.replace(header, slot, region, cipher);
+        Ok(true)
+    }
+
+    /// The periodic check: re-read the header (when `base` is the main-db handle) and ask the
+    /// key cache whether the key may still be used (which revalidates with the KMS when
+    /// due). Sets or clears the revocation block. Cheap when not due.
+    pub fn check(&self, ctx: &TdeContext, base: Option<&mut BaseFile>) -> std::result::Result<(), VfsError> {
+        if !self.check_due() {
+            return match self.blocked() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        }
+        let interval = ctx.cache.config().check_interval;
+        self.schedule_check(interval);
+        if let Some(base) = base {
+            match self.refresh_header(ctx, base) {
+                Ok(_) => {}
+                Err(Error::RekeyInProgress { .. }) => {} // only visible while unlocked; SQLite's next lock handles it
+                Err(e) if key_refusal(&e) => return Err(self.revoke(e)),
+                Err(e) => return Err(e.to_vfs()),
+            }
+        }
+        let header = self.header();
+        if let Some(e) = self.state().blocked.clone() {
+            if e.code == ErrorCode::Busy {
+                return Err(e); // an interrupted rekey of this connection: no key to check
+            }
+        }
+        match unlock(ctx, &self.path, &header) {
+            Ok(_) => {
+                let mut st = self.state();
+                if st.blocked.as_ref().is_some_and(|b| b.code != ErrorCode::Busy) {
+                    st.blocked = None;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // A refusal, or an outage past the TTL. A journal/WAL handle cannot re-read
+                // the header, which may be stale (rewrapped meanwhile): recheck soon from the
+                // main-db handle.
+                self.check_soon();
+                Err(self.revoke(e))
+            }
+        }
+    }
+
+    fn revoke(&self, e: Error) -> VfsError {
+        let code = match &e {
+            Error::Kms { source: KmsError::Unavailable(_) | KmsError::Keystore(_), .. } => ErrorCode::Auth,
+            other => other.vfs_code(),
+        };
+        let v = VfsError::new(
+            code,
+            format!("{e} (page I/O refused: the data key may no longer be used; see PRAGMA tde_status)"),
+        );
+        self.state().blocked = Some(v.clone());
+        crate::error::set_last_open_error(e);
+        v
+    }
+}
+
+/// Does this error say the key may not be used (as opposed to an I/O or format problem)?
+fn key_refusal(e: &Error) -> bool {
+    matches!(e, Error::Kms { .. } | Error::WrongKey { .. })
+}
+
+/// Cache key of a header's wrapped DEK.
+pub fn cache_key_of(h: &Header) -> CacheKey {
+    CacheKey::new(h.db_uuid, &h.wrapped_dek)
 }
 
 /// Read the header region through the handle SQLite opened (never a second descriptor:
@@ -44,33 +281,147 @@ pub fn read_region(base: &mut BaseFile) -> Result<Vec<u8>> {
     Ok(region)
 }
 
-/// Unwrap and verify the DEK of `header`, through the key cache.
-pub fn unlock(ctx: &TdeContext, path: &str, header: &Header) -> Result<Arc<XtsCipher>> {
-    if header.rekey.is_some() {
-        return Err(Error::RekeyInProgress { path: path.to_string() });
+/// Run one KMS call on a helper thread and wait at most the configured timeout, so an
+/// unreachable remote KMS makes an open fail ("KMS unavailable") instead of hanging. A call
+/// that answers late is dropped (a late data key is wiped by its destructor).
+pub fn kms_call<T, F>(ctx: &TdeContext, path: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Kms) -> std::result::Result<T, KmsError> + Send + 'static,
+{
+    let timeout = ctx.cache.config().kms_timeout;
+    let kms = ctx.kms.clone();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new().name("tde-kms-call".into()).spawn(move || {
+        let r = f(&*kms);
+        let _ = tx.send(r);
+    });
+    if let Err(e) = spawned {
+        return Err(Error::Kms { path: path.to_string(), source: KmsError::Unavailable(format!("cannot start a KMS call: {e}")) });
     }
-    let key = CacheKey::new(header.db_uuid, &header.wrapped_dek);
-    ctx.cache.get_or_unwrap(key, &header.key.uri, || {
-        let context = EncryptionContext::for_database(&header.db_uuid);
-        let dek = ctx
-            .kms
-            .decrypt_data_key(&header.key, &header.wrapped_dek, &context)
-            .map_err(|source| Error::Kms { path: path.to_string(), source })?;
-        if !kcv_matches(&key_check_value(&dek, &header.db_uuid), &header.kcv) {
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.map_err(|source| Error::Kms { path: path.to_string(), source }),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::Kms {
+            path: path.to_string(),
+            source: KmsError::Unavailable(format!("no answer from the KMS within {} ms", timeout.as_millis())),
+        }),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::Kms {
+            path: path.to_string(),
+            source: KmsError::Unavailable("the KMS call failed without an answer".into()),
+        }),
+    }
+}
+
+/// Unwrap (through the key cache) and verify one wrapped DEK of database `db_uuid`.
+pub fn unwrap_key(
+    ctx: &TdeContext,
+    path: &str,
+    db_uuid: &[u8; 16],
+    key: &KeyRef,
+    wrapped: &[u8],
+    kcv: &[u8; KCV_LEN],
+) -> Result<Arc<XtsCipher>> {
+    let cache_key = CacheKey::new(*db_uuid, wrapped);
+    ctx.cache.get_or_unwrap_versioned(cache_key, &key.uri, key.version, || {
+        let context = EncryptionContext::for_database(db_uuid);
+        let (k, w) = (key.clone(), wrapped.to_vec());
+        let dek: DataKey = kms_call(ctx, path, move |kms| kms.decrypt_data_key(&k, &w, &context))?;
+        if !kcv_matches(&key_check_value(&dek, db_uuid), kcv) {
             return Err(Error::WrongKey { path: path.to_string() });
         }
         Ok(XtsCipher::new(&dek))
     })
 }
 
-/// Open an existing encrypted database file.
-pub fn open_existing(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Database> {
-    let region = read_region(base)?;
-    let (header, _slot) =
-        choose_slot(&region).map_err(|source| Error::Header { path: path.to_string(), source })?;
-    let cipher = unlock(ctx, path, &header)?;
-    verify_content_key(path, base, &cipher)?;
-    Ok(Database { path: path.to_string(), header: Mutex::new(header), cipher })
+/// Unwrap and verify the DEK of `header` (which must not be mid-rekey), through the cache.
+pub fn unlock(ctx: &TdeContext, path: &str, header: &Header) -> Result<Arc<XtsCipher>> {
+    if header.rekey.is_some() {
+        return Err(Error::RekeyInProgress { path: path.to_string() });
+    }
+    unwrap_key(ctx, path, &header.db_uuid, &header.key, &header.wrapped_dek, &header.kcv)
+}
+
+/// Outcome of opening an existing file.
+pub enum Opened {
+    /// Ready: key verified.
+    Ready(Database),
+    /// A rekey (or in-place encryption) is in progress and someone else holds the lock (it
+    /// may be running right now): load the header when SQLite first locks the file.
+    Deferred,
+}
+
+/// How long an open waits for the lock it needs to finish an interrupted rekey before
+/// deferring to SQLite's own lock (and busy handler).
+const RECOVERY_LOCK_WAIT: Duration = Duration::from_millis(200);
+
+/// Open an existing encrypted database file. An interrupted rekey or in-place encryption is
+/// finished first (under EXCLUSIVE, taken through `base`) unless `may_defer` and the lock is
+/// busy.
+pub fn open_existing(ctx: &TdeContext, path: &str, base: &mut BaseFile, read_only: bool, may_defer: bool) -> Result<Opened> {
+    let mut attempts = 0;
+    let mut recovered = None;
+    loop {
+        attempts += 1;
+        let region = read_region(base)?;
+        if crate::rotation::convert::is_converting(&region) {
+            recovered = Some("in-place encryption");
+            if read_only {
+                return Err(Error::Config(format!(
+                    "{path}: an in-place encryption was interrupted; open it read-write (or run `sqlite-tde encrypt --in-place --resume {path}`) to finish it"
+                )));
+            }
+            match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
+                true => continue,
+                false if may_defer => return Ok(Opened::Deferred),
+                false => return Err(Error::RekeyInProgress { path: path.to_string() }),
+            }
+        }
+        let (header, slot) = match choose_slot(&region) {
+            Ok(x) => x,
+            Err(source) => {
+                // Power loss while an in-place encryption wrote the header region: its state
+                // file says what to write.
+                if !matches!(source, HeaderError::PlainSqlite) && !read_only && crate::rotation::convert::state_file_valid(path) {
+                    recovered = Some("in-place encryption");
+                    match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
+                        true if attempts < 3 => continue,
+                        true => {}
+                        false if may_defer => return Ok(Opened::Deferred),
+                        false => return Err(Error::RekeyInProgress { path: path.to_string() }),
+                    }
+                }
+                return Err(Error::Header { path: path.to_string(), source });
+            }
+        };
+        if header.rekey.is_some() {
+            if read_only {
+                return Err(Error::Config(format!(
+                    "{path}: a rekey was interrupted; a read-only connection cannot finish it: open it read-write once, or run `sqlite-tde rekey --resume {path}`"
+                )));
+            }
+            recovered = Some("rekey");
+            match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
+                true => continue,
+                false if may_defer => return Ok(Opened::Deferred),
+                false => return Err(Error::RekeyInProgress { path: path.to_string() }),
+            }
+        }
+        let cipher = unlock(ctx, path, &header)?;
+        match verify_content_key(path, base, &cipher) {
+            Ok(()) => {
+                let db = Database::new(path, header, slot, region, cipher);
+                *db.recovered.lock().unwrap_or_else(|p| p.into_inner()) = recovered;
+                return Ok(Opened::Ready(db));
+            }
+            // Read without a lock: a rekey may have rewritten the header meanwhile. Retry
+            // with the newer header before calling the key wrong.
+            Err(e) if attempts < 3 && read_region(base)? != region => {
+                let _ = e;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -82,7 +433,7 @@ const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 /// completely written (power loss during its first transaction) is accepted when its hot
 /// journal or WAL decrypts to a valid magic instead, so SQLite can recover it. Runs before
 /// SQLite reads anything, so a wrong key never reaches recovery.
-fn verify_content_key(path: &str, base: &mut BaseFile, cipher: &XtsCipher) -> Result<()> {
+pub fn verify_content_key(path: &str, base: &mut BaseFile, cipher: &XtsCipher) -> Result<()> {
     let size = base.file_size()?;
     if size < (HEADER_REGION_LEN + 16) as u64 {
         return Ok(()); // no page written yet
@@ -114,23 +465,13 @@ fn verify_content_key(path: &str, base: &mut BaseFile, cipher: &XtsCipher) -> Re
     Err(Error::WrongKey { path: path.to_string() })
 }
 
-/// Create the header of a new, empty database file under `key` and make it durable.
-pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
-    let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
-    let context = EncryptionContext::for_database(&db_uuid);
-    let generated = ctx
-        .kms
-        .generate_data_key(key, &context)
-        .map_err(|source| Error::Kms { path: path.to_string(), source })?;
-    let header = Header {
-        sequence: 1,
-        db_uuid,
-        dek_created: now(),
-        key: generated.key.clone(),
-        wrapped_dek: generated.wrapped.clone(),
-        kcv: key_check_value(&generated.plaintext, &db_uuid),
-        rekey: None,
-    };
+/// Is this the (decrypted) first block of a rollback journal header?
+pub(crate) fn is_journal_magic(b: &[u8]) -> bool {
+    b.len() >= 8 && b[..8] == JOURNAL_MAGIC
+}
+
+/// Encode both slots of a new header region (A = `header`, B = the same with sequence 0).
+pub(crate) fn initial_region(path: &str, header: &Header) -> Result<Vec<u8>> {
     let slot_a = header.encode().map_err(|source| Error::Header { path: path.to_string(), source })?;
     let mut older = header.clone();
     older.sequence = 0;
@@ -139,60 +480,103 @@ pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> R
     region.extend_from_slice(&slot_a);
     region.extend_from_slice(&slot_b);
     debug_assert_eq!(region.len(), 2 * SLOT_LEN);
+    Ok(region)
+}
+
+/// Create the header of a new, empty database file under `key` and make it durable.
+pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
+    let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
+    let context = EncryptionContext::for_database(&db_uuid);
+    let key_owned = key.to_string();
+    ctx.cache.note_kms_call();
+    let generated = kms_call(ctx, path, move |kms| kms.generate_data_key(&key_owned, &context))?;
+    let header = Header {
+        sequence: 1,
+        db_uuid,
+        dek_created: unix_now(),
+        key: generated.key.clone(),
+        wrapped_dek: generated.wrapped.clone(),
+        kcv: key_check_value(&generated.plaintext, &db_uuid),
+        rekey: None,
+    };
+    let region = initial_region(path, &header)?;
     base.write(&region, 0)?;
     base.sync(SyncFlags::FULL)?;
-    let cipher = XtsCipher::new(&generated.plaintext);
+    let cipher = Arc::new(XtsCipher::new(&generated.plaintext));
     drop(generated); // wipes the plaintext DEK
-    let cipher = ctx.cache.get_or_unwrap(CacheKey::new(db_uuid, &header.wrapped_dek), &header.key.uri, || {
-        Ok::<_, Error>(cipher)
-    })?;
-    Ok(Database { path: path.to_string(), header: Mutex::new(header), cipher })
+    let cipher = ctx.cache.insert(cache_key_of(&header), &header.key.uri, header.key.version, cipher);
+    Ok(Database::new(path, header, 0, region, cipher))
 }
 
 /// Open an existing database. A header still being written by a creator in another process
 /// (it holds RESERVED while we may hold SHARED) can be seen half-written: retry briefly before
 /// calling it corrupt.
-pub fn open_existing_or_wait(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Database> {
+pub fn open_existing_or_wait(ctx: &TdeContext, path: &str, base: &mut BaseFile, read_only: bool, may_defer: bool) -> Result<Opened> {
     let mut tries = 0;
     loop {
-        match open_existing(ctx, path, base) {
-            Err(Error::Header { source: crate::format::HeaderError::Truncated | crate::format::HeaderError::Corrupt(_) | crate::format::HeaderError::NotEncrypted, .. })
+        match open_existing(ctx, path, base, read_only, may_defer) {
+            Err(Error::Header { source: HeaderError::Truncated | HeaderError::Corrupt(_) | HeaderError::NotEncrypted, .. })
                 if tries < 20 && base.file_size()? <= HEADER_REGION_LEN as u64 =>
             {
                 tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(5));
             }
             other => return other,
         }
     }
 }
 
+/// Take `level` (at least SHARED) on the base file with SQLite's lock protocol, retrying a
+/// busy lock until `wait` has passed; then fails with `Busy`. Between attempts, and on
+/// failure, locks go back to what SQLite itself holds on this handle.
+pub fn acquire(base: &mut BaseFile, level: LockLevel, wait: Duration) -> std::result::Result<(), VfsError> {
+    let deadline = Instant::now() + wait;
+    // Short, constant pauses: in rollback mode busy writers hold RESERVED most of the time,
+    // and a long back-off would rarely find the gaps between their transactions.
+    let pause = Duration::from_millis(1);
+    loop {
+        let r = base.lock(LockLevel::Shared).and_then(|()| if level > LockLevel::Shared { base.lock(level) } else { Ok(()) });
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code == ErrorCode::Busy && Instant::now() < deadline => {
+                // Back off completely (to SQLite's own level), as SQLite's busy handling does:
+                // holding SHARED while waiting for RESERVED or EXCLUSIVE could deadlock with a
+                // writer that holds RESERVED and waits for readers to leave.
+                let _ = base.unlock(LockLevel::None);
+                std::thread::sleep(pause);
+            }
+            Err(e) => {
+                let _ = base.unlock(LockLevel::None);
+                return Err(if e.code == ErrorCode::Busy {
+                    VfsError::new(ErrorCode::Busy, format!("database is locked (waited {} ms for {level:?})", wait.as_millis()))
+                } else {
+                    e
+                });
+            }
+        }
+    }
+}
+
+/// Release what [`acquire`] took (never below SQLite's own level).
+pub fn release(base: &mut BaseFile) {
+    let _ = base.unlock(LockLevel::None);
+}
+
 /// Create the header of a still-empty database outside a SQLite transaction (for
 /// `PRAGMA tde_create`, so an application learns about a bad key at open time). SQLite's
 /// EXCLUSIVE lock, taken through the base handle, keeps other creators out meanwhile.
 pub fn create_locked(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Option<Database>> {
-    use sqlite_vfs::{ErrorCode, LockLevel};
-    let mut tries = 0;
-    loop {
-        let r = base.lock(LockLevel::Shared).and_then(|_| base.lock(LockLevel::Exclusive));
-        match r {
-            Ok(()) => break,
-            Err(e) if e.code == ErrorCode::Busy && tries < 500 => {
-                let _ = base.unlock(LockLevel::None);
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => {
-                let _ = base.unlock(LockLevel::None);
-                return Err(e.into());
-            }
-        }
-    }
+    acquire(base, LockLevel::Exclusive, Duration::from_secs(5))?;
     let result = match base.file_size() {
         Ok(0) => create(ctx, path, key, base).map(Some),
         Ok(_) => Ok(None), // another connection created it meanwhile
         Err(e) => Err(e.into()),
     };
-    let _ = base.unlock(LockLevel::None);
+    release(base);
     result
+}
+
+/// Is this error a KMS outage (as opposed to a refusal)?
+pub fn is_outage(e: &Error) -> bool {
+    is_transient(e)
 }

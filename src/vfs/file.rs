@@ -1,6 +1,7 @@
 //! One open file of the encrypting VFS.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlite_vfs::{
     BaseFile, DeviceCharacteristics, FileControl, FileControlOutcome, FileKind, LockLevel, OpenRequest, PragmaOutcome,
@@ -8,21 +9,29 @@ use sqlite_vfs::{
 };
 
 use super::blockio::EncryptedIo;
-use super::database::{self, Database};
+use super::database::{self, Database, Opened};
 use super::{TdeContext, ENV_KEY, URI_KEY_PARAM};
 use crate::crypto::{DataKey, Domain, XtsCipher};
 use crate::error::{set_last_open_error, Error, Result};
 use crate::format::HEADER_REGION_LEN;
 
+/// URI parameter (internal) that lets the main database be a plain SQLite file, for the
+/// in-place encryption (`sqlite-tde encrypt --in-place`). Its journal and WAL cannot be
+/// opened (no key yet), so such a connection cannot write SQL.
+pub const URI_CONVERT_PARAM: &str = "tde_convert";
+
 /// How a file's bytes are stored.
 enum Storage {
     /// AES-256-XTS blocks after `data_offset` bytes.
     Encrypted { cipher: Arc<XtsCipher>, domain: Domain, data_offset: u64 },
-    /// The super-journal only: a list of file names, written in the clear by design.
+    /// The super-journal only: a list of file names, written in the clear by design. Also a
+    /// plain main database opened for in-place encryption (read only by SQLite).
     Plain,
-    /// A main database whose file was empty at open: the header (and so the key) is created
-    /// when this connection first takes a write lock, or loaded when another connection has
-    /// created it meanwhile. Until then the database is empty; nothing can be written.
+    /// A main database whose header (and so the key) is not loaded yet: the file was empty
+    /// at open (the header is created when this connection first takes a write lock, or
+    /// loaded when another connection has created it meanwhile), or a rekey was in progress
+    /// under another connection's lock (loaded when SQLite first locks the file). Until then
+    /// reads see an empty file; nothing can be written.
     PendingMain {
         /// CMK for the header: `PRAGMA tde_key`, else the URI `key=`, else `SQLITE_TDE_KEY`,
         /// else the VFS default.
@@ -37,9 +46,16 @@ pub struct TdeFile {
     storage: Storage,
     /// Set for main databases and for the journal / WAL linked to one.
     db: Option<Arc<Database>>,
+    /// Generation of the cipher in `storage` (see [`Database::generation`]).
+    generation: u64,
     ctx: Arc<TdeContext>,
     path: String,
     scratch: Vec<u8>,
+    /// SQLite's lock level on this file (main databases).
+    lock: LockLevel,
+    read_only: bool,
+    /// Opened for in-place encryption (plain main database allowed).
+    convert: bool,
 }
 
 impl TdeFile {
@@ -61,28 +77,34 @@ impl TdeFile {
         }
     }
 
-    /// Leave the pending state: load the header another connection wrote, or (when `create`
-    /// and the file is still empty) create it. Creation only happens while SQLite holds at
-    /// least RESERVED on this file, which serialises creators across processes.
+    fn adopt(&mut self, db: Database) {
+        let db = Arc::new(db);
+        let (generation, cipher) = db.cipher();
+        self.storage = Storage::Encrypted { cipher, domain: Domain::Database, data_offset: HEADER_REGION_LEN as u64 };
+        self.generation = generation;
+        self.db = Some(db);
+    }
+
+    /// Leave the pending state: load the header another connection wrote (finishing an
+    /// interrupted rekey if needed), or (when `create` and the file is still empty) create
+    /// it. Creation only happens while SQLite holds at least RESERVED on this file, which
+    /// serialises creators across processes.
     fn settle(&mut self, create: bool) -> std::result::Result<(), Error> {
         let Storage::PendingMain { key } = &self.storage else { return Ok(()) };
         let key = key.clone();
         let path = self.path.clone();
         let size = self.base.file_size()?;
         let db = if size > 0 {
-            database::open_existing_or_wait(&self.ctx, &path, &mut self.base)?
+            match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false)? {
+                Opened::Ready(db) => db,
+                Opened::Deferred => return Err(Error::RekeyInProgress { path }),
+            }
         } else if create {
             database::create(&self.ctx, &path, &key, &mut self.base)?
         } else {
             return Ok(());
         };
-        let db = Arc::new(db);
-        self.storage = Storage::Encrypted {
-            cipher: db.cipher.clone(),
-            domain: Domain::Database,
-            data_offset: HEADER_REGION_LEN as u64,
-        };
-        self.db = Some(db);
+        self.adopt(db);
         Ok(())
     }
 
@@ -94,13 +116,7 @@ impl TdeFile {
         let key = key.clone();
         let path = self.path.clone();
         if let Some(db) = database::create_locked(&self.ctx, &path, &key, &mut self.base)? {
-            let db = Arc::new(db);
-            self.storage = Storage::Encrypted {
-                cipher: db.cipher.clone(),
-                domain: Domain::Database,
-                data_offset: HEADER_REGION_LEN as u64,
-            };
-            self.db = Some(db);
+            self.adopt(db);
             Ok(())
         } else {
             self.settle(false)
@@ -109,11 +125,69 @@ impl TdeFile {
 
     /// `settle`, reporting failures to SQLite (and the detailed error to this thread).
     fn settle_vfs(&mut self, create: bool) -> VfsResult<()> {
-        self.settle(create).map_err(|e| {
-            let v = e.to_vfs();
-            set_last_open_error(e);
-            v
-        })
+        self.settle(create).map_err(report)
+    }
+
+    /// Before page I/O of a file linked to a database: the periodic header/key check (which
+    /// refuses I/O once the key is revoked), and the switch to a replaced cipher.
+    fn sync_key(&mut self) -> VfsResult<()> {
+        let Some(db) = self.db.clone() else { return Ok(()) };
+        let base = if self.kind == FileKind::MainDb { Some(&mut self.base) } else { None };
+        db.check(&self.ctx, base)?;
+        let generation = db.generation();
+        if generation != self.generation {
+            let (g, c) = db.cipher();
+            if let Storage::Encrypted { cipher, .. } = &mut self.storage {
+                *cipher = c;
+            }
+            self.generation = g;
+        }
+        Ok(())
+    }
+
+    /// The main database is read by SQLite without any lock (the page-size probe right after
+    /// open): re-read the header first, since a rekey may have finished since. `false`: the
+    /// header is mid-rekey (a rekey is running); the caller returns an empty read.
+    fn refresh_unlocked(&mut self) -> VfsResult<bool> {
+        let Some(db) = self.db.clone() else { return Ok(true) };
+        match db.refresh_header(&self.ctx, &mut self.base) {
+            Ok(_) => Ok(true),
+            Err(Error::RekeyInProgress { .. }) => Ok(false),
+            Err(e) => Err(report(e)),
+        }
+    }
+
+    /// SQLite just took SHARED from no lock: the header may have changed (rollback mode:
+    /// rewrap or rekey by another connection since our last transaction). Finish an
+    /// interrupted rekey if needed (under EXCLUSIVE, released again to SHARED).
+    fn refresh_locked(&mut self) -> VfsResult<()> {
+        let Some(db) = self.db.clone() else { return Ok(()) };
+        for _ in 0..3 {
+            match db.refresh_header(&self.ctx, &mut self.base) {
+                Ok(_) => return self.sync_key(),
+                Err(Error::RekeyInProgress { .. }) => {
+                    if self.read_only {
+                        return Err(report(Error::Config(format!(
+                            "{}: a rekey was interrupted; a read-only connection cannot finish it",
+                            self.path
+                        ))));
+                    }
+                    let done = crate::rotation::recover_locked(
+                        &self.ctx,
+                        &self.path,
+                        &mut self.base,
+                        LockLevel::Shared,
+                        Duration::from_millis(100),
+                    )
+                    .map_err(report)?;
+                    if !done {
+                        return Err(report(Error::RekeyInProgress { path: self.path.clone() }));
+                    }
+                }
+                Err(e) => return Err(report(e)),
+            }
+        }
+        Err(report(Error::RekeyInProgress { path: self.path.clone() }))
     }
 
     /// `PRAGMA tde_key[=KEY]`: choose the CMK of a database this connection creates. The key
@@ -137,55 +211,212 @@ impl TdeFile {
             }
             (Storage::PendingMain { key }, None) => PragmaOutcome::Handled(Some(format!("pending:{key}"))),
             _ => {
-                let uri = self.db.as_ref().map(|d| d.header.lock().unwrap_or_else(|p| p.into_inner()).key.uri.clone());
+                let uri = self.db.as_ref().map(|d| d.header().key.uri);
                 PragmaOutcome::Handled(uri)
             }
         }
     }
 
-    fn status_json(&self) -> String {
+    fn status_json(&mut self) -> String {
+        if self.kind == FileKind::MainDb {
+            // Show the header as it is on disk now (e.g. after a rewrap by another process).
+            let _ = self.refresh_unlocked();
+        }
+        let cfg = self.ctx.cache.config();
         let mut v = serde_json::json!({
             "vfs": self.ctx.vfs_name,
             "file_kind": self.kind.as_str(),
             "cipher": "aes-256-xts",
+            "lock": format!("{:?}", self.lock).to_ascii_lowercase(),
             "cache": self.ctx.cache.metrics(),
-            "cache_ttl_secs": self.ctx.cache.config().ttl.as_secs(),
+            "cache_config": {
+                "max_entries": cfg.max_entries,
+                "ttl_ms": cfg.ttl.as_millis() as u64,
+                "revalidate_after_ms": cfg.revalidate_after.as_millis() as u64,
+                "check_interval_ms": cfg.check_interval.as_millis() as u64,
+                "kms_timeout_ms": cfg.kms_timeout.as_millis() as u64,
+            },
+            "cache_ttl_secs": cfg.ttl.as_secs(),
         });
-        if let Storage::PendingMain { key } = &self.storage {
-            v["state"] = "pending-create".into();
-            v["pending_key"] = key.clone().into();
+        match &self.storage {
+            Storage::PendingMain { key } if self.base.file_size().map(|s| s > 0).unwrap_or(false) => {
+                v["state"] = "pending-load".into();
+                v["pending_key"] = key.clone().into();
+            }
+            Storage::PendingMain { key } => {
+                v["state"] = "pending-create".into();
+                v["pending_key"] = key.clone().into();
+            }
+            Storage::Plain if self.kind == FileKind::MainDb => v["state"] = "plain".into(),
+            _ => {}
         }
         if let Some(db) = &self.db {
             v["state"] = "open".into();
-            let h = db.header.lock().unwrap_or_else(|p| p.into_inner());
+            let h = db.header();
             v["db_uuid"] = uuid::Uuid::from_bytes(h.db_uuid).to_string().into();
             v["key"] = h.key.uri.clone().into();
             v["key_version"] = h.key.version.into();
             v["header_sequence"] = h.sequence.into();
+            v["dek_created"] = h.dek_created.into();
+            v["cipher_generation"] = db.generation().into();
+            if let Some(op) = db.recovered() {
+                v["recovered"] = op.into();
+            }
+            if let Some(b) = db.blocked() {
+                v["state"] = "blocked".into();
+                v["blocked"] = b.message.into();
+            }
         }
         v.to_string()
+    }
+
+    /// The main database's `Database`, or a pragma failure.
+    fn main_database(&self, pragma: &str) -> std::result::Result<Arc<Database>, PragmaOutcome> {
+        if self.kind != FileKind::MainDb {
+            return Err(PragmaOutcome::NotFound);
+        }
+        self.db.clone().ok_or_else(|| PragmaOutcome::Failed(format!("{pragma}: the database has no encryption header yet")))
+    }
+
+    fn pragma_rewrap(&mut self, value: Option<&str>) -> PragmaOutcome {
+        let db = match self.main_database("tde_rewrap") {
+            Ok(db) => db,
+            Err(o) => return o,
+        };
+        // `PRAGMA tde_rewrap[=TARGET]` or `='{"key":TARGET,"busy_ms":N}'`.
+        let value = value.map(str::trim).filter(|v| !v.is_empty());
+        let (target, wait) = match value {
+            Some(v) if v.starts_with('{') => match serde_json::from_str::<serde_json::Value>(v) {
+                Ok(j) => (j["key"].as_str().map(str::to_string), j["busy_ms"].as_u64().unwrap_or(5000)),
+                Err(e) => return PragmaOutcome::Failed(format!("tde_rewrap: bad options {v:?}: {e}")),
+            },
+            other => (other.map(str::to_string), 5000),
+        };
+        let r = crate::rotation::rewrap::pragma(
+            &self.ctx,
+            &self.path,
+            &mut self.base,
+            &db,
+            self.lock,
+            self.read_only,
+            target.as_deref(),
+            Duration::from_millis(wait),
+        );
+        json_outcome(r)
+    }
+
+    fn pragma_rekey(&mut self, value: Option<&str>) -> PragmaOutcome {
+        let db = match self.main_database("tde_rekey") {
+            Ok(db) => db,
+            Err(o) => return o,
+        };
+        let r = crate::rotation::rekey::pragma(&self.ctx, &self.path, &mut self.base, &db, self.lock, self.read_only, value);
+        let out = json_outcome(r);
+        let _ = self.sync_key();
+        out
+    }
+
+    fn pragma_encrypt(&mut self, value: Option<&str>) -> PragmaOutcome {
+        if self.kind != FileKind::MainDb || !self.convert {
+            return PragmaOutcome::Failed("tde_encrypt_in_place: only on a connection opened for in-place encryption".into());
+        }
+        if !matches!(self.storage, Storage::Plain) {
+            return PragmaOutcome::Failed("tde_encrypt_in_place: the database is already encrypted".into());
+        }
+        let r = crate::rotation::convert::pragma(&self.ctx, &self.path, &mut self.base, self.lock, self.read_only, value);
+        match r {
+            Ok((json, Some(db))) => {
+                self.adopt(db);
+                PragmaOutcome::Handled(Some(json.to_string()))
+            }
+            Ok((json, None)) => PragmaOutcome::Handled(Some(json.to_string())),
+            Err(e) => {
+                let msg = e.to_string();
+                set_last_open_error(e);
+                PragmaOutcome::Failed(msg)
+            }
+        }
+    }
+
+    /// `PRAGMA tde_kms_check`: ask the KMS to unwrap this database's DEK now, bypassing the
+    /// key cache (a permission check, audited by the KMS, before a plaintext export).
+    fn pragma_kms_check(&mut self) -> PragmaOutcome {
+        let db = match self.main_database("tde_kms_check") {
+            Ok(db) => db,
+            Err(o) => return o,
+        };
+        let h = db.header();
+        let context = crate::kms::EncryptionContext::for_database(&h.db_uuid);
+        let (k, w) = (h.key.clone(), h.wrapped_dek.clone());
+        self.ctx.cache.note_kms_call();
+        let r = database::kms_call(&self.ctx, &self.path, move |kms| kms.decrypt_data_key(&k, &w, &context)).and_then(|dek| {
+            if crate::crypto::kcv_matches(&crate::crypto::key_check_value(&dek, &h.db_uuid), &h.kcv) {
+                Ok(serde_json::json!({"status": "ok", "key_uri": h.key.uri, "key_version": h.key.version}))
+            } else {
+                Err(Error::WrongKey { path: self.path.clone() })
+            }
+        });
+        json_outcome(r)
+    }
+
+    /// `PRAGMA tde_check`: run the header/key check now (instead of waiting for the check
+    /// interval) and report the status.
+    fn pragma_check(&mut self) -> PragmaOutcome {
+        if let Some(db) = &self.db {
+            db.check_soon();
+        }
+        match self.sync_key() {
+            Ok(()) => PragmaOutcome::Handled(Some(self.status_json())),
+            Err(e) => PragmaOutcome::Failed(e.message),
+        }
+    }
+}
+
+fn report(e: Error) -> sqlite_vfs::VfsError {
+    let v = e.to_vfs();
+    set_last_open_error(e);
+    v
+}
+
+fn json_outcome(r: Result<serde_json::Value>) -> PragmaOutcome {
+    match r {
+        Ok(v) => PragmaOutcome::Handled(Some(v.to_string())),
+        Err(e) => {
+            let msg = e.to_string();
+            set_last_open_error(e);
+            PragmaOutcome::Failed(msg)
+        }
     }
 }
 
 /// Open hook: classify, link, verify keys, and build the file.
 pub fn open(ctx: &Arc<TdeContext>, req: &OpenRequest<'_>, mut base: BaseFile, main_db: Option<&TdeFile>) -> Result<TdeFile> {
     let path = req.path.unwrap_or("(anonymous)").to_string();
+    let read_only = req.flags.read_only();
+    let mut convert = false;
     let (storage, db) = match req.kind {
         FileKind::MainDb => {
-            if base.file_size()? == 0 {
+            convert = req.uri_parameter(URI_CONVERT_PARAM).is_some();
+            let pending = || {
                 let key = req
                     .uri_parameter(URI_KEY_PARAM)
                     .or_else(|| std::env::var(ENV_KEY).ok().filter(|k| !k.is_empty()))
                     .unwrap_or_else(|| ctx.default_key.clone());
-                (Storage::PendingMain { key }, None)
+                Storage::PendingMain { key }
+            };
+            if base.file_size()? == 0 {
+                (pending(), None)
+            } else if convert && crate::rotation::convert::is_plain_sqlite(&mut base)? {
+                (Storage::Plain, None)
             } else {
-                let db = Arc::new(database::open_existing_or_wait(ctx, &path, &mut base)?);
-                let storage = Storage::Encrypted {
-                    cipher: db.cipher.clone(),
-                    domain: Domain::Database,
-                    data_offset: HEADER_REGION_LEN as u64,
-                };
-                (storage, Some(db))
+                match database::open_existing_or_wait(ctx, &path, &mut base, read_only, true)? {
+                    Opened::Ready(db) => {
+                        let db = Arc::new(db);
+                        let (_, cipher) = db.cipher();
+                        (Storage::Encrypted { cipher, domain: Domain::Database, data_offset: HEADER_REGION_LEN as u64 }, Some(db))
+                    }
+                    Opened::Deferred => (pending(), None),
+                }
             }
         }
         FileKind::MainJournal | FileKind::Wal => {
@@ -198,8 +429,12 @@ pub fn open(ctx: &Arc<TdeContext>, req: &OpenRequest<'_>, mut base: BaseFile, ma
                     req.kind.as_str()
                 )))
             })?;
+            if let Some(b) = db.blocked() {
+                return Err(Error::Vfs(b));
+            }
             let domain = if req.kind == FileKind::Wal { Domain::Wal } else { Domain::Journal };
-            (Storage::Encrypted { cipher: db.cipher.clone(), domain, data_offset: 0 }, Some(db))
+            let (_, cipher) = db.cipher();
+            (Storage::Encrypted { cipher, domain, data_offset: 0 }, Some(db))
         }
         FileKind::SuperJournal => (Storage::Plain, None),
         FileKind::SubJournal | FileKind::TempDb | FileKind::TempJournal | FileKind::TransientDb => {
@@ -208,7 +443,20 @@ pub fn open(ctx: &Arc<TdeContext>, req: &OpenRequest<'_>, mut base: BaseFile, ma
             (Storage::Encrypted { cipher: Arc::new(XtsCipher::new(&key)), domain: Domain::Temporary, data_offset: 0 }, None)
         }
     };
-    Ok(TdeFile { base, kind: req.kind, storage, db, ctx: ctx.clone(), path, scratch: Vec::new() })
+    let generation = db.as_ref().map(|d| d.generation()).unwrap_or(0);
+    Ok(TdeFile {
+        base,
+        kind: req.kind,
+        storage,
+        db,
+        generation,
+        ctx: ctx.clone(),
+        path,
+        scratch: Vec::new(),
+        lock: LockLevel::None,
+        read_only,
+        convert,
+    })
 }
 
 impl ShimFile for TdeFile {
@@ -217,11 +465,20 @@ impl ShimFile for TdeFile {
     }
 
     fn read(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
-        self.settle_vfs(false)?;
         if let Storage::PendingMain { .. } = self.storage {
+            if self.lock > LockLevel::None {
+                self.settle_vfs(false)?;
+            }
+            if let Storage::PendingMain { .. } = self.storage {
+                buf.fill(0);
+                return Ok(ReadStatus::Short);
+            }
+        }
+        if self.kind == FileKind::MainDb && self.lock == LockLevel::None && !self.refresh_unlocked()? {
             buf.fill(0);
             return Ok(ReadStatus::Short);
         }
+        self.sync_key()?;
         match self.io() {
             Some(mut io) => io.read(buf, offset),
             None => self.base.read(buf, offset),
@@ -230,9 +487,18 @@ impl ShimFile for TdeFile {
 
     fn write(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
         self.settle_vfs(true)?;
+        self.sync_key()?;
         match self.io() {
             Some(mut io) => io.write(buf, offset),
-            None => self.base.write(buf, offset),
+            None => {
+                if self.kind == FileKind::MainDb && self.convert {
+                    return Err(sqlite_vfs::VfsError::new(
+                        sqlite_vfs::ErrorCode::ReadOnly,
+                        "a connection opened for in-place encryption does not write SQL",
+                    ));
+                }
+                self.base.write(buf, offset)
+            }
         }
     }
 
@@ -241,6 +507,7 @@ impl ShimFile for TdeFile {
         if let Storage::PendingMain { .. } = self.storage {
             return Ok(()); // still empty: truncating to 0 changes nothing
         }
+        self.sync_key()?;
         match self.io() {
             Some(mut io) => io.truncate(size),
             None => self.base.truncate(size),
@@ -248,9 +515,13 @@ impl ShimFile for TdeFile {
     }
 
     fn file_size(&mut self) -> VfsResult<u64> {
-        self.settle_vfs(false)?;
         if let Storage::PendingMain { .. } = self.storage {
-            return Ok(0);
+            if self.lock > LockLevel::None || self.base.file_size()? == 0 {
+                self.settle_vfs(false)?;
+            }
+            if let Storage::PendingMain { .. } = self.storage {
+                return Ok(0);
+            }
         }
         match self.io() {
             Some(mut io) => io.logical_size(),
@@ -259,14 +530,30 @@ impl ShimFile for TdeFile {
     }
 
     fn after_lock_change(&mut self, level: LockLevel) -> VfsResult<()> {
-        // A writer creates the header as soon as it holds RESERVED, before SQLite opens the
-        // journal or WAL, which must find the database's key.
-        self.settle_vfs(level >= LockLevel::Reserved)
+        let previous = self.lock;
+        self.lock = level;
+        if self.kind != FileKind::MainDb || level <= previous {
+            return Ok(());
+        }
+        let r = if let Storage::PendingMain { .. } = self.storage {
+            // A writer creates the header as soon as it holds RESERVED, before SQLite opens the
+            // journal or WAL, which must find the database's key.
+            self.settle_vfs(level >= LockLevel::Reserved)
+        } else if previous == LockLevel::None && self.db.is_some() {
+            self.refresh_locked()
+        } else {
+            Ok(())
+        };
+        if r.is_err() {
+            // The binding releases the new lock again.
+            self.lock = previous;
+        }
+        r
     }
 
     fn device_characteristics(&mut self) -> DeviceCharacteristics {
         let base = self.base.device_characteristics();
-        if matches!(self.storage, Storage::Plain) {
+        if matches!(self.storage, Storage::Plain) && self.kind != FileKind::MainDb {
             return base;
         }
         // Edge blocks of a write are re-encrypted whole (read-modify-write of up to 15 bytes
@@ -292,6 +579,7 @@ impl ShimFile for TdeFile {
     fn pragma(&mut self, name: &str, value: Option<&str>) -> PragmaOutcome {
         match name.to_ascii_lowercase().as_str() {
             "tde_status" => PragmaOutcome::Handled(Some(self.status_json())),
+            "tde_check" => self.pragma_check(),
             "tde_key" => self.pragma_key(value),
             "tde_create" => match self.create_now() {
                 Ok(()) => self.pragma_key(None),
@@ -301,6 +589,10 @@ impl ShimFile for TdeFile {
                     PragmaOutcome::Failed(msg)
                 }
             },
+            "tde_rewrap" => self.pragma_rewrap(value),
+            "tde_rekey" => self.pragma_rekey(value),
+            "tde_kms_check" => self.pragma_kms_check(),
+            "tde_encrypt_in_place" => self.pragma_encrypt(value),
             n if n.starts_with("tde_") => PragmaOutcome::Failed(format!("unknown pragma {n}")),
             _ => PragmaOutcome::NotFound,
         }

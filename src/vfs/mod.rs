@@ -6,7 +6,7 @@
 //! declined, so SQLite always reads through `xRead`.
 
 pub mod blockio;
-mod database;
+pub mod database;
 mod file;
 
 use std::sync::Arc;
@@ -14,10 +14,10 @@ use std::sync::Arc;
 use sqlite_vfs::{BaseFile, ErrorCode, FileKind, OpenRequest, RegisterOptions, Shim, VfsError, VfsResult};
 
 pub use database::Database;
-pub use file::TdeFile;
+pub use file::{TdeFile, URI_CONVERT_PARAM};
 
 use crate::error::{set_last_open_error, Error};
-use crate::keycache::{CacheConfig, KeyCache};
+use crate::keycache::{CacheConfig, EpochProbe, KeyCache};
 use crate::kms::{Kms, DEFAULT_KEY_ALIAS};
 
 /// Name under which the encrypting VFS is registered by default.
@@ -55,6 +55,9 @@ pub struct VfsConfig {
     pub make_default: bool,
     /// VFS to layer over (`None`: the default VFS).
     pub base_vfs: Option<String>,
+    /// Revocation epoch of the KMS (see [`crate::keycache`]): cached keys are revalidated as
+    /// soon as it changes. The embedded KMS uses its keystore file's identity.
+    pub epoch_probe: Option<EpochProbe>,
 }
 
 impl VfsConfig {
@@ -66,6 +69,7 @@ impl VfsConfig {
             cache: CacheConfig::default(),
             make_default: false,
             base_vfs: None,
+            epoch_probe: None,
         }
     }
 }
@@ -113,7 +117,7 @@ fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
     let ctx = Arc::new(TdeContext {
         kms: config.kms,
         default_key: config.default_key,
-        cache: KeyCache::new(config.cache),
+        cache: KeyCache::with_probe(config.cache, config.epoch_probe),
         vfs_name: config.name,
     });
     let opts = RegisterOptions { base: config.base_vfs, make_default: config.make_default };

@@ -1,34 +1,51 @@
-//! The embedded local KMS: CMKs in a keystore directory, material encrypted under a root key,
-//! every operation in-process. Other processes see changes at their next operation (the
-//! keystore is re-read per operation; the key cache avoids doing that per page or per open).
+//! The embedded KMS: CMKs in a keystore directory, material encrypted under a root key (or
+//! held in a PKCS#11 token), every operation in-process, checked against the key's policy
+//! and recorded in the audit log before its result is released.
+//!
+//! Other processes see changes at their next operation: the keystore is re-read per
+//! operation (the VFS's key cache avoids doing that per page or per open). Mutations run
+//! under `keystore.lock` and replace the keystore atomically; the audit record of a mutation
+//! is durable before the keystore is replaced, and a request whose record cannot be written
+//! is refused (fail closed).
 
+pub mod import;
 mod keystore;
 mod rootkey;
-mod wrap;
+pub(crate) mod wrap;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use keystore::{KeyRecord, KeyState, KeyVersionRecord, KeystoreData};
+pub use keystore::{HsmRef, ImportRecord, KeyRecord, KeyVersionRecord, KeystoreData, RotationRecord, KEYSTORE_VERSION};
 pub use rootkey::{RootKey, RootSource, ENV_PASSPHRASE, ENV_ROOT_KEY_FILE};
 
 use keystore::{KeystorePaths, RootConfig};
 use rootkey::PassphraseParams;
 use zeroize::Zeroizing;
 
+use super::api::{
+    CreateKeyParams, DataKeyResponse, DecryptResponse, EncryptResponse, Identity, KeyLint, KmsClient, KmsService,
+    MaintenanceReport, ReEncryptResponse, Request,
+};
+use super::audit::{AuditEvent, AuditLog, AuditRecord, Outcome, VerifyReport};
+use super::clock::{Clock, SystemClock, DAY};
+use super::model::{
+    limits, normalize_alias, validate_alias, AliasInfo, KeyInfo, KeyManager, KeyState, Origin, Protection, VersionInfo,
+};
+use super::policy::{actions, default_principal, KeyPolicy};
 use super::{EncryptionContext, GeneratedDataKey, Kms, KmsError, DEFAULT_KEY_ALIAS};
 use crate::crypto::{random_array, DataKey};
 use crate::format::KeyRef;
 
 /// Environment variable naming the keystore directory.
 pub const ENV_KEYSTORE: &str = "SQLITE_TDE_KEYSTORE";
-/// Provider name in key references.
+/// Provider name in key references (the daemon serves the same keys under the same name).
 pub const PROVIDER: &str = "local";
+/// The principal automatic actions (scheduled rotation and deletion, import expiry, creation
+/// of the default key) are recorded under.
+pub const SERVICE_PRINCIPAL: &str = "sqlite-tde-kms";
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+const AUDIT_KEY_LABEL: &[u8] = b"sqlite-tde/audit-mac/v1";
 
 /// The default keystore directory: `$SQLITE_TDE_KEYSTORE`, else `$XDG_DATA_HOME/sqlite-tde`,
 /// else `~/.local/share/sqlite-tde`.
@@ -43,42 +60,239 @@ pub fn default_keystore_dir() -> PathBuf {
     home.join(".local/share/sqlite-tde")
 }
 
-/// Summary of a key for listings.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct KeyInfo {
-    pub key_id: String,
-    pub aliases: Vec<String>,
-    pub description: String,
-    pub state: KeyState,
-    pub manager: String,
-    pub origin: String,
-    pub protection: String,
-    pub primary_version: u32,
-    pub versions: Vec<u32>,
-    pub created: u64,
-}
-
-/// The embedded KMS over one keystore directory.
+/// The embedded KMS over one keystore directory, acting for one principal (the daemon acts
+/// for each request's principal through [`LocalKms::handle`]).
 pub struct LocalKms {
     paths: KeystorePaths,
     root: Mutex<Option<Arc<RootKey>>>,
+    principal: String,
+    clock: Arc<dyn Clock>,
+    audit: AuditLog,
+    mode: &'static str,
 }
 
 impl std::fmt::Debug for LocalKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalKms").field("dir", &self.paths.dir).finish_non_exhaustive()
+        f.debug_struct("LocalKms")
+            .field("dir", &self.paths.dir)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
     }
 }
 
+/// Per-request bookkeeping for the audit record.
+struct OpCtx<'a> {
+    principal: &'a str,
+    operation: String,
+    request_id: String,
+    /// Keys the request touched, with the version used (the first is the record's key;
+    /// ReEncrypt adds its destination).
+    keys: Vec<(String, Option<u32>)>,
+    context: Option<[u8; 32]>,
+    denied: bool,
+}
+
+impl<'a> OpCtx<'a> {
+    fn new(principal: &'a str, operation: &str) -> OpCtx<'a> {
+        OpCtx {
+            principal,
+            operation: operation.to_string(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            keys: Vec::new(),
+            context: None,
+            denied: false,
+        }
+    }
+    fn key(&mut self, id: &str) {
+        if self.keys.is_empty() {
+            self.keys.push((id.to_string(), None));
+        } else {
+            self.keys[0] = (id.to_string(), self.keys[0].1);
+        }
+    }
+    fn version(&mut self, v: u32) {
+        if let Some(k) = self.keys.first_mut() {
+            k.1 = Some(v);
+        }
+    }
+    fn deny(&mut self, e: KmsError) -> KmsError {
+        self.denied = true;
+        e
+    }
+}
+
+/// A mutation in progress: a working copy of the keystore.
+struct Txn<'a> {
+    data: KeystoreData,
+    root: &'a RootKey,
+    now: u64,
+    /// Key URIs whose cached data keys must be dropped after commit.
+    revoked: Vec<String>,
+}
+
+fn key_uri(key_id: &str) -> String {
+    format!("{PROVIDER}:{key_id}")
+}
+
+fn material_context(key_id: &str, version: u32) -> EncryptionContext {
+    EncryptionContext::from_pairs([
+        ("sqlite-tde:cmk".to_string(), key_id.to_string()),
+        ("sqlite-tde:cmk-version".to_string(), version.to_string()),
+    ])
+}
+
+fn is_default_alias(a: &str) -> bool {
+    a == DEFAULT_KEY_ALIAS
+}
+
+/// Cryptographic use requires Enabled.
+fn check_usable(rec: &KeyRecord) -> Result<(), KmsError> {
+    match rec.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled(rec.key_id.clone())),
+        KeyState::PendingDeletion => Err(KmsError::PendingDeletion(rec.key_id.clone())),
+        KeyState::PendingImport => Err(KmsError::PendingImport(rec.key_id.clone())),
+        KeyState::Deleted => Err(KmsError::Deleted(rec.key_id.clone())),
+    }
+}
+
+/// Actions a service-managed key allows (whatever a policy says).
+fn service_key_allows(action: &str) -> bool {
+    matches!(
+        action,
+        actions::ENCRYPT
+            | actions::DECRYPT
+            | actions::GENERATE_DATA_KEY
+            | actions::GENERATE_DATA_KEY_WITHOUT_PLAINTEXT
+            | actions::RE_ENCRYPT_FROM
+            | actions::RE_ENCRYPT_TO
+            | actions::DESCRIBE_KEY
+            | actions::GET_KEY_POLICY
+    )
+}
+
+/// May `ctx.principal` perform `action` on `rec`?
+fn authorize(ctx: &mut OpCtx<'_>, rec: &KeyRecord, action: &str) -> Result<(), KmsError> {
+    if rec.state == KeyState::Deleted && action != actions::DESCRIBE_KEY {
+        return Err(KmsError::Deleted(rec.key_id.clone()));
+    }
+    if rec.manager == KeyManager::Service {
+        if !service_key_allows(action) {
+            return Err(ctx.deny(KmsError::InvalidRequest(format!(
+                "{DEFAULT_KEY_ALIAS} ({}) is service-managed: it cannot be disabled, deleted, rotated on demand or re-policied ({action})",
+                rec.key_id
+            ))));
+        }
+        return Ok(());
+    }
+    let allowed = match &rec.policy {
+        Some(p) => p.allows(ctx.principal, action),
+        None => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ctx.deny(KmsError::AccessDenied {
+            principal: ctx.principal.to_string(),
+            action: action.to_string(),
+            key: rec.key_id.clone(),
+        }))
+    }
+}
+
+fn info(data: &KeystoreData, r: &KeyRecord) -> KeyInfo {
+    KeyInfo {
+        key_id: r.key_id.clone(),
+        aliases: data.aliases_of(&r.key_id),
+        description: r.description.clone(),
+        state: r.state,
+        manager: r.manager,
+        origin: r.origin,
+        protection: r.protection,
+        primary_version: r.primary_version,
+        versions: r.versions.iter().map(|v| v.version).collect(),
+        version_details: r
+            .versions
+            .iter()
+            .map(|v| VersionInfo { version: v.version, created: v.created, available: v.available() })
+            .collect(),
+        created: r.created,
+        rotation_period_days: r.rotation.as_ref().map(|x| x.period_days),
+        next_rotation: r.rotation.as_ref().map(|x| x.next_rotation),
+        deletion_date: r.deletion_date,
+        deleted_at: r.deleted_at,
+        import_expires: r.import.as_ref().and_then(|i| i.expires),
+    }
+}
+
+fn context_of(c: &super::api::Context) -> EncryptionContext {
+    EncryptionContext::from_pairs(c.iter().map(|(k, v)| (k.clone(), v.clone())))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    serde_json::to_vec(v).map(Zeroizing::new).map_err(|e| KmsError::InvalidRequest(e.to_string()))
+}
+
 impl LocalKms {
-    /// A KMS over `dir` (created on first write).
+    /// A KMS over `dir` (created on first write), acting for `$SQLITE_TDE_PRINCIPAL` or the
+    /// OS user, on the system clock.
     pub fn new(dir: impl Into<PathBuf>) -> LocalKms {
-        LocalKms { paths: KeystorePaths { dir: dir.into() }, root: Mutex::new(None) }
+        let dir = dir.into();
+        LocalKms {
+            audit: AuditLog::new(&dir),
+            paths: KeystorePaths { dir },
+            root: Mutex::new(None),
+            principal: default_principal(),
+            clock: Arc::new(SystemClock),
+            mode: "embedded",
+        }
+    }
+
+    /// Act for another principal.
+    pub fn with_principal(mut self, principal: impl Into<String>) -> LocalKms {
+        self.principal = principal.into();
+        self
+    }
+
+    /// Use another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> LocalKms {
+        self.clock = clock;
+        self
+    }
+
+    /// Mark as serving a daemon (reported by WhoAmI).
+    pub fn for_daemon(mut self) -> LocalKms {
+        self.mode = "daemon";
+        self
     }
 
     /// The keystore directory.
     pub fn dir(&self) -> &Path {
         &self.paths.dir
+    }
+
+    /// The principal this instance acts for.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Typed access through the request API (as the CLI uses it).
+    pub fn client(self) -> KmsClient {
+        KmsClient::new(Arc::new(self))
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The service's clock (for sibling modules).
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.clock.now()
     }
 
     fn lock(&self) -> Result<std::fs::File, KmsError> {
@@ -147,138 +361,1143 @@ impl LocalKms {
         Ok(data)
     }
 
-    /// Run a read-modify-write of the keystore under the lock.
-    fn mutate<T>(&self, f: impl FnOnce(&mut KeystoreData, &RootKey) -> Result<T, KmsError>) -> Result<T, KmsError> {
+    // ----- audit -----
+
+    fn record(&self, root: &RootKey, ctx: &OpCtx<'_>, outcome: Outcome, error: Option<String>) -> Result<(), KmsError> {
+        let key = root.derive(AUDIT_KEY_LABEL);
+        let now = self.now();
+        let mut keys = ctx.keys.clone();
+        if keys.is_empty() {
+            keys.push((String::new(), None));
+        }
+        for (i, (id, version)) in keys.iter().enumerate() {
+            let ev = AuditEvent {
+                request_id: ctx.request_id.clone(),
+                principal: ctx.principal.to_string(),
+                operation: if i == 0 { ctx.operation.clone() } else { format!("{}:destination", ctx.operation) },
+                key_id: (!id.is_empty()).then(|| id.clone()),
+                key_version: *version,
+                context_digest: ctx.context,
+                outcome,
+                error: error.clone(),
+            };
+            self.audit.append(&key, now, &ev)?;
+        }
+        Ok(())
+    }
+
+    /// Record the outcome of a request; an allowed request whose record cannot be written
+    /// fails (its result, e.g. a plaintext key, is dropped and wiped).
+    fn finish<T>(&self, root: &RootKey, ctx: &OpCtx<'_>, r: Result<T, KmsError>) -> Result<T, KmsError> {
+        let (outcome, error) = match &r {
+            Ok(_) => (Outcome::Allowed, None),
+            Err(e) if ctx.denied || matches!(e, KmsError::AccessDenied { .. }) => {
+                (Outcome::Denied, Some(e.to_string()))
+            }
+            Err(e) => (Outcome::Failed, Some(e.to_string())),
+        };
+        match self.record(root, ctx, outcome, error) {
+            Ok(()) => r,
+            Err(audit_err) => match r {
+                Ok(_) => Err(audit_err),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// A request that reads the keystore (cryptographic operations, describe, list): run due
+    /// maintenance first, then the operation, then its audit record.
+    fn read_op<T>(
+        &self,
+        principal: &str,
+        operation: &str,
+        f: impl FnOnce(&mut OpCtx<'_>, &KeystoreData, &RootKey) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let mut data = self.load_or_init()?;
+        if Self::due(&data, self.now()) {
+            self.maintain(false)?;
+            data = self.load_or_init()?;
+        }
+        let root = self.root_key(&data)?;
+        let mut ctx = OpCtx::new(principal, operation);
+        let r = f(&mut ctx, &data, &root);
+        self.finish(&root, &ctx, r)
+    }
+
+    /// A request that changes the keystore: under the lock, on a working copy; the audit
+    /// record is made durable before the keystore is replaced.
+    fn write_op<T>(
+        &self,
+        principal: &str,
+        operation: &str,
+        f: impl FnOnce(&mut OpCtx<'_>, &mut Txn<'_>) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
         self.load_or_init()?;
         let _lock = self.lock()?;
         let mut data = keystore::load(&self.paths)?.ok_or_else(|| KmsError::Keystore("keystore vanished".into()))?;
         let root = self.root_key(&data)?;
-        let out = f(&mut data, &root)?;
-        keystore::store(&self.paths, &data)?;
+        let now = self.now();
+        let mut revoked = Vec::new();
+        let maintained = self.maintain_locked(&mut data, &root, now, false, &mut revoked)?;
+        let mut ctx = OpCtx::new(principal, operation);
+        let mut txn = Txn { data: data.clone(), root: &root, now, revoked: Vec::new() };
+        let r = f(&mut ctx, &mut txn);
+        let r = match r {
+            Ok(v) => {
+                self.record(&root, &ctx, Outcome::Allowed, None)?;
+                if let Err(e) = keystore::store(&self.paths, &txn.data) {
+                    let _ = self.record(&root, &ctx, Outcome::Failed, Some(e.to_string()));
+                    return Err(e);
+                }
+                revoked.append(&mut txn.revoked);
+                Ok(v)
+            }
+            Err(e) => {
+                if !maintained.is_empty() {
+                    keystore::store(&self.paths, &data)?;
+                }
+                self.finish(&root, &ctx, Err(e))
+            }
+        };
+        for uri in revoked {
+            super::events::notify_revoked(&uri);
+        }
+        r
+    }
+
+    // ----- maintenance: scheduled deletion, automatic rotation, import expiry -----
+
+    fn due(data: &KeystoreData, now: u64) -> bool {
+        data.keys.values().any(|k| {
+            (k.state == KeyState::PendingDeletion && k.deletion_date.is_some_and(|d| d <= now))
+                || (k.state == KeyState::Enabled && k.rotation.as_ref().is_some_and(|r| r.next_rotation <= now))
+                || (k.import.as_ref().and_then(|i| i.expires).is_some_and(|e| e <= now) && k.has_material())
+        })
+    }
+
+    /// Perform what is due (checked on every use, and by `kms rotate-due`).
+    fn maintain(&self, explicit: bool) -> Result<MaintenanceReport, KmsError> {
+        let Some(data) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
+        if !Self::due(&data, self.now()) {
+            return Ok(MaintenanceReport::default());
+        }
+        let _lock = self.lock()?;
+        let Some(mut data) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
+        let root = self.root_key(&data)?;
+        let mut revoked = Vec::new();
+        let report = self.maintain_locked(&mut data, &root, self.now(), explicit, &mut revoked)?;
+        if !report.is_empty() {
+            keystore::store(&self.paths, &data)?;
+        }
+        for uri in revoked {
+            super::events::notify_revoked(&uri);
+        }
+        Ok(report)
+    }
+
+    fn maintain_locked(
+        &self,
+        data: &mut KeystoreData,
+        root: &RootKey,
+        now: u64,
+        explicit: bool,
+        revoked: &mut Vec<String>,
+    ) -> Result<MaintenanceReport, KmsError> {
+        let mut report = MaintenanceReport::default();
+        let ids: Vec<String> = data.keys.keys().cloned().collect();
+        for id in ids {
+            let rec = data.keys[&id].clone();
+            if rec.state == KeyState::PendingDeletion && rec.deletion_date.is_some_and(|d| d <= now) {
+                let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "DeleteKey:scheduled");
+                ctx.key(&id);
+                let hsm_error = self.destroy_material(data, &id);
+                self.record(root, &ctx, Outcome::Allowed, hsm_error)?;
+                report.deleted.push(id.clone());
+                revoked.push(key_uri(&id));
+                continue;
+            }
+            if rec.import.as_ref().and_then(|i| i.expires).is_some_and(|e| e <= now) && rec.has_material() {
+                let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "ImportedKeyMaterialExpired");
+                ctx.key(&id);
+                self.record(root, &ctx, Outcome::Allowed, None)?;
+                import::remove_material(data.keys.get_mut(&id).expect("key exists"));
+                report.import_expired.push(id.clone());
+                revoked.push(key_uri(&id));
+                continue;
+            }
+            if rec.state == KeyState::Enabled && rec.rotation.as_ref().is_some_and(|r| r.next_rotation <= now) {
+                // HSM rotations need the token; outside `rotate-due` a missing token must not
+                // block the use of other keys, so they wait for an explicit run.
+                if rec.protection == Protection::Hsm && !explicit && super::hsm::config_from_env().is_none() {
+                    continue;
+                }
+                let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "RotateKey:scheduled");
+                ctx.key(&id);
+                let mut work = data.clone();
+                match self.rotate_in(&mut work, root, &id, now) {
+                    Ok(v) => {
+                        ctx.version(v);
+                        self.record(root, &ctx, Outcome::Allowed, None)?;
+                        *data = work;
+                        report.rotated.push((id.clone(), v));
+                    }
+                    Err(e) => {
+                        self.record(root, &ctx, Outcome::Failed, Some(e.to_string()))?;
+                        if explicit {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Destroy every version's material and leave a tombstone. Returns an error text if an
+    /// HSM object could not be destroyed (the key is unusable either way: its record no
+    /// longer names the object).
+    fn destroy_material(&self, data: &mut KeystoreData, id: &str) -> Option<String> {
+        let now = self.now();
+        let rec = data.keys.get_mut(id).expect("key exists");
+        let mut err = None;
+        if let Some(h) = &rec.hsm {
+            for v in &rec.versions {
+                if let Some(label) = &v.hsm_label {
+                    if let Err(e) = super::hsm::destroy(h, label) {
+                        err = Some(format!("HSM object {label} not destroyed: {e}"));
+                    }
+                }
+            }
+        }
+        for v in rec.versions.iter_mut() {
+            v.material = None;
+            v.hsm_label = None;
+        }
+        rec.state = KeyState::Deleted;
+        rec.deleted_at = Some(now);
+        rec.deletion_date = None;
+        rec.rotation = None;
+        rec.policy = None;
+        if let Some(i) = rec.import.as_mut() {
+            i.params = None;
+        }
+        data.aliases.retain(|_, v| v != id);
+        err
+    }
+
+    // ----- material -----
+
+    fn new_software_version(
+        root: &RootKey,
+        key_id: &str,
+        version: u32,
+        now: u64,
+    ) -> Result<KeyVersionRecord, KmsError> {
+        let material = Zeroizing::new(random_array::<32>()?);
+        let sealed = wrap::seal(root.expose(), key_id, version, &material[..], &material_context(key_id, version))?;
+        Ok(KeyVersionRecord { version, created: now, material: Some(hex::encode(sealed)), hsm_label: None })
+    }
+
+    fn new_version(rec: &KeyRecord, root: &RootKey, version: u32, now: u64) -> Result<KeyVersionRecord, KmsError> {
+        match rec.protection {
+            Protection::Software => Self::new_software_version(root, &rec.key_id, version, now),
+            Protection::Hsm => {
+                let h = rec
+                    .hsm
+                    .as_ref()
+                    .ok_or_else(|| KmsError::Keystore(format!("HSM key {} names no token", rec.key_id)))?;
+                let label = super::hsm::generate(h, &rec.key_id, version)?;
+                Ok(KeyVersionRecord { version, created: now, material: None, hsm_label: Some(label) })
+            }
+        }
+    }
+
+    /// Decrypt the software material of one key version.
+    fn software_material(
+        root: &RootKey,
+        rec: &KeyRecord,
+        v: &KeyVersionRecord,
+    ) -> Result<Zeroizing<[u8; 32]>, KmsError> {
+        let hexed = v.material.as_ref().ok_or_else(|| KmsError::NotUsable {
+            key: rec.key_id.clone(),
+            reason: format!("the material of version {} is not available", v.version),
+        })?;
+        let sealed = hex::decode(hexed).map_err(|_| KmsError::Keystore("bad material encoding".into()))?;
+        let plain = wrap::open(root.expose(), &sealed, &material_context(&rec.key_id, v.version)).map_err(|_| {
+            KmsError::Keystore(format!(
+                "material of key {} v{} does not decrypt under the root key",
+                rec.key_id, v.version
+            ))
+        })?;
+        if plain.len() != 32 {
+            return Err(KmsError::Keystore("bad material length".into()));
+        }
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&plain);
         Ok(out)
     }
 
-    fn new_version(root: &RootKey, key_id: &str, version: u32) -> Result<KeyVersionRecord, KmsError> {
-        let material = Zeroizing::new(random_array::<32>()?);
-        let sealed = wrap::seal(root.expose(), key_id, version, &material[..], &material_context(key_id, version))?;
-        Ok(KeyVersionRecord { version, created: now(), material: hex::encode(sealed) })
+    fn version_of(rec: &KeyRecord, version: u32) -> Result<&KeyVersionRecord, KmsError> {
+        let v = rec.version(version).ok_or_else(|| KmsError::NotUsable {
+            key: rec.key_id.clone(),
+            reason: format!("version {version} does not exist"),
+        })?;
+        if !v.available() {
+            return Err(match rec.state {
+                KeyState::Deleted => KmsError::Deleted(rec.key_id.clone()),
+                KeyState::PendingImport => KmsError::PendingImport(rec.key_id.clone()),
+                _ => KmsError::NotUsable {
+                    key: rec.key_id.clone(),
+                    reason: format!("the material of version {version} is not available"),
+                },
+            });
+        }
+        Ok(v)
     }
 
-    fn insert_key(data: &mut KeystoreData, root: &RootKey, alias: Option<&str>, description: &str, manager: &str) -> Result<KeyInfo, KmsError> {
-        if let Some(a) = alias {
-            validate_alias(a)?;
-            if data.aliases.contains_key(a) {
-                return Err(KmsError::InvalidRequest(format!("alias {a} already exists")));
+    /// Encrypt under one version of a key (in the token for HSM keys).
+    fn seal(
+        root: &RootKey,
+        rec: &KeyRecord,
+        version: u32,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        let v = Self::version_of(rec, version)?;
+        match rec.protection {
+            Protection::Software => {
+                let m = Self::software_material(root, rec, v)?;
+                wrap::seal(&m, &rec.key_id, version, plaintext, ctx)
+            }
+            Protection::Hsm => {
+                let h = rec
+                    .hsm
+                    .as_ref()
+                    .ok_or_else(|| KmsError::Keystore(format!("HSM key {} names no token", rec.key_id)))?;
+                let label = v.hsm_label.as_deref().unwrap_or_default();
+                let header = wrap::header(&rec.key_id, version)?;
+                let nonce = random_array::<12>()?;
+                let ct = super::hsm::encrypt(h, label, &nonce, &wrap::aad(&header, ctx), plaintext)?;
+                let mut out = header;
+                out.extend_from_slice(&nonce);
+                out.extend_from_slice(&ct);
+                Ok(out)
             }
         }
-        let key_id = uuid::Uuid::new_v4().to_string();
-        let rec = KeyRecord {
-            key_id: key_id.clone(),
-            description: description.to_string(),
-            created: now(),
-            state: KeyState::Enabled,
-            manager: manager.into(),
-            origin: "internal".into(),
-            protection: "software".into(),
-            primary_version: 1,
-            versions: vec![Self::new_version(root, &key_id, 1)?],
-        };
-        data.keys.insert(key_id.clone(), rec);
-        if let Some(a) = alias {
-            data.aliases.insert(a.to_string(), key_id.clone());
+    }
+
+    /// Decrypt a blob under the version it names.
+    fn open(
+        root: &RootKey,
+        rec: &KeyRecord,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let (hdr, header, nonce, ct) = wrap::split(blob)?;
+        let v = Self::version_of(rec, hdr.key_version)?;
+        match rec.protection {
+            Protection::Software => {
+                let m = Self::software_material(root, rec, v)?;
+                wrap::open(&m, blob, ctx)
+            }
+            Protection::Hsm => {
+                let h = rec
+                    .hsm
+                    .as_ref()
+                    .ok_or_else(|| KmsError::Keystore(format!("HSM key {} names no token", rec.key_id)))?;
+                let label = v.hsm_label.as_deref().unwrap_or_default();
+                super::hsm::decrypt(h, label, &nonce, &wrap::aad(header, ctx), ct).map_err(|e| match e {
+                    KmsError::InvalidCiphertext { .. } => KmsError::InvalidCiphertext { key: rec.key_id.clone() },
+                    other => other,
+                })
+            }
         }
-        Ok(info(data, &data.keys[&key_id]))
     }
 
-    /// CreateKey: a new customer-managed CMK, optionally with an alias.
-    pub fn create_key(&self, alias: Option<&str>, description: &str) -> Result<KeyInfo, KmsError> {
-        if alias == Some(DEFAULT_KEY_ALIAS) {
-            return Err(KmsError::InvalidRequest(format!("{DEFAULT_KEY_ALIAS} is reserved for the service-managed default key")));
+    fn rotate_in(&self, data: &mut KeystoreData, root: &RootKey, id: &str, now: u64) -> Result<u32, KmsError> {
+        let rec = data.keys.get_mut(id).ok_or_else(|| KmsError::NotFound(id.to_string()))?;
+        let version = rec.next_version();
+        let v = Self::new_version(rec, root, version, now)?;
+        rec.versions.push(v);
+        rec.primary_version = version;
+        if let Some(r) = rec.rotation.as_mut() {
+            r.next_rotation = now + r.period_days as u64 * DAY;
         }
-        self.mutate(|data, root| Self::insert_key(data, root, alias, description, "customer"))
+        Ok(version)
     }
 
-    /// DescribeKey.
-    pub fn describe_key(&self, key: &str) -> Result<KeyInfo, KmsError> {
-        let data = self.load_or_init()?;
-        let rec = data.resolve(key)?;
-        Ok(info(&data, rec))
+    // ----- operations -----
+
+    /// Dispatch one request for `principal` (the daemon calls this with each peer's
+    /// principal; the embedded front end with its own).
+    pub fn handle(&self, principal: &str, req: &Request) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        match req {
+            Request::CreateKey(p) => to_json(&self.op_create_key(principal, p)?),
+            Request::DescribeKey { key } => to_json(&self.op_describe(principal, key)?),
+            Request::ListKeys => to_json(&self.op_list_keys(principal)?),
+            Request::ListAliases => to_json(&self.op_list_aliases(principal)?),
+            Request::CreateAlias { alias, key } => {
+                to_json(&self.op_alias(principal, "CreateAlias", alias, Some(key))?)
+            }
+            Request::UpdateAlias { alias, key } => {
+                to_json(&self.op_alias(principal, "UpdateAlias", alias, Some(key))?)
+            }
+            Request::DeleteAlias { alias } => to_json(&self.op_alias(principal, "DeleteAlias", alias, None)?),
+            Request::EnableKey { key } => to_json(&self.op_enable(principal, key)?),
+            Request::DisableKey { key } => to_json(&self.op_disable(principal, key)?),
+            Request::ScheduleKeyDeletion { key, days } => to_json(&self.op_schedule_deletion(principal, key, *days)?),
+            Request::CancelKeyDeletion { key } => to_json(&self.op_cancel_deletion(principal, key)?),
+            Request::EnableKeyRotation { key, days } => to_json(&self.op_rotation(principal, key, Some(*days))?),
+            Request::DisableKeyRotation { key } => to_json(&self.op_rotation(principal, key, None)?),
+            Request::RotateKeyOnDemand { key } => to_json(&self.op_rotate(principal, key)?),
+            Request::RotateDue => to_json(&self.op_rotate_due(principal)?),
+            Request::GenerateDataKey { key, context, bytes } => {
+                to_json(&self.op_generate_data_key(principal, key, &context_of(context), *bytes, true)?)
+            }
+            Request::GenerateDataKeyWithoutPlaintext { key, context, bytes } => {
+                to_json(&self.op_generate_data_key(principal, key, &context_of(context), *bytes, false)?)
+            }
+            Request::Encrypt { key, plaintext, context } => {
+                to_json(&self.op_encrypt(principal, key, plaintext, &context_of(context))?)
+            }
+            Request::Decrypt { ciphertext, context, key } => {
+                to_json(&self.op_decrypt(principal, ciphertext, &context_of(context), key.as_deref())?)
+            }
+            Request::ReEncrypt { ciphertext, source_context, destination_key, destination_context } => {
+                to_json(&self.op_re_encrypt(
+                    principal,
+                    ciphertext,
+                    &context_of(source_context),
+                    destination_key.as_deref(),
+                    destination_context.as_ref().map(context_of).as_ref(),
+                )?)
+            }
+            Request::GetImportParameters { key } => to_json(&self.op_get_import_parameters(principal, key)?),
+            Request::ImportKeyMaterial { key, import_token, encrypted_material, expires } => {
+                to_json(&self.op_import(principal, key, import_token, encrypted_material, *expires)?)
+            }
+            Request::DeleteImportedKeyMaterial { key } => to_json(&self.op_delete_imported(principal, key)?),
+            Request::GetKeyPolicy { key } => to_json(&self.op_get_policy(principal, key)?),
+            Request::PutKeyPolicy { key, policy } => to_json(&self.op_put_policy(principal, key, policy)?),
+            Request::Lint => to_json(&self.op_lint(principal)?),
+            Request::ReadAudit { key, since } => to_json(&self.op_read_audit(principal, key.as_deref(), *since)?),
+            Request::VerifyAudit => to_json(&self.op_verify_audit(principal)?),
+            Request::WhoAmI => to_json(&Identity { principal: principal.to_string(), mode: self.mode.to_string() }),
+            Request::PutSecret { name, value, key, description } => {
+                to_json(&super::secrets::put(self, principal, name, value, key.as_deref(), description)?)
+            }
+            Request::GetSecret { name, version, stage } => {
+                to_json(&super::secrets::get(self, principal, name, version.as_deref(), stage.as_deref())?)
+            }
+            Request::RotateSecret { name, value } => {
+                to_json(&super::secrets::rotate(self, principal, name, value.as_ref())?)
+            }
+            Request::ListSecrets => to_json(&super::secrets::list(self, principal)?),
+            Request::ListSecretVersions { name } => to_json(&super::secrets::versions(self, principal, name)?),
+        }
     }
 
-    /// ListKeys.
-    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, KmsError> {
-        let data = self.load_or_init()?;
-        Ok(data.keys.values().map(|r| info(&data, r)).collect())
+    /// CreateKey.
+    pub fn op_create_key(&self, principal: &str, p: &CreateKeyParams) -> Result<KeyInfo, KmsError> {
+        let alias = p.alias.as_deref().map(normalize_alias);
+        self.write_op(principal, "CreateKey", |ctx, txn| {
+            if let Some(a) = &alias {
+                validate_alias(a)?;
+                if is_default_alias(a) {
+                    return Err(KmsError::InvalidRequest(format!(
+                        "{DEFAULT_KEY_ALIAS} is reserved for the service-managed default key"
+                    )));
+                }
+                if txn.data.aliases.contains_key(a) {
+                    return Err(KmsError::InvalidRequest(format!("alias {a} already exists")));
+                }
+            }
+            if p.origin == Origin::External && p.protection == Protection::Hsm {
+                return Err(KmsError::InvalidRequest(
+                    "imported key material is supported with software protection only".into(),
+                ));
+            }
+            if p.origin == Origin::External && p.rotation_days.is_some() {
+                return Err(KmsError::InvalidRequest(
+                    "keys with imported material cannot be rotated automatically".into(),
+                ));
+            }
+            if let Some(d) = p.rotation_days {
+                check_rotation_days(d)?;
+            }
+            let policy = KeyPolicy::for_new_key(principal, &p.admins, &p.users);
+            policy.validate().map_err(KmsError::InvalidRequest)?;
+            let key_id = uuid::Uuid::new_v4().to_string();
+            ctx.key(&key_id);
+            let hsm = match p.protection {
+                Protection::Hsm => Some(super::hsm::config_from_env().ok_or_else(|| {
+                    KmsError::InvalidRequest(format!(
+                        "--protection hsm needs a PKCS#11 token: set {} (and {}, {})",
+                        super::hsm::ENV_HSM_TOKEN,
+                        super::hsm::ENV_HSM_PIN,
+                        super::hsm::ENV_HSM_MODULE
+                    ))
+                })?),
+                Protection::Software => None,
+            };
+            let mut rec = KeyRecord {
+                key_id: key_id.clone(),
+                description: p.description.clone(),
+                created: txn.now,
+                state: KeyState::Enabled,
+                manager: KeyManager::Customer,
+                origin: p.origin,
+                protection: p.protection,
+                primary_version: 0,
+                versions: Vec::new(),
+                policy: Some(policy),
+                rotation: p
+                    .rotation_days
+                    .map(|d| RotationRecord { period_days: d, next_rotation: txn.now + d as u64 * DAY }),
+                deletion_date: None,
+                deleted_at: None,
+                hsm,
+                import: None,
+            };
+            match p.origin {
+                Origin::Internal => {
+                    let v = Self::new_version(&rec, txn.root, 1, txn.now)?;
+                    rec.versions.push(v);
+                    rec.primary_version = 1;
+                    ctx.version(1);
+                }
+                Origin::External => {
+                    rec.state = KeyState::PendingImport;
+                    rec.import = Some(ImportRecord::default());
+                }
+            }
+            txn.data.keys.insert(key_id.clone(), rec);
+            if let Some(a) = &alias {
+                txn.data.aliases.insert(a.clone(), key_id.clone());
+            }
+            Ok(info(&txn.data, &txn.data.keys[&key_id]))
+        })
     }
 
-    /// Make sure the default key exists; returns its id.
+    /// Make sure the service-managed default key exists.
     fn ensure_default_key(&self) -> Result<(), KmsError> {
         let data = self.load_or_init()?;
         if data.aliases.contains_key(DEFAULT_KEY_ALIAS) {
             return Ok(());
         }
-        self.mutate(|data, root| {
-            if !data.aliases.contains_key(DEFAULT_KEY_ALIAS) {
-                Self::insert_key(data, root, Some(DEFAULT_KEY_ALIAS), "service-managed default key", "service")?;
+        self.write_op(SERVICE_PRINCIPAL, "CreateKey:default", |ctx, txn| {
+            if let Some(id) = txn.data.aliases.get(DEFAULT_KEY_ALIAS) {
+                ctx.key(&id.clone());
+                return Ok(());
             }
+            let key_id = uuid::Uuid::new_v4().to_string();
+            ctx.key(&key_id);
+            ctx.version(1);
+            let period = limits::DEFAULT_KEY_ROTATION_DAYS;
+            let v = Self::new_software_version(txn.root, &key_id, 1, txn.now)?;
+            txn.data.keys.insert(
+                key_id.clone(),
+                KeyRecord {
+                    key_id: key_id.clone(),
+                    description: "service-managed default key".into(),
+                    created: txn.now,
+                    state: KeyState::Enabled,
+                    manager: KeyManager::Service,
+                    origin: Origin::Internal,
+                    protection: Protection::Software,
+                    primary_version: 1,
+                    versions: vec![v],
+                    policy: Some(KeyPolicy::service_default()),
+                    rotation: Some(RotationRecord {
+                        period_days: period,
+                        next_rotation: txn.now + period as u64 * DAY,
+                    }),
+                    deletion_date: None,
+                    deleted_at: None,
+                    hsm: None,
+                    import: None,
+                },
+            );
+            txn.data.aliases.insert(DEFAULT_KEY_ALIAS.to_string(), key_id);
             Ok(())
         })
     }
 
-    /// Decrypt the material of one key version.
-    fn material(&self, data: &KeystoreData, rec: &KeyRecord, version: u32) -> Result<Zeroizing<[u8; 32]>, KmsError> {
-        let v = rec.versions.iter().find(|v| v.version == version).ok_or_else(|| KmsError::NotUsable {
-            key: rec.key_id.clone(),
-            reason: format!("version {version} does not exist"),
-        })?;
-        let root = self.root_key(data)?;
-        let sealed = hex::decode(&v.material).map_err(|_| KmsError::Keystore("bad material encoding".into()))?;
-        let plain = wrap::open(root.expose(), &sealed, &material_context(&rec.key_id, version))
-            .map_err(|_| KmsError::Keystore(format!("material of key {} v{version} does not decrypt under the root key", rec.key_id)))?;
-        let mut out = Zeroizing::new([0u8; 32]);
-        if plain.len() != 32 {
-            return Err(KmsError::Keystore("bad material length".into()));
+    /// DescribeKey.
+    pub fn op_describe(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
+        if key == DEFAULT_KEY_ALIAS {
+            self.ensure_default_key()?;
         }
-        out.copy_from_slice(&plain);
-        Ok(out)
+        self.read_op(principal, "DescribeKey", |ctx, data, _| {
+            let rec = data.resolve(key)?;
+            ctx.key(&rec.key_id);
+            authorize(ctx, rec, actions::DESCRIBE_KEY)?;
+            Ok(info(data, rec))
+        })
     }
 
-    fn usable<'a>(data: &'a KeystoreData, key: &str) -> Result<&'a KeyRecord, KmsError> {
-        let rec = data.resolve(key)?;
-        match rec.state {
-            KeyState::Enabled => Ok(rec),
-            KeyState::Disabled => Err(KmsError::Disabled(rec.key_id.clone())),
+    /// ListKeys (every key, tombstones included).
+    pub fn op_list_keys(&self, principal: &str) -> Result<Vec<KeyInfo>, KmsError> {
+        self.read_op(principal, "ListKeys", |_, data, _| Ok(data.keys.values().map(|r| info(data, r)).collect()))
+    }
+
+    /// ListAliases.
+    pub fn op_list_aliases(&self, principal: &str) -> Result<Vec<AliasInfo>, KmsError> {
+        self.read_op(principal, "ListAliases", |_, data, _| {
+            Ok(data.aliases.iter().map(|(a, k)| AliasInfo { alias: a.clone(), key_id: k.clone() }).collect())
+        })
+    }
+
+    /// CreateAlias / UpdateAlias (`op`, with a target) and DeleteAlias.
+    pub fn op_alias(
+        &self,
+        principal: &str,
+        op: &str,
+        alias: &str,
+        target: Option<&str>,
+    ) -> Result<AliasInfo, KmsError> {
+        let alias = normalize_alias(alias);
+        self.write_op(principal, op, |ctx, txn| {
+            validate_alias(&alias)?;
+            if is_default_alias(&alias) {
+                return Err(
+                    ctx.deny(KmsError::InvalidRequest(format!("{DEFAULT_KEY_ALIAS} is managed by the service")))
+                );
+            }
+            let existing = txn.data.aliases.get(&alias).cloned();
+            match (op, target) {
+                ("CreateAlias", Some(t)) => {
+                    if existing.is_some() {
+                        return Err(KmsError::InvalidRequest(format!("alias {alias} already exists")));
+                    }
+                    let rec = txn.data.resolve(t)?;
+                    ctx.key(&rec.key_id);
+                    authorize(ctx, rec, actions::CREATE_ALIAS)?;
+                    if rec.state == KeyState::Deleted {
+                        return Err(KmsError::Deleted(rec.key_id.clone()));
+                    }
+                    let id = rec.key_id.clone();
+                    txn.data.aliases.insert(alias.clone(), id.clone());
+                    Ok(AliasInfo { alias: alias.clone(), key_id: id })
+                }
+                ("UpdateAlias", Some(t)) => {
+                    let old = existing.ok_or_else(|| KmsError::NotFound(alias.clone()))?;
+                    let old_rec = txn.data.resolve(&old)?.clone();
+                    let rec = txn.data.resolve(t)?;
+                    ctx.key(&rec.key_id);
+                    authorize(ctx, &old_rec, actions::UPDATE_ALIAS)?;
+                    authorize(ctx, rec, actions::UPDATE_ALIAS)?;
+                    if rec.state == KeyState::Deleted {
+                        return Err(KmsError::Deleted(rec.key_id.clone()));
+                    }
+                    let id = rec.key_id.clone();
+                    txn.data.aliases.insert(alias.clone(), id.clone());
+                    Ok(AliasInfo { alias: alias.clone(), key_id: id })
+                }
+                _ => {
+                    let id = existing.ok_or_else(|| KmsError::NotFound(alias.clone()))?;
+                    let rec = txn.data.resolve(&id)?;
+                    ctx.key(&rec.key_id);
+                    authorize(ctx, rec, actions::DELETE_ALIAS)?;
+                    txn.data.aliases.remove(&alias);
+                    Ok(AliasInfo { alias: alias.clone(), key_id: id })
+                }
+            }
+        })
+    }
+
+    /// Resolve a key inside a mutation, checking `action`.
+    fn txn_key(ctx: &mut OpCtx<'_>, txn: &Txn<'_>, key: &str, action: &str) -> Result<String, KmsError> {
+        let rec = txn.data.resolve(key)?;
+        ctx.key(&rec.key_id);
+        authorize(ctx, rec, action)?;
+        Ok(rec.key_id.clone())
+    }
+
+    /// EnableKey.
+    pub fn op_enable(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
+        self.write_op(principal, "EnableKey", |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, actions::ENABLE_KEY)?;
+            let rec = txn.data.keys.get_mut(&id).expect("resolved");
+            match rec.state {
+                KeyState::Enabled | KeyState::Disabled => rec.state = KeyState::Enabled,
+                KeyState::PendingDeletion => {
+                    return Err(KmsError::InvalidRequest(format!(
+                        "key {id} is pending deletion: cancel the deletion first"
+                    )))
+                }
+                KeyState::PendingImport => {
+                    return Err(KmsError::InvalidRequest(format!("key {id} has no key material: import it first")))
+                }
+                KeyState::Deleted => return Err(KmsError::Deleted(id)),
+            }
+            Ok(info(&txn.data, &txn.data.keys[&id]))
+        })
+    }
+
+    /// DisableKey: every cryptographic operation with the key fails from now on, and this
+    /// process's key caches drop data keys unwrapped under it.
+    pub fn op_disable(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
+        self.write_op(principal, "DisableKey", |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, actions::DISABLE_KEY)?;
+            let rec = txn.data.keys.get_mut(&id).expect("resolved");
+            match rec.state {
+                KeyState::Enabled | KeyState::Disabled => rec.state = KeyState::Disabled,
+                KeyState::PendingDeletion => return Err(KmsError::PendingDeletion(id)),
+                KeyState::PendingImport => return Err(KmsError::PendingImport(id)),
+                KeyState::Deleted => return Err(KmsError::Deleted(id)),
+            }
+            txn.revoked.push(key_uri(&id));
+            Ok(info(&txn.data, &txn.data.keys[&id]))
+        })
+    }
+
+    /// ScheduleKeyDeletion (7 to 30 days, default 30).
+    pub fn op_schedule_deletion(&self, principal: &str, key: &str, days: Option<u32>) -> Result<KeyInfo, KmsError> {
+        self.write_op(principal, "ScheduleKeyDeletion", |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, actions::SCHEDULE_KEY_DELETION)?;
+            let days = days.unwrap_or(limits::DEFAULT_DELETION_DAYS);
+            if !(limits::MIN_DELETION_DAYS..=limits::MAX_DELETION_DAYS).contains(&days) {
+                return Err(KmsError::InvalidRequest(format!(
+                    "the deletion waiting period must be {} to {} days (got {days})",
+                    limits::MIN_DELETION_DAYS,
+                    limits::MAX_DELETION_DAYS
+                )));
+            }
+            let now = txn.now;
+            let rec = txn.data.keys.get_mut(&id).expect("resolved");
+            match rec.state {
+                KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => {
+                    rec.state = KeyState::PendingDeletion;
+                    rec.deletion_date = Some(now + days as u64 * DAY);
+                }
+                KeyState::PendingDeletion => return Err(KmsError::PendingDeletion(id)),
+                KeyState::Deleted => return Err(KmsError::Deleted(id)),
+            }
+            txn.revoked.push(key_uri(&id));
+            Ok(info(&txn.data, &txn.data.keys[&id]))
+        })
+    }
+
+    /// CancelKeyDeletion: the key returns Disabled (PendingImport if it has no material).
+    pub fn op_cancel_deletion(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
+        self.write_op(principal, "CancelKeyDeletion", |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, actions::CANCEL_KEY_DELETION)?;
+            let rec = txn.data.keys.get_mut(&id).expect("resolved");
+            if rec.state != KeyState::PendingDeletion {
+                return Err(KmsError::InvalidRequest(format!(
+                    "key {id} is not pending deletion (state {})",
+                    rec.state.as_str()
+                )));
+            }
+            rec.state = if rec.has_material() { KeyState::Disabled } else { KeyState::PendingImport };
+            rec.deletion_date = None;
+            Ok(info(&txn.data, &txn.data.keys[&id]))
+        })
+    }
+
+    /// EnableKeyRotation (with a period) / DisableKeyRotation (`None`).
+    pub fn op_rotation(&self, principal: &str, key: &str, days: Option<u32>) -> Result<KeyInfo, KmsError> {
+        let (op, action) = match days {
+            Some(_) => ("EnableKeyRotation", actions::ENABLE_KEY_ROTATION),
+            None => ("DisableKeyRotation", actions::DISABLE_KEY_ROTATION),
+        };
+        self.write_op(principal, op, |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, action)?;
+            let now = txn.now;
+            let rec = txn.data.keys.get_mut(&id).expect("resolved");
+            if rec.origin == Origin::External {
+                return Err(KmsError::InvalidRequest(
+                    "keys with imported material cannot be rotated automatically".into(),
+                ));
+            }
+            if matches!(rec.state, KeyState::PendingDeletion | KeyState::Deleted) {
+                return Err(KmsError::InvalidRequest(format!("key {id} is {}", rec.state.as_str())));
+            }
+            match days {
+                Some(d) => {
+                    check_rotation_days(d)?;
+                    rec.rotation = Some(RotationRecord { period_days: d, next_rotation: now + d as u64 * DAY });
+                }
+                None => rec.rotation = None,
+            }
+            Ok(info(&txn.data, &txn.data.keys[&id]))
+        })
+    }
+
+    /// RotateKeyOnDemand: new material under the same key id; new wraps use it, old
+    /// ciphertext keeps decrypting.
+    pub fn op_rotate(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
+        self.write_op(principal, "RotateKeyOnDemand", |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, actions::ROTATE_KEY)?;
+            let rec = &txn.data.keys[&id];
+            if rec.origin == Origin::External {
+                return Err(KmsError::InvalidRequest("keys with imported material cannot be rotated".into()));
+            }
+            check_usable(rec)?;
+            let v = self.rotate_in(&mut txn.data, txn.root, &id, txn.now)?;
+            ctx.version(v);
+            Ok(info(&txn.data, &txn.data.keys[&id]))
+        })
+    }
+
+    /// `kms rotate-due`: perform every due rotation, deletion and expiry now.
+    pub fn op_rotate_due(&self, principal: &str) -> Result<MaintenanceReport, KmsError> {
+        let report = self.maintain(true)?;
+        let data = self.load_or_init()?;
+        let root = self.root_key(&data)?;
+        let ctx = OpCtx::new(principal, "RotateDue");
+        self.finish(&root, &ctx, Ok(report))
+    }
+
+    fn check_blob_key(rec: &KeyRecord, key: Option<&str>, data: &KeystoreData) -> Result<(), KmsError> {
+        if let Some(k) = key {
+            let want = data.resolve_id(k)?;
+            if want != rec.key_id {
+                return Err(KmsError::InvalidRequest(format!(
+                    "the ciphertext was encrypted under key {}, not {k}",
+                    rec.key_id
+                )));
+            }
         }
+        Ok(())
+    }
+
+    /// GenerateDataKey / GenerateDataKeyWithoutPlaintext.
+    pub fn op_generate_data_key(
+        &self,
+        principal: &str,
+        key: &str,
+        context: &EncryptionContext,
+        bytes: Option<usize>,
+        with_plaintext: bool,
+    ) -> Result<DataKeyResponse, KmsError> {
+        if key == DEFAULT_KEY_ALIAS {
+            self.ensure_default_key()?;
+        }
+        let (op, action) = if with_plaintext {
+            ("GenerateDataKey", actions::GENERATE_DATA_KEY)
+        } else {
+            ("GenerateDataKeyWithoutPlaintext", actions::GENERATE_DATA_KEY_WITHOUT_PLAINTEXT)
+        };
+        self.read_op(principal, op, |ctx, data, root| {
+            ctx.context = Some(context.digest());
+            let rec = data.resolve(key)?;
+            ctx.key(&rec.key_id);
+            authorize(ctx, rec, action)?;
+            check_usable(rec)?;
+            let n = bytes.unwrap_or(limits::DATA_KEY_BYTES);
+            if n == 0 || n > limits::MAX_DATA_KEY_BYTES {
+                return Err(KmsError::InvalidRequest(format!(
+                    "data keys are 1 to {} bytes",
+                    limits::MAX_DATA_KEY_BYTES
+                )));
+            }
+            let plain = if n == crate::crypto::DATA_KEY_LEN {
+                Zeroizing::new(DataKey::generate()?.expose().to_vec())
+            } else {
+                let mut v = Zeroizing::new(vec![0u8; n]);
+                crate::crypto::fill_random(&mut v)?;
+                v
+            };
+            let version = rec.primary_version;
+            ctx.version(version);
+            let ciphertext = Self::seal(root, rec, version, &plain, context)?;
+            Ok(DataKeyResponse {
+                key_id: rec.key_id.clone(),
+                key_version: version,
+                ciphertext,
+                plaintext: with_plaintext.then_some(plain),
+            })
+        })
+    }
+
+    /// Encrypt (payloads up to 4 KiB).
+    pub fn op_encrypt(
+        &self,
+        principal: &str,
+        key: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<EncryptResponse, KmsError> {
+        if key == DEFAULT_KEY_ALIAS {
+            self.ensure_default_key()?;
+        }
+        self.read_op(principal, "Encrypt", |ctx, data, root| {
+            ctx.context = Some(context.digest());
+            let rec = data.resolve(key)?;
+            ctx.key(&rec.key_id);
+            authorize(ctx, rec, actions::ENCRYPT)?;
+            check_usable(rec)?;
+            if plaintext.len() > limits::MAX_PLAINTEXT {
+                return Err(KmsError::InvalidRequest(format!("Encrypt takes at most {} bytes", limits::MAX_PLAINTEXT)));
+            }
+            let version = rec.primary_version;
+            ctx.version(version);
+            let ciphertext = Self::seal(root, rec, version, plaintext, context)?;
+            Ok(EncryptResponse { key_id: rec.key_id.clone(), key_version: version, ciphertext })
+        })
+    }
+
+    /// Decrypt: the blob names its key and version; the context must match exactly.
+    pub fn op_decrypt(
+        &self,
+        principal: &str,
+        blob: &[u8],
+        context: &EncryptionContext,
+        key: Option<&str>,
+    ) -> Result<DecryptResponse, KmsError> {
+        self.read_op(principal, "Decrypt", |ctx, data, root| {
+            ctx.context = Some(context.digest());
+            let (hdr, _) = wrap::parse(blob)?;
+            ctx.key(&hdr.key_id);
+            ctx.version(hdr.key_version);
+            let rec = data.resolve(&hdr.key_id)?;
+            Self::check_blob_key(rec, key, data)?;
+            authorize(ctx, rec, actions::DECRYPT)?;
+            check_usable(rec)?;
+            let plaintext = Self::open(root, rec, blob, context)?;
+            Ok(DecryptResponse { key_id: rec.key_id.clone(), key_version: hdr.key_version, plaintext })
+        })
+    }
+
+    /// ReEncrypt: decrypt and encrypt again inside the KMS (to another key, or to the
+    /// newest version of the same key); the plaintext never leaves.
+    pub fn op_re_encrypt(
+        &self,
+        principal: &str,
+        blob: &[u8],
+        source_context: &EncryptionContext,
+        destination_key: Option<&str>,
+        destination_context: Option<&EncryptionContext>,
+    ) -> Result<ReEncryptResponse, KmsError> {
+        if destination_key == Some(DEFAULT_KEY_ALIAS) {
+            self.ensure_default_key()?;
+        }
+        self.read_op(principal, "ReEncrypt", |ctx, data, root| {
+            ctx.context = Some(source_context.digest());
+            let (hdr, _) = wrap::parse(blob)?;
+            ctx.key(&hdr.key_id);
+            ctx.version(hdr.key_version);
+            let src = data.resolve(&hdr.key_id)?;
+            authorize(ctx, src, actions::RE_ENCRYPT_FROM)?;
+            check_usable(src)?;
+            let dst = match destination_key {
+                Some(k) => data.resolve(k)?,
+                None => src,
+            };
+            ctx.keys.push((dst.key_id.clone(), Some(dst.primary_version)));
+            authorize(ctx, dst, actions::RE_ENCRYPT_TO)?;
+            check_usable(dst)?;
+            let plain = Self::open(root, src, blob, source_context)?;
+            let dctx = destination_context.unwrap_or(source_context);
+            let ciphertext = Self::seal(root, dst, dst.primary_version, &plain, dctx)?;
+            Ok(ReEncryptResponse {
+                source_key_id: src.key_id.clone(),
+                source_key_version: hdr.key_version,
+                key_id: dst.key_id.clone(),
+                key_version: dst.primary_version,
+                ciphertext,
+            })
+        })
+    }
+
+    /// GetKeyPolicy.
+    pub fn op_get_policy(&self, principal: &str, key: &str) -> Result<KeyPolicy, KmsError> {
+        self.read_op(principal, "GetKeyPolicy", |ctx, data, _| {
+            let rec = data.resolve(key)?;
+            ctx.key(&rec.key_id);
+            authorize(ctx, rec, actions::GET_KEY_POLICY)?;
+            Ok(match rec.manager {
+                KeyManager::Service => KeyPolicy::service_default(),
+                KeyManager::Customer => {
+                    rec.policy.clone().unwrap_or_else(|| KeyPolicy::with_roles(&["*".into()], &["*".into()]))
+                }
+            })
+        })
+    }
+
+    /// PutKeyPolicy.
+    pub fn op_put_policy(&self, principal: &str, key: &str, policy: &KeyPolicy) -> Result<KeyPolicy, KmsError> {
+        self.write_op(principal, "PutKeyPolicy", |ctx, txn| {
+            let id = Self::txn_key(ctx, txn, key, actions::PUT_KEY_POLICY)?;
+            policy.validate().map_err(KmsError::InvalidRequest)?;
+            let rec = txn.data.keys.get_mut(&id).expect("resolved");
+            if rec.state == KeyState::Deleted {
+                return Err(KmsError::Deleted(id));
+            }
+            rec.policy = Some(policy.clone());
+            // A principal may have lost access: cached keys must be re-authorised.
+            txn.revoked.push(key_uri(&id));
+            Ok(policy.clone())
+        })
+    }
+
+    /// `kms lint`: separation-of-duties findings for every customer-managed key.
+    pub fn op_lint(&self, principal: &str) -> Result<Vec<KeyLint>, KmsError> {
+        self.read_op(principal, "Lint", |_, data, _| {
+            Ok(data
+                .keys
+                .values()
+                .filter(|r| r.manager == KeyManager::Customer && r.state != KeyState::Deleted)
+                .filter_map(|r| {
+                    let findings = r.policy.as_ref().map(KeyPolicy::lint).unwrap_or_default();
+                    (!findings.is_empty()).then(|| KeyLint {
+                        key_id: r.key_id.clone(),
+                        aliases: data.aliases_of(&r.key_id),
+                        findings,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    /// Audit records, optionally of one key (id or alias) and since a time.
+    pub fn op_read_audit(
+        &self,
+        principal: &str,
+        key: Option<&str>,
+        since: Option<u64>,
+    ) -> Result<Vec<AuditRecord>, KmsError> {
+        self.read_op(principal, "ReadAudit", |ctx, data, _| {
+            let id = match key {
+                Some(k) if k.starts_with("alias/") => Some(data.resolve_id(k)?),
+                Some(k) => Some(k.to_string()),
+                None => None,
+            };
+            if let Some(i) = &id {
+                ctx.key(i);
+            }
+            let mut recs = self.audit.read()?;
+            recs.retain(|r| {
+                id.as_ref().is_none_or(|i| r.key_id.as_ref() == Some(i)) && since.is_none_or(|s| r.time >= s)
+            });
+            Ok(recs)
+        })
+    }
+
+    /// Verify the audit chain (with record MACs: this service holds the root key).
+    pub fn op_verify_audit(&self, principal: &str) -> Result<VerifyReport, KmsError> {
+        let data = self.load_or_init()?;
+        let root = self.root_key(&data)?;
+        let report = self.audit.verify(Some(&root.derive(AUDIT_KEY_LABEL)));
+        let ctx = OpCtx::new(principal, "VerifyAudit");
+        self.finish(&root, &ctx, report)
+    }
+
+    /// Run `f` on the record of `key` inside a mutation after checking `action` (for
+    /// sibling modules).
+    pub(crate) fn crypto_seal(
+        &self,
+        principal: &str,
+        op: &str,
+        key: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<EncryptResponse, KmsError> {
+        if key == DEFAULT_KEY_ALIAS {
+            self.ensure_default_key()?;
+        }
+        self.read_op(principal, op, |ctx, data, root| {
+            ctx.context = Some(context.digest());
+            let rec = data.resolve(key)?;
+            ctx.key(&rec.key_id);
+            authorize(ctx, rec, actions::ENCRYPT)?;
+            check_usable(rec)?;
+            let version = rec.primary_version;
+            ctx.version(version);
+            Ok(EncryptResponse {
+                key_id: rec.key_id.clone(),
+                key_version: version,
+                ciphertext: Self::seal(root, rec, version, plaintext, context)?,
+            })
+        })
+    }
+
+    /// Decrypt for a sibling module, recorded under its own operation name.
+    pub(crate) fn crypto_open(
+        &self,
+        principal: &str,
+        op: &str,
+        blob: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        self.read_op(principal, op, |ctx, data, root| {
+            ctx.context = Some(context.digest());
+            let (hdr, _) = wrap::parse(blob)?;
+            ctx.key(&hdr.key_id);
+            ctx.version(hdr.key_version);
+            let rec = data.resolve(&hdr.key_id)?;
+            authorize(ctx, rec, actions::DECRYPT)?;
+            check_usable(rec)?;
+            Self::open(root, rec, blob, context)
+        })
+    }
+
+    /// Record a request of a sibling module that touches no key material (listings).
+    pub(crate) fn record_only<T>(
+        &self,
+        principal: &str,
+        op: &str,
+        key: Option<&str>,
+        r: Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let data = self.load_or_init()?;
+        let root = self.root_key(&data)?;
+        let mut ctx = OpCtx::new(principal, op);
+        if let Some(k) = key {
+            ctx.key(k);
+        }
+        self.finish(&root, &ctx, r)
+    }
+
+    // ----- convenience for the acting principal -----
+
+    /// CreateKey with an alias and description (other settings default).
+    pub fn create_key(&self, alias: Option<&str>, description: &str) -> Result<KeyInfo, KmsError> {
+        self.op_create_key(
+            &self.principal,
+            &CreateKeyParams {
+                alias: alias.map(str::to_string),
+                description: description.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// DescribeKey.
+    pub fn describe_key(&self, key: &str) -> Result<KeyInfo, KmsError> {
+        self.op_describe(&self.principal, key)
+    }
+
+    /// ListKeys.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, KmsError> {
+        self.op_list_keys(&self.principal)
+    }
+
+    /// Read the keystore document (tests, diagnostics). No material is decrypted.
+    pub fn read_keystore(&self) -> Result<Option<KeystoreData>, KmsError> {
+        keystore::load(&self.paths)
     }
 }
 
-fn material_context(key_id: &str, version: u32) -> EncryptionContext {
-    EncryptionContext::from_pairs([
-        ("sqlite-tde:cmk".to_string(), key_id.to_string()),
-        ("sqlite-tde:cmk-version".to_string(), version.to_string()),
-    ])
-}
-
-fn validate_alias(a: &str) -> Result<(), KmsError> {
-    let name = a.strip_prefix("alias/").ok_or_else(|| KmsError::InvalidRequest(format!("alias must start with alias/: {a}")))?;
-    if name.is_empty() || name.len() > 200 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "/_-.".contains(c)) {
-        return Err(KmsError::InvalidRequest(format!("invalid alias {a}: use letters, digits, / _ - .")));
+fn check_rotation_days(d: u32) -> Result<(), KmsError> {
+    if !(limits::MIN_ROTATION_DAYS..=limits::MAX_ROTATION_DAYS).contains(&d) {
+        return Err(KmsError::InvalidRequest(format!(
+            "the rotation period must be {} to {} days (got {d})",
+            limits::MIN_ROTATION_DAYS,
+            limits::MAX_ROTATION_DAYS
+        )));
     }
     Ok(())
 }
 
-fn info(data: &KeystoreData, r: &KeyRecord) -> KeyInfo {
-    KeyInfo {
-        key_id: r.key_id.clone(),
-        aliases: data.aliases_of(&r.key_id),
-        description: r.description.clone(),
-        state: r.state,
-        manager: r.manager.clone(),
-        origin: r.origin.clone(),
-        protection: r.protection.clone(),
-        primary_version: r.primary_version,
-        versions: r.versions.iter().map(|v| v.version).collect(),
-        created: r.created,
+impl KmsService for LocalKms {
+    fn call(&self, req: &Request) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        self.handle(&self.principal, req)
+    }
+    fn endpoint(&self) -> String {
+        format!("local:{}", self.paths.dir.display())
     }
 }
 
@@ -288,35 +1507,24 @@ impl Kms for LocalKms {
     }
 
     fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
-        if key == DEFAULT_KEY_ALIAS {
-            self.ensure_default_key()?;
-        }
-        let data = self.load_or_init()?;
-        let rec = Self::usable(&data, key)?;
-        let version = rec.primary_version;
-        let material = self.material(&data, rec, version)?;
-        let dek = DataKey::generate()?;
-        let wrapped = wrap::seal(&material, &rec.key_id, version, dek.expose(), context)?;
+        let r = self.op_generate_data_key(&self.principal, key, context, None, true)?;
+        let plain = r.plaintext.ok_or_else(|| KmsError::Unavailable("no plaintext data key returned".into()))?;
         Ok(GeneratedDataKey {
-            plaintext: dek,
-            wrapped,
-            key: KeyRef { uri: format!("{PROVIDER}:{}", rec.key_id), version },
+            plaintext: DataKey::from_slice(&plain)?,
+            wrapped: r.ciphertext,
+            key: KeyRef { uri: key_uri(&r.key_id), version: r.key_version },
         })
     }
 
-    fn decrypt_data_key(&self, key_ref: &KeyRef, wrapped: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError> {
-        let (hdr, _) = wrap::parse(wrapped)?;
-        if key_ref.provider() != PROVIDER {
-            return Err(KmsError::InvalidRequest(format!(
-                "the database key is held by provider '{}', but this process uses the local KMS",
-                key_ref.provider()
-            )));
-        }
-        let data = self.load_or_init()?;
-        let rec = Self::usable(&data, &hdr.key_id)?;
-        let material = self.material(&data, rec, hdr.key_version)?;
-        let plain = wrap::open(&material, wrapped, context)?;
-        Ok(DataKey::from_slice(&plain)?)
+    fn decrypt_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        check_provider(key_ref)?;
+        let r = self.op_decrypt(&self.principal, wrapped, context, None)?;
+        Ok(DataKey::from_slice(&r.plaintext)?)
     }
 
     fn rewrap_data_key(
@@ -326,14 +1534,24 @@ impl Kms for LocalKms {
         context: &EncryptionContext,
         target: Option<&str>,
     ) -> Result<(Vec<u8>, KeyRef), KmsError> {
-        let dek = self.decrypt_data_key(key_ref, wrapped, context)?;
-        let (hdr, _) = wrap::parse(wrapped)?;
-        let target = target.map(str::to_string).unwrap_or(hdr.key_id);
-        let data = self.load_or_init()?;
-        let rec = Self::usable(&data, &target)?;
-        let version = rec.primary_version;
-        let material = self.material(&data, rec, version)?;
-        let rewrapped = wrap::seal(&material, &rec.key_id, version, dek.expose(), context)?;
-        Ok((rewrapped, KeyRef { uri: format!("{PROVIDER}:{}", rec.key_id), version }))
+        check_provider(key_ref)?;
+        let r = self.op_re_encrypt(&self.principal, wrapped, context, target, None)?;
+        Ok((r.ciphertext, KeyRef { uri: key_uri(&r.key_id), version: r.key_version }))
     }
+}
+
+/// The database's key must be one of ours.
+pub(crate) fn check_provider(key_ref: &KeyRef) -> Result<(), KmsError> {
+    if key_ref.provider() != PROVIDER {
+        return Err(KmsError::InvalidRequest(format!(
+            "the database key is held by provider '{}', but this process uses the sqlite-tde KMS",
+            key_ref.provider()
+        )));
+    }
+    Ok(())
+}
+
+/// Key URI of a key id, as recorded in database headers.
+pub fn uri_of(key_id: &str) -> String {
+    key_uri(key_id)
 }

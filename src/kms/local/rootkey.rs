@@ -73,12 +73,7 @@ pub struct PassphraseParams {
 
 impl PassphraseParams {
     pub fn generate() -> Result<PassphraseParams, KmsError> {
-        Ok(PassphraseParams {
-            salt: hex::encode(random_array::<16>()?),
-            m_cost_kib: 19 * 1024,
-            t_cost: 2,
-            p_cost: 1,
-        })
+        Ok(PassphraseParams { salt: hex::encode(random_array::<16>()?), m_cost_kib: 19 * 1024, t_cost: 2, p_cost: 1 })
     }
 }
 
@@ -95,6 +90,15 @@ impl RootKey {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// A subkey for one purpose (e.g. the audit log's MAC key): HMAC-SHA256(root, label).
+    pub fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0[..]).expect("any length");
+        mac.update(label);
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+
     /// Derive from a passphrase.
     pub fn from_passphrase(pass: &[u8], params: &PassphraseParams) -> Result<RootKey, KmsError> {
         let salt = hex::decode(&params.salt).map_err(|_| KmsError::Keystore("bad passphrase salt".into()))?;
@@ -109,9 +113,10 @@ impl RootKey {
 
     /// Load a root key file: our 80-byte format, 32 raw bytes, or 64 hex characters.
     pub fn load_file(path: &Path) -> Result<RootKey, KmsError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-            KmsError::Keystore(format!("cannot read root key file {}: {e}", path.display()))
-        })?);
+        let bytes = Zeroizing::new(
+            std::fs::read(path)
+                .map_err(|e| KmsError::Keystore(format!("cannot read root key file {}: {e}", path.display())))?,
+        );
         let mut key = Zeroizing::new([0u8; 32]);
         if bytes.len() == ROOT_KEY_FILE_LEN && bytes[..8] == ROOT_KEY_MAGIC {
             let sum = Sha256::digest(&bytes[..48]);

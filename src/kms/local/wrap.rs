@@ -22,6 +22,38 @@ pub struct BlobHeader {
     pub key_version: u32,
 }
 
+/// The authenticated prefix of a blob: magic, version, key id and key version.
+pub fn header(key_id: &str, key_version: u32) -> Result<Vec<u8>, KmsError> {
+    if key_id.len() > 255 {
+        return Err(KmsError::InvalidRequest("key id too long".into()));
+    }
+    let mut out = Vec::with_capacity(10 + key_id.len());
+    out.extend_from_slice(MAGIC);
+    out.push(1);
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(&key_version.to_le_bytes());
+    Ok(out)
+}
+
+/// The AEAD associated data: the blob prefix and the digest of the encryption context.
+pub fn aad(header: &[u8], ctx: &EncryptionContext) -> Vec<u8> {
+    let mut aad = header.to_vec();
+    aad.extend_from_slice(&ctx.digest());
+    aad
+}
+
+/// A blob taken apart: its header, its authenticated prefix, the nonce and the ciphertext
+/// with tag.
+pub type SplitBlob<'a> = (BlobHeader, &'a [u8], [u8; 12], &'a [u8]);
+
+/// Split a blob into its parts.
+pub fn split(blob: &[u8]) -> Result<SplitBlob<'_>, KmsError> {
+    let (hdr, end) = parse(blob)?;
+    let nonce: [u8; 12] = blob[end..end + 12].try_into().unwrap();
+    Ok((hdr, &blob[..end], nonce, &blob[end + 12..]))
+}
+
 /// Encrypt `plaintext` under `material` (a CMK version).
 pub fn seal(
     material: &[u8; 32],

@@ -1,0 +1,216 @@
+//! SQLite loadable-extension entry points: register the encrypting VFS `tde` in whatever SQLite
+//! loaded us (the `sqlite3` shell, Python's `sqlite3`, better-sqlite3, ...).
+//!
+//! The shared library is built by the workspace member `ext/` (package `sqlite-tde-ext`), which
+//! links these entry points into `libtde.so`:
+//!
+//! ```text
+//! cargo build --release -p sqlite-tde-ext      # -> target/release/libtde.so
+//! sqlite3> .load ./target/release/libtde
+//! sqlite3> .open file:app.db?vfs=tde&key=alias/app
+//! ```
+//!
+//! SQLite derives the entry point `sqlite3_tde_init` from the file name `libtde.so`.
+//! `sqlite3_tde_default_init` (pass it as the entry point name) also makes `tde` the process's
+//! default VFS, for hosts that cannot name a VFS (no URI support, e.g. better-sqlite3); so does
+//! `SQLITE_TDE_DEFAULT_VFS=1` in the environment with the ordinary entry point.
+//!
+//! Every call into SQLite goes through the host's `sqlite3_api_routines` (`pApi`), never through
+//! a linked symbol, so the library works with any host SQLite >= 3.32 (Debian 12 ships 3.40.1).
+//! The KMS is chosen from the environment at load time (`SQLITE_TDE_KMS`, `SQLITE_TDE_KEYSTORE`,
+//! see [`crate::connection::kms_from_env`]); the key of a new database from the URI `key=`,
+//! `PRAGMA tde_key` or `SQLITE_TDE_KEY` (see [`crate::vfs`]).
+//!
+//! The entry points return `SQLITE_OK_LOAD_PERMANENTLY`: the VFS outlives the connection that
+//! loaded it (SQLite never unloads the library), as SQLite's own `cksumvfs` does. Loading a
+//! second time (another `.load`, another connection) registers nothing new; with the default
+//! flag it makes the already registered `tde` the default VFS.
+//!
+//! This is the only place of the crate with `unsafe` code besides `vfs::register_with_api`: the
+//! entry points receive raw pointers from C.
+
+use std::ffi::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use rusqlite::ffi::{sqlite3, sqlite3_api_routines};
+use sqlite_vfs::api::SqliteApi;
+
+use crate::connection::kms_from_env;
+use crate::vfs::{VfsConfig, VFS_NAME};
+
+/// `SQLITE_OK_LOAD_PERMANENTLY`: the extension stays loaded after the connection that loaded
+/// it closes (SQLite >= 3.14).
+pub const SQLITE_OK_LOAD_PERMANENTLY: c_int = 256;
+
+/// Environment variable: when true (`1`, `true`, `yes`, `on`), `sqlite3_tde_init` also makes
+/// `tde` the default VFS.
+pub const ENV_DEFAULT_VFS: &str = "SQLITE_TDE_DEFAULT_VFS";
+
+/// File name of the shared library built by `ext/` on this platform.
+pub const LIBRARY_FILE_NAME: &str = if cfg!(target_os = "macos") {
+    "libtde.dylib"
+} else if cfg!(windows) {
+    "tde.dll"
+} else {
+    "libtde.so"
+};
+
+const SQLITE_OK: c_int = 0;
+const SQLITE_ERROR: c_int = 1;
+
+/// Serialises loads (two connections of one process may load the library at once).
+static LOAD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Whether the VFS should become the default VFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultVfs {
+    /// `sqlite3_tde_init`: as `SQLITE_TDE_DEFAULT_VFS` says.
+    FromEnv,
+    /// `sqlite3_tde_default_init`: always.
+    Yes,
+}
+
+/// Parse a boolean environment value.
+fn parse_flag(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{name}={other:?}: expected 1/0, true/false, yes/no or on/off")),
+    }
+}
+
+fn wants_default(mode: DefaultVfs) -> Result<bool, String> {
+    match mode {
+        DefaultVfs::Yes => Ok(true),
+        DefaultVfs::FromEnv => match std::env::var(ENV_DEFAULT_VFS) {
+            Ok(v) => parse_flag(ENV_DEFAULT_VFS, &v),
+            Err(std::env::VarError::NotPresent) => Ok(false),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{ENV_DEFAULT_VFS} is not UTF-8")),
+        },
+    }
+}
+
+/// The VFS configuration a load registers: the KMS the environment selects, everything else
+/// at its defaults (name `tde`, over the default VFS at load time).
+fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
+    let kms = kms_from_env(None).map_err(|e| e.to_string())?;
+    let mut config = VfsConfig::new(kms);
+    config.make_default = make_default;
+    Ok(config)
+}
+
+/// Shared body of the entry points.
+///
+/// # Safety
+///
+/// `pz_err_msg` must be null or SQLite's `char **` error out-slot, `p_api` the
+/// `sqlite3_api_routines` of the host SQLite, which stays loaded for the life of the process
+/// (`sqlite3_load_extension` guarantees both; the library is never unloaded because the entry
+/// points return `SQLITE_OK_LOAD_PERMANENTLY`).
+#[allow(unsafe_code)]
+unsafe fn init(pz_err_msg: *mut *mut c_char, p_api: *const sqlite3_api_routines, mode: DefaultVfs) -> c_int {
+    // SAFETY: the caller's contract; `from_routines` checks null and the host version itself.
+    let api = match catch_unwind(|| unsafe { SqliteApi::from_routines(p_api) }) {
+        Ok(Ok(api)) => api,
+        Ok(Err(e)) => {
+            // Without a usable table there is no allocator for *pzErrMsg; stderr is all we have.
+            eprintln!("sqlite-tde: cannot load the extension: {}", e.message);
+            return SQLITE_ERROR;
+        }
+        Err(_) => {
+            eprintln!("sqlite-tde: cannot load the extension: panic while reading the API table");
+            return SQLITE_ERROR;
+        }
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        let make_default = wants_default(mode)?;
+        let _guard = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let name = c"tde";
+        debug_assert_eq!(name.to_str(), Ok(VFS_NAME));
+        let existing = api.vfs_find(Some(name));
+        if !existing.is_null() {
+            // Loaded before (this library or another copy of it): the VFS and its KMS stay as
+            // they were registered. Only the default flag can still change.
+            if make_default && api.vfs_find(None) != existing {
+                // SAFETY: `existing` is the registered `tde` VFS; re-registering a registered VFS
+                // only moves it to the head of SQLite's list (sqlite3_vfs_register unlinks it
+                // first), and its memory is never freed.
+                let rc = unsafe { api.vfs_register(existing, true) };
+                if rc != SQLITE_OK {
+                    return Err(format!("cannot make {VFS_NAME} the default VFS (sqlite code {rc})"));
+                }
+            }
+            return Ok(());
+        }
+        let config = config_from_env(make_default)?;
+        // SAFETY: `p_api` is the host's table (caller's contract), already validated above.
+        unsafe { crate::vfs::register_with_api(p_api, config) }
+            .map(|_| ())
+            .map_err(|e| format!("cannot register the {VFS_NAME} VFS: {e}"))
+    }));
+    let message = match outcome {
+        Ok(Ok(())) => return SQLITE_OK_LOAD_PERMANENTLY,
+        Ok(Err(m)) => m,
+        Err(_) => "panic while registering the VFS".to_string(),
+    };
+    if !pz_err_msg.is_null() {
+        // SAFETY: `pz_err_msg` is SQLite's out-slot (caller's contract); SQLite frees the string
+        // with sqlite3_free, and it comes from the host's allocator.
+        unsafe { *pz_err_msg = api.alloc_cstring(&format!("sqlite-tde: {message}")) };
+    }
+    SQLITE_ERROR
+}
+
+/// Entry point of `libtde.so` (the name SQLite derives from the file name): register the `tde`
+/// VFS, and make it the default VFS when `SQLITE_TDE_DEFAULT_VFS` is true.
+///
+/// # Safety
+///
+/// Only SQLite may call this, as the entry point of a loadable extension
+/// (`sqlite3_load_extension`), with its own `pApi`.
+#[no_mangle]
+#[allow(unsafe_code)]
+pub unsafe extern "C" fn sqlite3_tde_init(
+    _db: *mut sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    p_api: *const sqlite3_api_routines,
+) -> c_int {
+    // SAFETY: forwarded contract (SQLite's extension-loading call).
+    unsafe { init(pz_err_msg, p_api, DefaultVfs::FromEnv) }
+}
+
+/// Second entry point: register the `tde` VFS as the default VFS (like `SQLITE_TDE_DEFAULT_VFS=1`),
+/// for hosts that cannot select a VFS per database. Name it when loading:
+/// `.load ./libtde sqlite3_tde_default_init`, `db.loadExtension(path, "sqlite3_tde_default_init")`.
+///
+/// # Safety
+///
+/// As [`sqlite3_tde_init`].
+#[no_mangle]
+#[allow(unsafe_code)]
+pub unsafe extern "C" fn sqlite3_tde_default_init(
+    _db: *mut sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    p_api: *const sqlite3_api_routines,
+) -> c_int {
+    // SAFETY: forwarded contract (SQLite's extension-loading call).
+    unsafe { init(pz_err_msg, p_api, DefaultVfs::Yes) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        for v in ["1", "true", "YES", " on "] {
+            assert_eq!(parse_flag("X", v), Ok(true), "{v}");
+        }
+        for v in ["", "0", "false", "No", "off"] {
+            assert_eq!(parse_flag("X", v), Ok(false), "{v}");
+        }
+        assert!(parse_flag("X", "maybe").unwrap_err().contains("X=\"maybe\""));
+        assert_eq!(wants_default(DefaultVfs::Yes), Ok(true));
+    }
+}

@@ -1,0 +1,189 @@
+//! The daemon's client side, used by the CLI and the VFS (`SQLITE_TDE_KMS=unix:PATH`). Calls
+//! are blocking: each runs a hyper HTTP/1.1 exchange on a private current-thread runtime (on
+//! a helper thread when the caller is itself inside a tokio runtime).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request as HttpRequest};
+use hyper_util::rt::TokioIo;
+use zeroize::Zeroizing;
+
+use super::{ENV_TOKEN, ENV_TOKEN_FILE, PATH_KMS};
+use crate::crypto::DataKey;
+use crate::format::KeyRef;
+use crate::kms::api::{KmsClient, KmsService, Request, WireError};
+use crate::kms::local::{check_provider, uri_of, PROVIDER};
+use crate::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A KMS daemon reached over a Unix socket.
+#[derive(Clone)]
+pub struct UnixKms {
+    socket: PathBuf,
+    token: Option<Arc<Zeroizing<String>>>,
+}
+
+impl std::fmt::Debug for UnixKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixKms")
+            .field("socket", &self.socket)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+fn run_blocking<F>(f: F) -> Result<F::Output, KmsError>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let run = move || -> Result<F::Output, KmsError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| KmsError::Unavailable(format!("cannot start runtime: {e}")))?;
+        Ok(rt.block_on(f))
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(run).join().unwrap_or_else(|_| Err(KmsError::Unavailable("KMS client thread panicked".into())))
+        })
+    } else {
+        run()
+    }
+}
+
+impl UnixKms {
+    /// A client of the daemon listening on `socket`, authenticating with
+    /// `$SQLITE_TDE_KMS_TOKEN` / `$SQLITE_TDE_KMS_TOKEN_FILE` if set (else by its uid).
+    pub fn new(socket: impl Into<PathBuf>) -> UnixKms {
+        let token = std::env::var(ENV_TOKEN)
+            .ok()
+            .or_else(|| std::env::var_os(ENV_TOKEN_FILE).and_then(|f| std::fs::read_to_string(f).ok()))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(|t| Arc::new(Zeroizing::new(t)));
+        UnixKms { socket: socket.into(), token }
+    }
+
+    /// Use this bearer token.
+    pub fn with_token(mut self, token: impl Into<String>) -> UnixKms {
+        self.token = Some(Arc::new(Zeroizing::new(token.into())));
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Typed access.
+    pub fn client(&self) -> KmsClient {
+        KmsClient::new(Arc::new(self.clone()))
+    }
+
+    async fn exchange(&self, body: Vec<u8>) -> Result<(u16, Bytes), KmsError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            KmsError::Unavailable(format!("KMS daemon at unix:{}: {what}: {e}", self.socket.display()))
+        };
+        let stream =
+            tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| unavailable("cannot connect", &e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable("handshake failed", &e))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = HttpRequest::builder()
+            .method(Method::POST)
+            .uri(PATH_KMS)
+            .header(HOST, "localhost")
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {}", t.as_str()));
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| unavailable("bad request", &e))?;
+        let resp = sender.send_request(req).await.map_err(|e| unavailable("request failed", &e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| unavailable("response failed", &e))?.to_bytes();
+        driver.abort();
+        Ok((status, bytes))
+    }
+}
+
+impl KmsService for UnixKms {
+    fn call(&self, req: &Request) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let body = serde_json::to_vec(req).map_err(|e| KmsError::InvalidRequest(e.to_string()))?;
+        let (status, bytes) = run_blocking(async {
+            match tokio::time::timeout(TIMEOUT, self.exchange(body)).await {
+                Ok(r) => r,
+                Err(_) => Err(KmsError::Unavailable(format!(
+                    "KMS daemon at unix:{} did not answer in time",
+                    self.socket.display()
+                ))),
+            }
+        })??;
+        if status == 200 {
+            return Ok(Zeroizing::new(bytes.to_vec()));
+        }
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            error: WireError,
+        }
+        match serde_json::from_slice::<Envelope>(&bytes) {
+            Ok(env) => Err(env.error.into_error()),
+            Err(_) => Err(KmsError::Unavailable(format!("KMS daemon answered HTTP {status}"))),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+}
+
+impl Kms for UnixKms {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
+        let r = self.client().generate_data_key(key, context, None)?;
+        let plain =
+            r.plaintext.ok_or_else(|| KmsError::Unavailable("the daemon returned no plaintext data key".into()))?;
+        Ok(GeneratedDataKey {
+            plaintext: DataKey::from_slice(&plain)?,
+            wrapped: r.ciphertext,
+            key: KeyRef { uri: uri_of(&r.key_id), version: r.key_version },
+        })
+    }
+
+    fn decrypt_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        check_provider(key_ref)?;
+        let r = self.client().decrypt(wrapped, context, None)?;
+        Ok(DataKey::from_slice(&r.plaintext)?)
+    }
+
+    fn rewrap_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        target: Option<&str>,
+    ) -> Result<(Vec<u8>, KeyRef), KmsError> {
+        check_provider(key_ref)?;
+        let r = self.client().re_encrypt(wrapped, context, target, None)?;
+        Ok((r.ciphertext, KeyRef { uri: uri_of(&r.key_id), version: r.key_version }))
+    }
+}

@@ -1,0 +1,48 @@
+//! Key revocation events inside one process: when the embedded KMS disables a key, schedules
+//! its deletion, deletes it, or removes its imported material, every key cache registered
+//! here drops the data keys unwrapped under it at once, so no database under that key opens
+//! from a cached key afterwards. Other processes see the change at their next KMS call.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::vfs::TdeContext;
+
+/// Something that holds data keys unwrapped under CMKs.
+pub trait KeyEventListener: Send + Sync {
+    /// The CMK named by `key_uri` (`local:<key id>`) may no longer be used.
+    fn key_revoked(&self, key_uri: &str);
+}
+
+static LISTENERS: Mutex<Vec<Weak<dyn KeyEventListener>>> = Mutex::new(Vec::new());
+
+/// Register a listener for the life of its `Arc` (dead ones are pruned on the next event).
+pub fn subscribe(listener: Weak<dyn KeyEventListener>) {
+    let mut l = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
+    l.retain(|w| w.strong_count() > 0);
+    l.push(listener);
+}
+
+/// Register a VFS registration's key cache.
+pub fn watch_cache(ctx: &Arc<TdeContext>) {
+    let weak: Weak<TdeContext> = Arc::downgrade(ctx);
+    subscribe(weak);
+}
+
+/// Tell every listener that `key_uri` is revoked. Returns how many listeners were told.
+pub fn notify_revoked(key_uri: &str) -> usize {
+    let live: Vec<Arc<dyn KeyEventListener>> = {
+        let mut l = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|w| w.strong_count() > 0);
+        l.iter().filter_map(Weak::upgrade).collect()
+    };
+    for l in &live {
+        l.key_revoked(key_uri);
+    }
+    live.len()
+}
+
+impl KeyEventListener for TdeContext {
+    fn key_revoked(&self, key_uri: &str) {
+        self.cache.invalidate_key(key_uri);
+    }
+}

@@ -1,0 +1,227 @@
+//! The HSM protection level over PKCS#11 (tested against SoftHSM2).
+//!
+//! Each key version is an AES-256 secret key generated inside the token with
+//! `CKA_SENSITIVE=true`, `CKA_EXTRACTABLE=false`, `CKA_TOKEN=true`, labelled
+//! `sqlite-tde:<key id>:v<version>`. Wrap and unwrap run inside the token as AES-GCM
+//! (`CKM_AES_GCM`, 96-bit IV, 128-bit tag) with the blob prefix and the encryption context's
+//! digest as AAD, so HSM-wrapped blobs have the same layout as software-wrapped ones
+//! (docs/FORMAT.md §3). The material never leaves the token, not even to the KMS process.
+//!
+//! Configuration comes from the environment, never from a file in the keystore:
+//! `SQLITE_TDE_HSM_MODULE` (default `/usr/lib/softhsm/libsofthsm2.so`),
+//! `SQLITE_TDE_HSM_TOKEN` (token label), and the user PIN in `SQLITE_TDE_HSM_PIN` or a file
+//! named by `SQLITE_TDE_HSM_PIN_FILE`. The module and token label of each HSM key are
+//! recorded in its keystore record; the PIN is not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::{AuthPin, Ulong};
+use zeroize::Zeroizing;
+
+use super::local::HsmRef;
+use super::KmsError;
+
+pub const ENV_HSM_MODULE: &str = "SQLITE_TDE_HSM_MODULE";
+pub const ENV_HSM_TOKEN: &str = "SQLITE_TDE_HSM_TOKEN";
+pub const ENV_HSM_PIN: &str = "SQLITE_TDE_HSM_PIN";
+pub const ENV_HSM_PIN_FILE: &str = "SQLITE_TDE_HSM_PIN_FILE";
+/// Where Debian's softhsm2 package installs its module.
+pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// The token new HSM keys go to, if the environment names one.
+pub fn config_from_env() -> Option<HsmRef> {
+    let token_label = std::env::var(ENV_HSM_TOKEN).ok().filter(|t| !t.is_empty())?;
+    let module =
+        std::env::var(ENV_HSM_MODULE).ok().filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MODULE.to_string());
+    Some(HsmRef { module, token_label })
+}
+
+fn pin() -> Result<Zeroizing<String>, KmsError> {
+    if let Ok(p) = std::env::var(ENV_HSM_PIN) {
+        return Ok(Zeroizing::new(p));
+    }
+    if let Some(f) = std::env::var_os(ENV_HSM_PIN_FILE) {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(&f).map_err(|e| KmsError::Unavailable(format!("cannot read HSM PIN file: {e}")))?,
+        );
+        return Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    Err(KmsError::Unavailable(format!("HSM key needs the token's user PIN in {ENV_HSM_PIN} or {ENV_HSM_PIN_FILE}")))
+}
+
+fn hsm_err(what: &str, e: CkError) -> KmsError {
+    KmsError::Unavailable(format!("HSM {what}: {e}"))
+}
+
+/// One logged-in session per (module, token), reused across operations.
+struct Token {
+    session: Mutex<Option<Session>>,
+}
+
+fn modules() -> &'static Mutex<HashMap<String, Pkcs11>> {
+    static M: OnceLock<Mutex<HashMap<String, Pkcs11>>> = OnceLock::new();
+    M.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// (module path, token label) → its session.
+type Tokens = Mutex<HashMap<(String, String), Arc<Token>>>;
+
+fn tokens() -> &'static Tokens {
+    static T: OnceLock<Tokens> = OnceLock::new();
+    T.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn module(path: &str) -> Result<Pkcs11, KmsError> {
+    let mut m = modules().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = m.get(path) {
+        return Ok(p.clone());
+    }
+    let p = Pkcs11::new(path).map_err(|e| KmsError::Unavailable(format!("cannot load PKCS#11 module {path}: {e}")))?;
+    match p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(hsm_err("initialisation failed", e)),
+    }
+    m.insert(path.to_string(), p.clone());
+    Ok(p)
+}
+
+fn open_session(h: &HsmRef) -> Result<Session, KmsError> {
+    let p = module(&h.module)?;
+    let slots = p.get_slots_with_token().map_err(|e| hsm_err("slot listing failed", e))?;
+    let slot = slots
+        .into_iter()
+        .find(|s| p.get_token_info(*s).map(|i| i.label().trim_end() == h.token_label).unwrap_or(false))
+        .ok_or_else(|| {
+            KmsError::Unavailable(format!("no PKCS#11 token labelled '{}' in {}", h.token_label, h.module))
+        })?;
+    let session = p.open_rw_session(slot).map_err(|e| hsm_err("cannot open a session", e))?;
+    let pin = pin()?;
+    match session.login(UserType::User, Some(&AuthPin::new(pin.as_str().into()))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(e) => Err(hsm_err("login failed", e)),
+    }
+}
+
+/// Run `f` with the token's session, reopening it once if it went stale.
+fn with_session<T>(h: &HsmRef, f: impl Fn(&Session) -> Result<T, KmsError>) -> Result<T, KmsError> {
+    let token = {
+        let mut t = tokens().lock().unwrap_or_else(|p| p.into_inner());
+        t.entry((h.module.clone(), h.token_label.clone()))
+            .or_insert_with(|| Arc::new(Token { session: Mutex::new(None) }))
+            .clone()
+    };
+    let mut slot = token.session.lock().unwrap_or_else(|p| p.into_inner());
+    for attempt in 0..2 {
+        if slot.is_none() {
+            *slot = Some(open_session(h)?);
+        }
+        match f(slot.as_ref().expect("session")) {
+            Err(KmsError::Unavailable(msg)) if attempt == 0 => {
+                // A closed session or a logged-out token: start over once.
+                *slot = None;
+                let _ = msg;
+            }
+            other => return other,
+        }
+    }
+    Err(KmsError::Unavailable("HSM session could not be re-established".into()))
+}
+
+fn find(session: &Session, label: &str) -> Result<ObjectHandle, KmsError> {
+    let found = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(|e| hsm_err("object search failed", e))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            Err(KmsError::NotUsable { key: label.to_string(), reason: "the HSM token holds no such key object".into() })
+        }
+        _ => Err(KmsError::Keystore(format!("the HSM token holds several objects labelled {label}"))),
+    }
+}
+
+/// The label of a key version's token object.
+pub fn label_of(key_id: &str, version: u32) -> String {
+    format!("sqlite-tde:{key_id}:v{version}")
+}
+
+/// Generate a key version inside the token; returns its label.
+pub fn generate(h: &HsmRef, key_id: &str, version: u32) -> Result<String, KmsError> {
+    let label = label_of(key_id, version);
+    with_session(h, |s| {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(Ulong::new(32)),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(label.as_bytes().to_vec()),
+        ];
+        s.generate_key(&Mechanism::AesKeyGen, &template).map_err(|e| hsm_err("key generation failed", e))?;
+        Ok(())
+    })?;
+    Ok(label)
+}
+
+/// AES-GCM encrypt inside the token: returns ciphertext || 16-byte tag.
+pub fn encrypt(h: &HsmRef, label: &str, nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
+    with_session(h, |s| {
+        let key = find(s, label)?;
+        let mut iv = *nonce;
+        let params = GcmParams::new(&mut iv, aad, Ulong::new(128)).map_err(|e| hsm_err("bad GCM parameters", e))?;
+        s.encrypt(&Mechanism::AesGcm(params), key, plaintext).map_err(|e| hsm_err("encryption failed", e))
+    })
+}
+
+/// AES-GCM decrypt inside the token.
+pub fn decrypt(
+    h: &HsmRef,
+    label: &str,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    with_session(h, |s| {
+        let key = find(s, label)?;
+        let mut iv = *nonce;
+        let params = GcmParams::new(&mut iv, aad, Ulong::new(128)).map_err(|e| hsm_err("bad GCM parameters", e))?;
+        match s.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
+            Ok(p) => Ok(Zeroizing::new(p)),
+            // A tag mismatch (wrong context, tampered blob): the standard codes, and the
+            // CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED that SoftHSM2 returns for it.
+            Err(CkError::Pkcs11(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange
+                | RvError::GeneralError
+                | RvError::FunctionFailed,
+                _,
+            )) => Err(KmsError::InvalidCiphertext { key: label.to_string() }),
+            Err(e) => Err(hsm_err("decryption failed", e)),
+        }
+    })
+}
+
+/// Destroy a key version's token object (key deletion).
+pub fn destroy(h: &HsmRef, label: &str) -> Result<(), KmsError> {
+    with_session(h, |s| match find(s, label) {
+        Ok(o) => s.destroy_object(o).map_err(|e| hsm_err("object destruction failed", e)),
+        Err(KmsError::NotUsable { .. }) => Ok(()),
+        Err(e) => Err(e),
+    })
+}

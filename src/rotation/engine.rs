@@ -1,0 +1,430 @@
+//! The rekey engine: re-encrypts a database file's blocks from the old DEK to the new one,
+//! chunk by chunk, crash-safe at every step. It works on two abstract files (the database,
+//! through SQLite's own handle in production, and the rekey journal) so that tests can run it
+//! over a simulated disk that loses or tears unsynced writes.
+//!
+//! Invariant (docs/ARCHITECTURE.md, "Rekey"): the newest valid header slot says exactly
+//! which key each block is under. Without rekey state: the header's DEK. With rekey state
+//! `{new DEK, P}`: blocks below `P` under the new DEK, the rest under the old one, except the
+//! hotzone `[P, P + chunk)` while the journal holds a valid record for `P` (then the journal
+//! holds its old ciphertext and recovery puts it back first).
+//!
+//! Steps per chunk at `P` (each name is a crash-injection point, see [`Step`]):
+//! 1. journal := {uuid, new KCV, P, old ciphertext of the chunk}, checksummed; fsync;
+//! 2. re-encrypt the chunk in memory and write it in place (two writes); fsync;
+//! 3. header (other slot, sequence + 1) with progress `P + n`; fsync.
+//!
+//! Finish: header without rekey state (new DEK as the DEK) written to both slots one after
+//! the other (each synced), so no copy of the old wrapped DEK remains; remove the journal.
+
+use std::ops::ControlFlow;
+
+use crate::crypto::{Domain, XtsCipher};
+use crate::error::{Error, Result};
+use crate::format::{Header, HEADER_REGION_LEN, SLOT_LEN};
+
+use super::journal;
+
+/// Crash-injection points, in the order a rekey passes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// The new DEK came back from the KMS; nothing written yet.
+    BeginGenerated,
+    /// The header with rekey state (progress 0) was written, not yet synced.
+    BeginHeaderWritten,
+    /// ... and synced.
+    BeginHeaderSynced,
+    /// Recovery: a valid journal record was written back over its chunk, not yet synced.
+    RecoverRestored,
+    /// ... and synced.
+    RecoverSynced,
+    /// The journal record of a chunk was written, not yet synced.
+    JournalWritten,
+    /// ... and synced.
+    JournalSynced,
+    /// The first half of the re-encrypted chunk was written in place.
+    DataHalfWritten,
+    /// The whole re-encrypted chunk was written, not yet synced.
+    DataWritten,
+    /// ... and synced.
+    DataSynced,
+    /// The header with the advanced progress was written, not yet synced.
+    ProgressWritten,
+    /// ... and synced.
+    ProgressSynced,
+    /// The final header (no rekey state) was written to the inactive slot, not yet synced.
+    FinalWritten,
+    /// ... and synced.
+    FinalSynced,
+    /// The final header was written to the other slot too, not yet synced.
+    FinalSecondWritten,
+    /// ... and synced.
+    FinalSecondSynced,
+    /// The journal was removed.
+    JournalRemoved,
+    /// In-place encryption: the state file (new header, progress) was written, not synced.
+    ConvertStateWritten,
+    /// ... and synced.
+    ConvertStateSynced,
+    /// The plain file's magic was replaced by the conversion marker, not synced.
+    ConvertMarked,
+    /// ... and synced.
+    ConvertMarkSynced,
+    /// A chunk's plaintext was written to the state file, not synced.
+    ConvertChunkWritten,
+    /// ... and synced.
+    ConvertChunkSynced,
+    /// The first half of the chunk's ciphertext was written at its new place.
+    ConvertDataHalfWritten,
+    /// The whole chunk was written, not synced.
+    ConvertDataWritten,
+    /// ... and synced.
+    ConvertDataSynced,
+    /// The state with the new progress was written, not synced.
+    ConvertProgressWritten,
+    /// ... and synced.
+    ConvertProgressSynced,
+    /// The encryption header was written over the marker, not synced.
+    ConvertHeaderWritten,
+    /// ... and synced.
+    ConvertHeaderSynced,
+    /// The state file was removed.
+    ConvertStateRemoved,
+}
+
+impl Step {
+    /// Every step of a rekey, in order.
+    pub const REKEY: [Step; 17] = [
+        Step::BeginGenerated,
+        Step::BeginHeaderWritten,
+        Step::BeginHeaderSynced,
+        Step::RecoverRestored,
+        Step::RecoverSynced,
+        Step::JournalWritten,
+        Step::JournalSynced,
+        Step::DataHalfWritten,
+        Step::DataWritten,
+        Step::DataSynced,
+        Step::ProgressWritten,
+        Step::ProgressSynced,
+        Step::FinalWritten,
+        Step::FinalSynced,
+        Step::FinalSecondWritten,
+        Step::FinalSecondSynced,
+        Step::JournalRemoved,
+    ];
+
+    /// Every step of an in-place encryption, in order.
+    pub const CONVERT: [Step; 14] = [
+        Step::ConvertStateWritten,
+        Step::ConvertStateSynced,
+        Step::ConvertMarked,
+        Step::ConvertMarkSynced,
+        Step::ConvertChunkWritten,
+        Step::ConvertChunkSynced,
+        Step::ConvertDataHalfWritten,
+        Step::ConvertDataWritten,
+        Step::ConvertDataSynced,
+        Step::ConvertProgressWritten,
+        Step::ConvertProgressSynced,
+        Step::ConvertHeaderWritten,
+        Step::ConvertHeaderSynced,
+        Step::ConvertStateRemoved,
+    ];
+
+    /// Stable name (used by `SQLITE_TDE_TEST_CRASH_AT`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::BeginGenerated => "begin-generated",
+            Step::BeginHeaderWritten => "begin-header-written",
+            Step::BeginHeaderSynced => "begin-header-synced",
+            Step::RecoverRestored => "recover-restored",
+            Step::RecoverSynced => "recover-synced",
+            Step::JournalWritten => "journal-written",
+            Step::JournalSynced => "journal-synced",
+            Step::DataHalfWritten => "data-half-written",
+            Step::DataWritten => "data-written",
+            Step::DataSynced => "data-synced",
+            Step::ProgressWritten => "progress-written",
+            Step::ProgressSynced => "progress-synced",
+            Step::FinalWritten => "final-written",
+            Step::FinalSynced => "final-synced",
+            Step::FinalSecondWritten => "final-second-written",
+            Step::FinalSecondSynced => "final-second-synced",
+            Step::JournalRemoved => "journal-removed",
+            Step::ConvertStateWritten => "convert-state-written",
+            Step::ConvertStateSynced => "convert-state-synced",
+            Step::ConvertMarked => "convert-marked",
+            Step::ConvertMarkSynced => "convert-mark-synced",
+            Step::ConvertChunkWritten => "convert-chunk-written",
+            Step::ConvertChunkSynced => "convert-chunk-synced",
+            Step::ConvertDataHalfWritten => "convert-data-half-written",
+            Step::ConvertDataWritten => "convert-data-written",
+            Step::ConvertDataSynced => "convert-data-synced",
+            Step::ConvertProgressWritten => "convert-progress-written",
+            Step::ConvertProgressSynced => "convert-progress-synced",
+            Step::ConvertHeaderWritten => "convert-header-written",
+            Step::ConvertHeaderSynced => "convert-header-synced",
+            Step::ConvertStateRemoved => "convert-state-removed",
+        }
+    }
+
+    /// Parse a [`Step::name`].
+    pub fn from_name(s: &str) -> Option<Step> {
+        Step::REKEY.into_iter().chain(Step::CONVERT).find(|x| x.name() == s)
+    }
+}
+
+/// Observation and fault injection around the engine.
+pub trait Hook {
+    /// Called at each step; an error aborts the operation there (tests simulate a crash).
+    fn step(&mut self, step: Step) -> Result<()>;
+    /// Progress after each chunk; `Break` stops cleanly (the state on disk is resumable).
+    fn progress(&mut self, done: u64, total: u64) -> ControlFlow<()>;
+}
+
+/// A hook that does nothing.
+pub struct NoHook;
+impl Hook for NoHook {
+    fn step(&mut self, _: Step) -> Result<()> {
+        Ok(())
+    }
+    fn progress(&mut self, _: u64, _: u64) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// The database file, physical bytes.
+pub trait RawDb {
+    /// Read exactly `buf.len()` bytes at `off` (an error if the file is shorter).
+    fn read_exact_at(&mut self, buf: &mut [u8], off: u64) -> Result<()>;
+    fn write_at(&mut self, buf: &[u8], off: u64) -> Result<()>;
+    /// Make every write so far durable (fsync).
+    fn sync(&mut self) -> Result<()>;
+    fn len(&mut self) -> Result<u64>;
+    fn set_len(&mut self, len: u64) -> Result<()>;
+}
+
+/// The side file holding the hotzone (rekey) or the conversion state (in-place encryption).
+pub trait SideFile {
+    /// The whole content, `None` if the file does not exist.
+    fn load(&mut self) -> Result<Option<Vec<u8>>>;
+    /// Write `bytes` at `off` (creating the file).
+    fn write_at(&mut self, bytes: &[u8], off: u64) -> Result<()>;
+    /// Make the content and the file's existence durable.
+    fn sync(&mut self) -> Result<()>;
+    /// Delete the file (durably).
+    fn remove(&mut self) -> Result<()>;
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every block is under the new DEK and the header says so.
+    Done,
+    /// Stopped between chunks at the caller's request; resumable.
+    Interrupted,
+}
+
+/// Default chunk (hotzone) size.
+pub const DEFAULT_CHUNK: u64 = 32 << 20;
+
+/// Re-encrypt `buf` (physical bytes of logical offset `offset` of a main database) from `old`
+/// to `new`. All-zero blocks (holes, which read as zeros under any key) stay zero. Large
+/// buffers are split over up to four threads.
+pub fn transform(old: &XtsCipher, new: &XtsCipher, offset: u64, buf: &mut [u8]) {
+    const PART: usize = 1 << 20;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
+    if threads <= 1 || buf.len() < 2 * PART {
+        transform_serial(old, new, offset, buf);
+        return;
+    }
+    // Split on data-unit boundaries into `threads` contiguous parts.
+    let unit = crate::crypto::DATA_UNIT;
+    let per = buf.len().div_ceil(threads).div_ceil(unit) * unit;
+    std::thread::scope(|s| {
+        let mut off = offset;
+        for part in buf.chunks_mut(per) {
+            let o = off;
+            off += part.len() as u64;
+            s.spawn(move || transform_serial(old, new, o, part));
+        }
+    });
+}
+
+fn transform_serial(old: &XtsCipher, new: &XtsCipher, offset: u64, buf: &mut [u8]) {
+    const PIECE: usize = 64 << 10;
+    let mut off = offset;
+    for piece in buf.chunks_mut(PIECE) {
+        let has_hole = piece.chunks_exact(16).any(|b| u128::from_ne_bytes(b.try_into().unwrap()) == 0);
+        if !has_hole {
+            old.decrypt(Domain::Database, off, piece);
+            new.encrypt(Domain::Database, off, piece);
+        } else {
+            for (i, b) in piece.chunks_exact_mut(16).enumerate() {
+                if u128::from_ne_bytes((&*b).try_into().unwrap()) != 0 {
+                    let o = off + (i as u64) * 16;
+                    old.decrypt(Domain::Database, o, b);
+                    new.encrypt(Domain::Database, o, b);
+                }
+            }
+        }
+        off += piece.len() as u64;
+    }
+}
+
+/// Bytes of re-encryptable data of a main database file of physical length `len`: every
+/// whole 16-byte block after the header region (the length encoding's marker bytes, if any,
+/// are zeros and stay as they are).
+pub fn data_len(len: u64) -> u64 {
+    len.saturating_sub(HEADER_REGION_LEN as u64) & !15
+}
+
+/// One rekey over a database file and its journal.
+pub struct RekeyEngine<'a, D: RawDb, J: SideFile> {
+    pub db: &'a mut D,
+    pub journal: &'a mut J,
+    pub old: &'a XtsCipher,
+    pub new: &'a XtsCipher,
+    /// Newest header (with rekey state while running).
+    pub header: Header,
+    /// Slot holding `header`.
+    pub slot: usize,
+    /// Hotzone size (a multiple of the 4 KiB data unit).
+    pub chunk: u64,
+    pub hook: &'a mut dyn Hook,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
+    pub fn new(
+        db: &'a mut D,
+        journal: &'a mut J,
+        old: &'a XtsCipher,
+        new: &'a XtsCipher,
+        header: Header,
+        slot: usize,
+        chunk: u64,
+        hook: &'a mut dyn Hook,
+    ) -> Self {
+        let unit = crate::crypto::DATA_UNIT as u64;
+        let chunk = (chunk.max(unit) / unit) * unit;
+        RekeyEngine { db, journal, old, new, header, slot, chunk, hook, buf: Vec::new(), out: Vec::new() }
+    }
+
+    /// Write `h` (sequence + 1) to the slot not holding the newest header, and sync.
+    fn write_header(&mut self, mut h: Header, written: Step, synced: Step) -> Result<()> {
+        h.sequence = self.header.sequence + 1;
+        let bytes = h.encode().map_err(|source| Error::Header { path: "rekey".into(), source })?;
+        let other = 1 - self.slot;
+        self.db.write_at(&bytes, (other * SLOT_LEN) as u64)?;
+        self.hook.step(written)?;
+        self.db.sync()?;
+        self.hook.step(synced)?;
+        self.header = h;
+        self.slot = other;
+        Ok(())
+    }
+
+    /// Start: record `{new wrapped DEK, new KCV, progress 0}` in the header. `self.header`
+    /// must be the current header without rekey state, and `state` its rekey state.
+    pub fn begin(&mut self, state: crate::format::RekeyState) -> Result<()> {
+        debug_assert!(self.header.rekey.is_none());
+        self.hook.step(Step::BeginGenerated)?;
+        let mut h = self.header.clone();
+        h.rekey = Some(crate::format::RekeyState { progress: 0, ..state });
+        self.write_header(h, Step::BeginHeaderWritten, Step::BeginHeaderSynced)
+    }
+
+    /// After a crash: put back the hotzone from a journal record that matches the header,
+    /// then continue. Idempotent (a crash during recovery is recovered the same way).
+    pub fn recover(&mut self) -> Result<Outcome> {
+        let r = self.header.rekey.clone().ok_or_else(|| Error::Config("recover: no rekey in progress".into()))?;
+        if let Some(bytes) = self.journal.load()? {
+            if let Some(rec) = journal::decode(&bytes) {
+                if rec.db_uuid == self.header.db_uuid && rec.new_kcv == r.kcv && rec.progress == r.progress {
+                    self.db.write_at(&rec.data, HEADER_REGION_LEN as u64 + rec.progress)?;
+                    self.hook.step(Step::RecoverRestored)?;
+                    self.db.sync()?;
+                    self.hook.step(Step::RecoverSynced)?;
+                }
+            }
+        }
+        self.run()
+    }
+
+    /// Re-encrypt from the header's progress to the end, then finish.
+    pub fn run(&mut self) -> Result<Outcome> {
+        let total = data_len(self.db.len()?);
+        loop {
+            let r = self.header.rekey.clone().ok_or_else(|| Error::Config("run: no rekey in progress".into()))?;
+            let p = r.progress;
+            if p >= total {
+                break;
+            }
+            if self.hook.progress(p, total).is_break() {
+                return Ok(Outcome::Interrupted);
+            }
+            let n = self.chunk.min(total - p) as usize;
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.resize(n, 0);
+            let at = HEADER_REGION_LEN as u64 + p;
+            self.db.read_exact_at(&mut buf, at)?;
+            // The re-encryption of a copy runs on other threads while the journal is written
+            // and synced; nothing reaches the database before both are done.
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            out.extend_from_slice(&buf);
+            let (old, new) = (self.old, self.new);
+            let journalled = std::thread::scope(|s| {
+                let worker = s.spawn(|| transform(old, new, p, &mut out));
+                // 1. The hotzone's old ciphertext, durable before the chunk is touched.
+                let r = (|| {
+                    let head = journal::encode_header(&self.header.db_uuid, &r.kcv, p, &buf);
+                    self.journal.write_at(&head, 0)?;
+                    self.journal.write_at(&buf, journal::RECORD_HEADER_LEN as u64)?;
+                    self.hook.step(Step::JournalWritten)?;
+                    self.journal.sync()?;
+                    self.hook.step(Step::JournalSynced)
+                })();
+                worker.join().expect("re-encryption thread");
+                r
+            });
+            journalled?;
+            self.buf = buf;
+            let buf = out;
+            // 2. Re-encrypted chunk in place.
+            let half = (n / 2) & !15;
+            self.db.write_at(&buf[..half], at)?;
+            self.hook.step(Step::DataHalfWritten)?;
+            self.db.write_at(&buf[half..], at + half as u64)?;
+            self.hook.step(Step::DataWritten)?;
+            self.db.sync()?;
+            self.hook.step(Step::DataSynced)?;
+            self.out = buf;
+            // 3. Advance the progress.
+            let mut h = self.header.clone();
+            h.rekey.as_mut().unwrap().progress = p + n as u64;
+            self.write_header(h, Step::ProgressWritten, Step::ProgressSynced)?;
+        }
+        let _ = self.hook.progress(total, total);
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<Outcome> {
+        let r = self.header.rekey.clone().expect("rekey state");
+        let mut h = self.header.clone();
+        h.rekey = None;
+        h.key = r.key;
+        h.wrapped_dek = r.wrapped_dek;
+        h.kcv = r.kcv;
+        h.dek_created = crate::vfs::database::unix_now();
+        self.write_header(h.clone(), Step::FinalWritten, Step::FinalSynced)?;
+        // The other slot still holds the old wrapped DEK (rekey state): overwrite it too.
+        self.write_header(h, Step::FinalSecondWritten, Step::FinalSecondSynced)?;
+        self.journal.remove()?;
+        self.hook.step(Step::JournalRemoved)?;
+        Ok(Outcome::Done)
+    }
+}

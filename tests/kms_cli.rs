@@ -1,0 +1,566 @@
+//! The `sqlite-tde kms` / `secrets` command line, embedded and through the daemon
+//! (`kms serve`), including an application process that uses the daemon without access to
+//! the keystore.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+const T0: u64 = 1_735_689_600;
+
+struct Env {
+    tmp: tempfile::TempDir,
+    ks: PathBuf,
+}
+
+fn clean(c: &mut Command) {
+    for v in [
+        "SQLITE_TDE_KEYSTORE",
+        "SQLITE_TDE_KMS",
+        "SQLITE_TDE_ROOT_KEY_FILE",
+        "SQLITE_TDE_PASSPHRASE",
+        "SQLITE_TDE_PRINCIPAL",
+        "SQLITE_TDE_KMS_TOKEN",
+        "SQLITE_TDE_TEST_NOW",
+        "SQLITE_TDE_KEY",
+    ] {
+        c.env_remove(v);
+    }
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = tmp.path().join("keystore");
+        Env { tmp, ks }
+    }
+    fn path(&self, n: &str) -> PathBuf {
+        self.tmp.path().join(n)
+    }
+    /// The binary on this keystore, acting as `principal`, at time T0 + `days`.
+    fn as_at(&self, principal: &str, days: u64) -> Command {
+        let mut c = Command::cargo_bin("sqlite-tde").unwrap();
+        clean(&mut c);
+        c.env("SQLITE_TDE_TEST_NOW", (T0 + days * 86_400).to_string());
+        c.arg("--keystore").arg(&self.ks).arg("--principal").arg(principal);
+        c
+    }
+    fn as_(&self, principal: &str) -> Command {
+        self.as_at(principal, 0)
+    }
+}
+
+fn out(c: &mut Command) -> String {
+    String::from_utf8(c.assert().success().get_output().stdout.clone()).unwrap()
+}
+
+fn json(c: &mut Command) -> serde_json::Value {
+    serde_json::from_str(&out(c)).unwrap()
+}
+
+#[test]
+fn lifecycle_policy_and_audit_from_the_command_line() {
+    let env = Env::new();
+    let id = out(env.as_("carol").args([
+        "kms",
+        "create-key",
+        "--alias",
+        "app",
+        "--admin",
+        "alice",
+        "--user",
+        "bob",
+        "--rotation-days",
+        "90",
+    ]))
+    .trim()
+    .to_string();
+    let d = json(env.as_("alice").args(["--json", "kms", "describe", "alias/app"]));
+    for k in ["key_id", "state", "origin", "protection", "versions", "primary_version"] {
+        assert!(d.get(k).is_some(), "describe --json lacks {k}: {d}");
+    }
+    assert_eq!(d["key_id"], id.as_str());
+    assert_eq!(
+        (d["state"].as_str(), d["origin"].as_str(), d["protection"].as_str()),
+        (Some("enabled"), Some("internal"), Some("software"))
+    );
+    assert_eq!(d["versions"], serde_json::json!([1]));
+    assert_eq!(d["rotation_period_days"], 90);
+
+    // Databases: the key user creates one.
+    let db = env.path("app.db");
+    env.as_("bob")
+        .args(["sql"])
+        .arg(&db)
+        .args(["--key", "alias/app", "CREATE TABLE t(x); INSERT INTO t VALUES(42)"])
+        .assert()
+        .success();
+    env.as_("bob").arg("sql").arg(&db).arg("SELECT x FROM t").assert().success().stdout("42\n");
+    // The admin cannot read it; the user cannot disable the key.
+    env.as_("alice")
+        .arg("sql")
+        .arg(&db)
+        .arg("SELECT x FROM t")
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("access denied: principal alice may not kms:Decrypt"));
+    env.as_("bob")
+        .args(["kms", "disable", "alias/app"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("kms:DisableKey"));
+    env.as_("bob").args(["kms", "schedule-deletion", "alias/app", "--days", "7"]).assert().code(3);
+
+    // Disable: the database cannot be opened; enable restores.
+    env.as_("alice")
+        .args(["kms", "disable", "alias/app"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("state: disabled"));
+    env.as_("bob")
+        .arg("sql")
+        .arg(&db)
+        .arg("SELECT x FROM t")
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("is disabled"));
+    env.as_("alice").args(["kms", "enable", "alias/app"]).assert().success();
+    env.as_("bob").arg("sql").arg(&db).arg("SELECT x FROM t").assert().success().stdout("42\n");
+
+    // Rotation: new databases get version 2, the old one still opens.
+    env.as_("alice")
+        .args(["kms", "rotate", "alias/app"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("primary_version: 2"));
+    let db2 = env.path("app2.db");
+    env.as_("bob").arg("sql").arg(&db2).args(["--key", "alias/app", "CREATE TABLE t(x)"]).assert().success();
+    let info = json(env.as_("bob").args(["info", "--json"]).arg(&db2));
+    assert_eq!(info["key_version"], 2);
+    env.as_("bob").arg("sql").arg(&db).arg("SELECT x FROM t").assert().success().stdout("42\n");
+    env.as_("alice").args(["kms", "rotation", "alias/app", "--disable"]).assert().success();
+    env.as_("alice").args(["kms", "rotation", "alias/app", "--enable"]).assert().code(2);
+    env.as_("alice").args(["kms", "rotation", "alias/app", "--enable", "--days", "30"]).assert().success();
+
+    // Aliases and listings.
+    env.as_("alice").args(["kms", "alias", "create", "alias/app-v2", &id]).assert().success();
+    let aliases = out(env.as_("alice").args(["kms", "alias", "list"]));
+    assert!(aliases.contains(&format!("alias/app-v2\t{id}")), "{aliases}");
+    let listed = out(env.as_("alice").args(["kms", "list"]));
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains("\tenabled\t")), "{listed}");
+
+    // Policy get/put and lint.
+    let policy = out(env.as_("alice").args(["kms", "policy", "get", "alias/app"]));
+    let mut p: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    env.as_("carol").args(["kms", "lint"]).assert().success().stdout("");
+    // Granting bob the admin role as well is flagged by lint.
+    p["statements"][0]["principals"] = serde_json::json!(["alice", "bob"]);
+    env.as_("alice").args(["kms", "policy", "put", "alias/app"]).write_stdin(p.to_string()).assert().success();
+    env.as_("carol")
+        .args(["kms", "lint"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("principal bob holds kms:Decrypt"));
+    let lint: serde_json::Value =
+        serde_json::from_slice(&env.as_("carol").args(["--json", "kms", "lint"]).assert().code(1).get_output().stdout)
+            .unwrap();
+    assert_eq!(lint[0]["key_id"], id.as_str());
+
+    // Deletion: too short a window is refused; after the window the database says "deleted".
+    env.as_("alice")
+        .args(["kms", "schedule-deletion", "alias/app", "--days", "6"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("7 to 30"));
+    env.as_("alice")
+        .args(["kms", "schedule-deletion", "alias/app", "--days", "7"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("pending deletion"));
+    env.as_at("bob", 3)
+        .arg("sql")
+        .arg(&db)
+        .arg("SELECT x FROM t")
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("pending deletion"));
+    env.as_at("alice", 3)
+        .args(["kms", "cancel-deletion", "alias/app"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("state: disabled"));
+    env.as_at("alice", 3).args(["kms", "enable", "alias/app"]).assert().success();
+    env.as_at("alice", 3).args(["kms", "schedule-deletion", &id, "--days", "7"]).assert().success();
+    env.as_at("alice", 11)
+        .args(["kms", "rotate-due"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("deleted\t{id}")));
+    for db in [&db, &db2] {
+        env.as_at("bob", 12)
+            .arg("sql")
+            .arg(db)
+            .arg("SELECT x FROM t")
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains(format!("KMS key {id} has been deleted")));
+    }
+    let d = json(env.as_at("alice", 12).args(["--json", "kms", "describe", &id]));
+    assert_eq!(d["state"], "deleted");
+
+    // The audit log lists and verifies; tampering is exit code 3.
+    let recs = json(env.as_at("auditor", 12).args(["--json", "kms", "audit", "--key", &id]));
+    let ops: Vec<&str> = recs.as_array().unwrap().iter().map(|r| r["operation"].as_str().unwrap()).collect();
+    for op in [
+        "CreateKey",
+        "GenerateDataKey",
+        "Decrypt",
+        "DisableKey",
+        "EnableKey",
+        "RotateKeyOnDemand",
+        "ScheduleKeyDeletion",
+        "DeleteKey:scheduled",
+    ] {
+        assert!(ops.contains(&op), "{op} not in {ops:?}");
+    }
+    assert!(recs.as_array().unwrap().iter().any(|r| r["principal"] == "alice" && r["outcome"] == "denied"));
+    let since = json(env.as_at("auditor", 12).args(["--json", "kms", "audit", "--since", "2025-01-05"]));
+    assert!(since.as_array().unwrap().iter().all(|r| r["time"].as_u64().unwrap() >= T0 + 4 * 86_400));
+    env.as_at("auditor", 12)
+        .args(["kms", "audit", "--verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("audit log OK"));
+    let log = env.ks.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("\"principal\":\"bob\"", "\"principal\":\"eve\"", 1)).unwrap();
+    env.as_at("auditor", 12)
+        .args(["kms", "audit", "--verify"])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("record edited"));
+}
+
+#[test]
+fn byok_from_the_command_line() {
+    let env = Env::new();
+    let id =
+        out(env.as_("ops").args(["kms", "create-key", "--alias", "byok", "--origin", "external"])).trim().to_string();
+    let d = json(env.as_("ops").args(["--json", "kms", "describe", "alias/byok"]));
+    assert_eq!((d["state"].as_str(), d["origin"].as_str()), (Some("pending_import"), Some("external")));
+    let pk = env.path("wrapping.pem");
+    let token = env.path("token.bin");
+    env.as_("ops")
+        .args(["kms", "get-import-params", "alias/byok", "--public-key-out"])
+        .arg(&pk)
+        .arg("--token-out")
+        .arg(&token)
+        .assert()
+        .success();
+    let material = env.path("material.bin");
+    std::fs::write(&material, [7u8; 32]).unwrap();
+    let wrapped = env.path("material.enc");
+    env.as_("ops")
+        .args(["kms", "wrap-material", "--public-key"])
+        .arg(&pk)
+        .arg("--material")
+        .arg(&material)
+        .arg("--out")
+        .arg(&wrapped)
+        .assert()
+        .success();
+    env.as_("ops")
+        .args(["kms", "import", "alias/byok", "--material"])
+        .arg(&wrapped)
+        .arg("--token")
+        .arg(&token)
+        .args(["--expires", "2025-01-03"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("state: enabled"));
+    let db = env.path("byok.db");
+    env.as_("ops")
+        .arg("sql")
+        .arg(&db)
+        .args(["--key", &id, "CREATE TABLE t(x); INSERT INTO t VALUES('imported')"])
+        .assert()
+        .success();
+    env.as_at("ops", 1).arg("sql").arg(&db).arg("SELECT x FROM t").assert().success().stdout("imported\n");
+    // Expired: pending import again.
+    env.as_at("ops", 3)
+        .arg("sql")
+        .arg(&db)
+        .arg("SELECT x FROM t")
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("pending import"));
+    // Different material is refused, the same is accepted.
+    env.as_at("ops", 3)
+        .args(["kms", "get-import-params", &id, "--public-key-out"])
+        .arg(&pk)
+        .arg("--token-out")
+        .arg(&token)
+        .assert()
+        .success();
+    std::fs::write(&material, [8u8; 32]).unwrap();
+    env.as_at("ops", 3)
+        .args(["kms", "wrap-material", "--public-key"])
+        .arg(&pk)
+        .arg("--material")
+        .arg(&material)
+        .arg("--out")
+        .arg(&wrapped)
+        .assert()
+        .success();
+    env.as_at("ops", 3)
+        .args(["kms", "import", &id, "--material"])
+        .arg(&wrapped)
+        .arg("--token")
+        .arg(&token)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("different key material"));
+    std::fs::write(&material, [7u8; 32]).unwrap();
+    env.as_at("ops", 3)
+        .args(["kms", "wrap-material", "--public-key"])
+        .arg(&pk)
+        .arg("--material")
+        .arg(&material)
+        .arg("--out")
+        .arg(&wrapped)
+        .assert()
+        .success();
+    env.as_at("ops", 3)
+        .args(["kms", "import", &id, "--material"])
+        .arg(&wrapped)
+        .arg("--token")
+        .arg(&token)
+        .assert()
+        .success();
+    env.as_at("ops", 3).arg("sql").arg(&db).arg("SELECT x FROM t").assert().success().stdout("imported\n");
+    env.as_at("ops", 3)
+        .args(["kms", "delete-imported-material", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("state: pending_import"));
+    env.as_at("ops", 3).arg("sql").arg(&db).arg("SELECT x FROM t").assert().code(3);
+}
+
+#[test]
+fn secrets_from_the_command_line() {
+    let env = Env::new();
+    out(env.as_("admin").args(["kms", "create-key", "--alias", "vault", "--admin", "admin", "--user", "app"]));
+    env.as_("app")
+        .args(["secrets", "put", "api/token", "--key", "alias/vault"])
+        .write_stdin("s3cr3t-value\n")
+        .assert()
+        .success();
+    env.as_("app").args(["secrets", "get", "api/token"]).assert().success().stdout("s3cr3t-value");
+    let rotated = out(env.as_("app").args(["secrets", "rotate", "api/token"]));
+    assert!(rotated.contains("\tcurrent"), "{rotated}");
+    env.as_("app")
+        .args(["secrets", "get", "api/token", "--stage", "previous"])
+        .assert()
+        .success()
+        .stdout("s3cr3t-value");
+    let versions = out(env.as_("app").args(["secrets", "versions", "api/token"]));
+    assert_eq!(versions.lines().count(), 2);
+    assert!(versions.contains("previous") && versions.contains("current"), "{versions}");
+    let list = json(env.as_("app").args(["--json", "secrets", "list"]));
+    assert_eq!(list[0]["name"], "api/token");
+    env.as_("admin")
+        .args(["secrets", "get", "api/token"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("access denied"));
+    let g = json(env.as_("app").args(["--json", "secrets", "get", "api/token", "--stage", "previous"]));
+    assert_eq!(g["value"]["text"], "s3cr3t-value");
+    assert!(!std::fs::read_to_string(env.ks.join("secrets.json")).unwrap().contains("s3cr3t"));
+}
+
+// ----- daemon -----
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(ks: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
+    for v in ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_PRINCIPAL", "SQLITE_TDE_TEST_NOW"] {
+        c.env_remove(v);
+    }
+    c.arg("--keystore")
+        .arg(ks)
+        .args(["kms", "serve", "--socket"])
+        .arg(socket)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on unix:"), "daemon did not start: {line:?}");
+    Daemon { child, socket: socket.to_path_buf() }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn daemon_end_to_end_application_without_keystore_access() {
+    let env = Env::new();
+    // The keystore directory is 0700 root; the socket lives in a directory the application
+    // can reach.
+    let run = env.path("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = run.join("kms.sock");
+    let app_uid = if is_root() { NOBODY } else { nix::unistd::geteuid().as_raw() };
+    let me = nix::unistd::geteuid().as_raw();
+    let mut extra = vec!["--map-uid".to_string(), format!("{app_uid}=app")];
+    if is_root() {
+        extra.extend(["--socket-mode".into(), "660".into(), "--socket-group".into(), NOBODY.to_string()]);
+    } else {
+        extra.clear();
+        extra.extend(["--map-uid".into(), format!("{me}=app")]);
+    }
+    let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let daemon = start_daemon(&env.ks, &socket, &extra_refs);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert!(mode == 0o600 || mode == 0o660, "socket mode {mode:o}");
+    let kms_spec = format!("unix:{}", daemon.socket.display());
+
+    // An operator token (the test runs as the app's uid when not root).
+    let token = out(env.as_("-").args(["kms", "token", "create", "ops"])).trim().to_string();
+    let ops = |c: &mut Command| {
+        c.env("SQLITE_TDE_KMS_TOKEN", &token);
+    };
+    let mut create = env.as_("ignored");
+    ops(&mut create);
+    let id = out(create.args([
+        "--kms",
+        &kms_spec,
+        "kms",
+        "create-key",
+        "--alias",
+        "app",
+        "--admin",
+        "ops",
+        "--user",
+        "app",
+    ]))
+    .trim()
+    .to_string();
+    let mut who = env.as_("ignored");
+    ops(&mut who);
+    assert_eq!(out(who.args(["--kms", &kms_spec, "kms", "whoami"])).trim(), "ops\tdaemon");
+
+    // The application process: no keystore, only the socket.
+    let appdir = env.path("app");
+    std::fs::create_dir(&appdir).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&appdir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let db = appdir.join("app.db");
+    let app = |args: &[&str]| -> std::process::Output {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
+        c.env_clear().env("PATH", "/usr/bin:/bin").env("HOME", &appdir).env("SQLITE_TDE_KMS", &kms_spec);
+        if is_root() {
+            c.uid(NOBODY).gid(NOBODY);
+        }
+        c.args(args).output().unwrap()
+    };
+    let dbs = db.to_str().unwrap();
+    let o = app(&["sql", dbs, "--key", "alias/app", "CREATE TABLE t(x); INSERT INTO t VALUES('through the daemon')"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = app(&["sql", dbs, "SELECT x FROM t"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "through the daemon\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&app(&["kms", "whoami"]).stdout).trim(), "app\tdaemon");
+    // Separation of duties holds over the socket, and the app cannot assert another principal.
+    let o = app(&["--principal", "ops", "kms", "disable", "alias/app"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("principal app may not kms:DisableKey"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // No local keystore was created for the application.
+    assert!(!appdir.join(".local").exists());
+    if is_root() {
+        let o = app(&["kms", "--kms", "local:", "--keystore", env.ks.to_str().unwrap(), "list"]);
+        assert!(!o.status.success(), "the application must not be able to open the keystore directly");
+        let cat =
+            std::process::Command::new("cat").arg(env.ks.join("root.key")).uid(NOBODY).gid(NOBODY).output().unwrap();
+        assert!(!cat.status.success(), "the application can read the root key");
+        let cat = std::process::Command::new("cat")
+            .arg(env.ks.join("keystore.json"))
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap();
+        assert!(!cat.status.success(), "the application can read the keystore");
+    } else {
+        eprintln!("NOTE: not root: the application runs as the daemon's uid; keystore isolation not checked");
+    }
+
+    // Lifecycle through the daemon: disable blocks the application at once.
+    let mut dis = env.as_("ignored");
+    ops(&mut dis);
+    dis.args(["--kms", &kms_spec, "kms", "disable", "alias/app"]).assert().success();
+    let o = app(&["sql", dbs, "SELECT x FROM t"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is disabled"), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut en = env.as_("ignored");
+    ops(&mut en);
+    en.args(["--kms", &kms_spec, "kms", "enable", "alias/app"]).assert().success();
+    assert!(app(&["sql", dbs, "SELECT x FROM t"]).status.success());
+
+    // The audit log names the daemon-side principals.
+    let mut audit = env.as_("ignored");
+    ops(&mut audit);
+    let recs = json(audit.args(["--json", "--kms", &kms_spec, "kms", "audit", "--key", &id]));
+    let recs = recs.as_array().unwrap();
+    assert!(recs
+        .iter()
+        .any(|r| r["principal"] == "app" && r["operation"] == "GenerateDataKey" && r["outcome"] == "allowed"));
+    assert!(recs.iter().any(|r| r["principal"] == "app" && r["operation"] == "DisableKey" && r["outcome"] == "denied"));
+    assert!(recs
+        .iter()
+        .any(|r| r["principal"] == "ops" && r["operation"] == "DisableKey" && r["outcome"] == "allowed"));
+    // A bad token is refused.
+    let o = {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
+        c.env_clear()
+            .env("SQLITE_TDE_KMS", &kms_spec)
+            .env("SQLITE_TDE_KMS_TOKEN", "tdekms_bogus")
+            .args(["kms", "list"]);
+        c.output().unwrap()
+    };
+    assert_eq!(o.status.code(), Some(3));
+    // The daemon refuses to start twice on the same socket.
+    let mut second = env.as_("-");
+    second
+        .args(["kms", "serve", "--socket"])
+        .arg(&socket)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("already listening"));
+    drop(daemon);
+}

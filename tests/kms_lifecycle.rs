@@ -1,0 +1,442 @@
+//! The CMK lifecycle of the embedded KMS, end to end through the VFS: states and their
+//! effect on cryptographic operations and databases, deletion windows, rotation, the
+//! service-managed default key, encryption contexts, separation of duties, BYOK, secrets.
+//! Time is a manual clock.
+
+mod kms_support;
+
+use kms_support::*;
+use sqlite_tde::kms::api::CreateKeyParams;
+use sqlite_tde::kms::local::import::wrap_for_import;
+use sqlite_tde::kms::model::{KeyManager, KeyState, Origin};
+use sqlite_tde::kms::policy::KeyPolicy;
+use sqlite_tde::kms::{EncryptionContext, Kms, KmsError, DEFAULT_KEY_ALIAS};
+
+fn ctx(db: &str) -> EncryptionContext {
+    EncryptionContext::from_pairs([("sqlite-tde:db".to_string(), db.to_string())])
+}
+
+fn create(kms: &sqlite_tde::kms::local::LocalKms, alias: &str) -> String {
+    kms.create_key(Some(alias), "test key").unwrap().key_id
+}
+
+#[test]
+fn disabled_key_blocks_every_cryptographic_operation_and_its_databases_at_once() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let id = create(&kms, "alias/app");
+    let tde = env.tde("ops");
+    let db = env.path("a.db");
+    create_db(&tde, &db, "alias/app");
+    assert_eq!(read_db(&tde, &db).unwrap(), "hello");
+    let blob = kms.op_generate_data_key("ops", "alias/app", &ctx("x"), None, true).unwrap().ciphertext;
+
+    // Disabled through another instance of the KMS: the VFS's cached key is dropped too.
+    let info = env.kms("ops").op_disable("ops", "alias/app").unwrap();
+    assert_eq!(info.state, KeyState::Disabled);
+    assert!(
+        matches!(kms.op_generate_data_key("ops", "alias/app", &ctx("x"), None, true), Err(KmsError::Disabled(k)) if k == id)
+    );
+    assert!(matches!(kms.op_decrypt("ops", &blob, &ctx("x"), None), Err(KmsError::Disabled(_))));
+    assert!(matches!(kms.op_re_encrypt("ops", &blob, &ctx("x"), None, None), Err(KmsError::Disabled(_))));
+    assert!(matches!(kms.op_encrypt("ops", &id, b"data", &ctx("x")), Err(KmsError::Disabled(_))));
+    assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::Disabled(_)));
+    // A new database cannot be created under it either, and leaves no header behind.
+    let fresh = env.path("fresh.db");
+    assert!(tde
+        .open_with(&fresh, &sqlite_tde::OpenOptions { key: Some("alias/app".into()), ..Default::default() })
+        .is_err());
+
+    kms.op_enable("ops", &id).unwrap();
+    assert_eq!(read_db(&tde, &db).unwrap(), "hello");
+    assert_eq!(&kms.op_decrypt("ops", &blob, &ctx("x"), None).unwrap().key_id, &id);
+}
+
+#[test]
+fn deletion_window_cancel_and_irreversible_destruction() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let id = create(&kms, "alias/doomed");
+    let tde = env.tde("ops");
+    let db = env.path("d.db");
+    create_db(&tde, &db, "alias/doomed");
+
+    for days in [0, 6, 31] {
+        let e = kms.op_schedule_deletion("ops", &id, Some(days)).unwrap_err();
+        assert!(matches!(e, KmsError::InvalidRequest(ref m) if m.contains("7 to 30")), "{days}: {e}");
+    }
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::Enabled);
+
+    // Default window is 30 days.
+    let info = kms.op_schedule_deletion("ops", &id, None).unwrap();
+    assert_eq!(info.state, KeyState::PendingDeletion);
+    assert_eq!(info.deletion_date, Some(T0 + 30 * 86_400));
+    assert!(matches!(kms.op_generate_data_key("ops", &id, &ctx("x"), None, true), Err(KmsError::PendingDeletion(_))));
+    assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::PendingDeletion(_)));
+
+    // Cancel within the window: Disabled, then usable after enable.
+    env.advance_days(29);
+    assert_eq!(kms.op_cancel_deletion("ops", &id).unwrap().state, KeyState::Disabled);
+    assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::Disabled(_)));
+    kms.op_enable("ops", &id).unwrap();
+    assert_eq!(read_db(&tde, &db).unwrap(), "hello");
+
+    // Schedule 7 days; once the window has passed the material is destroyed.
+    kms.op_schedule_deletion("ops", &id, Some(7)).unwrap();
+    env.advance_days(6);
+    assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::PendingDeletion(_)));
+    env.advance_days(1);
+    let e = read_db(&tde, &db).unwrap_err();
+    assert!(e.to_string().contains("has been deleted"), "{e}");
+    assert!(matches!(kms_error(e), KmsError::Deleted(k) if k == id));
+
+    let info = kms.describe_key(&id).unwrap();
+    assert_eq!(info.state, KeyState::Deleted);
+    assert!(info.aliases.is_empty());
+    assert!(info.version_details.iter().all(|v| !v.available));
+    let ks = kms.read_keystore().unwrap().unwrap();
+    assert!(ks.keys[&id].versions.iter().all(|v| v.material.is_none()), "material must be gone from the keystore");
+    assert!(matches!(kms.op_cancel_deletion("ops", &id), Err(KmsError::Deleted(_))));
+    assert!(matches!(kms.op_enable("ops", &id), Err(KmsError::Deleted(_))));
+    // The alias is free again; the database never opens again, even through a new registration.
+    assert!(matches!(kms.describe_key("alias/doomed"), Err(KmsError::NotFound(_))));
+    assert!(matches!(kms_error(read_db(&env.tde("ops"), &db).unwrap_err()), KmsError::Deleted(_)));
+}
+
+#[test]
+fn rotation_keeps_old_databases_openable_and_new_ones_use_the_new_version() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let id = create(&kms, "alias/rot");
+    let tde = env.tde("ops");
+    let old = env.path("old.db");
+    create_db(&tde, &old, "alias/rot");
+    assert_eq!(header_version(&old), (id.clone(), 1));
+    let old_blob = kms.op_encrypt("ops", &id, b"payload", &ctx("p")).unwrap().ciphertext;
+
+    let info = kms.op_rotate("ops", "alias/rot").unwrap();
+    assert_eq!(info.key_id, id, "rotation keeps the key id");
+    assert_eq!((info.primary_version, info.versions.clone()), (2, vec![1, 2]));
+
+    let new = env.path("new.db");
+    create_db(&tde, &new, "alias/rot");
+    assert_eq!(header_version(&new), (id.clone(), 2));
+    assert_eq!(read_db(&env.tde("ops"), &old).unwrap(), "hello");
+    assert_eq!(read_db(&env.tde("ops"), &new).unwrap(), "hello");
+    let d = kms.op_decrypt("ops", &old_blob, &ctx("p"), None).unwrap();
+    assert_eq!((d.key_version, &d.plaintext[..]), (1, &b"payload"[..]));
+
+    // ReEncrypt to the newest version, without the plaintext leaving the KMS.
+    let re = kms.op_re_encrypt("ops", &old_blob, &ctx("p"), None, None).unwrap();
+    assert_eq!((re.source_key_version, re.key_version), (1, 2));
+    assert_eq!(&kms.op_decrypt("ops", &re.ciphertext, &ctx("p"), None).unwrap().plaintext[..], b"payload");
+    // ... or to another key.
+    let other = create(&kms, "alias/other");
+    let re2 = kms.op_re_encrypt("ops", &old_blob, &ctx("p"), Some("alias/other"), Some(&ctx("q"))).unwrap();
+    assert_eq!(re2.key_id, other);
+    assert!(matches!(kms.op_decrypt("ops", &re2.ciphertext, &ctx("p"), None), Err(KmsError::InvalidCiphertext { .. })));
+    assert_eq!(&kms.op_decrypt("ops", &re2.ciphertext, &ctx("q"), None).unwrap().plaintext[..], b"payload");
+
+    // The VFS's rewrap goes through ReEncrypt too.
+    let (h, _) = sqlite_tde::format::choose_slot(&std::fs::read(&old).unwrap()[..8192]).unwrap();
+    let (_, kr) =
+        kms.rewrap_data_key(&h.key, &h.wrapped_dek, &EncryptionContext::for_database(&h.db_uuid), None).unwrap();
+    assert_eq!(kr.version, 2);
+}
+
+#[test]
+fn automatic_rotation_when_due_on_use_and_by_rotate_due() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let info = kms
+        .op_create_key(
+            "ops",
+            &CreateKeyParams { alias: Some("alias/auto".into()), rotation_days: Some(10), ..Default::default() },
+        )
+        .unwrap();
+    assert_eq!(info.rotation_period_days, Some(10));
+    assert_eq!(info.next_rotation, Some(T0 + 10 * 86_400));
+    env.advance_days(9);
+    assert_eq!(kms.op_generate_data_key("ops", "alias/auto", &ctx("x"), None, true).unwrap().key_version, 1);
+    env.advance_days(2);
+    // Checked on use: the next GenerateDataKey already uses version 2.
+    assert_eq!(kms.op_generate_data_key("ops", "alias/auto", &ctx("x"), None, true).unwrap().key_version, 2);
+    let info = kms.describe_key("alias/auto").unwrap();
+    assert_eq!(info.next_rotation, Some(T0 + 21 * 86_400));
+
+    // rotate-due performs everything due without a use.
+    env.advance_days(10);
+    let report = kms.op_rotate_due("ops").unwrap();
+    assert_eq!(report.rotated, vec![(info.key_id.clone(), 3)]);
+    assert!(kms.op_rotate_due("ops").unwrap().rotated.is_empty());
+
+    kms.op_rotation("ops", "alias/auto", None).unwrap();
+    env.advance_days(100);
+    assert!(kms.op_rotate_due("ops").unwrap().rotated.is_empty());
+    assert!(matches!(kms.op_rotation("ops", "alias/auto", Some(0)), Err(KmsError::InvalidRequest(_))));
+}
+
+#[test]
+fn default_key_is_created_on_first_use_rotated_yearly_and_not_user_manageable() {
+    let env = KmsEnv::new();
+    let tde = env.tde("alice");
+    let db = env.path("default.db");
+    let c = tde.open(&db).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES('hello');").unwrap();
+    drop(c);
+    let kms = env.kms("alice");
+    let info = kms.describe_key(DEFAULT_KEY_ALIAS).unwrap();
+    assert_eq!(info.manager, KeyManager::Service);
+    assert_eq!(info.rotation_period_days, Some(365));
+    assert_eq!(header_version(&db), (info.key_id.clone(), 1));
+
+    for r in [
+        kms.op_disable("alice", DEFAULT_KEY_ALIAS).map(|_| ()),
+        kms.op_schedule_deletion("alice", DEFAULT_KEY_ALIAS, Some(7)).map(|_| ()),
+        kms.op_put_policy("alice", DEFAULT_KEY_ALIAS, &KeyPolicy::with_roles(&["alice".into()], &[])).map(|_| ()),
+        kms.op_rotation("alice", DEFAULT_KEY_ALIAS, None).map(|_| ()),
+        kms.op_rotate("alice", DEFAULT_KEY_ALIAS).map(|_| ()),
+        kms.op_alias("alice", "UpdateAlias", DEFAULT_KEY_ALIAS, Some(&info.key_id)).map(|_| ()),
+    ] {
+        assert!(r.is_err(), "a service-managed key must refuse lifecycle changes");
+    }
+    // Any principal may use it ("just encrypt it").
+    assert!(env.kms("bob").op_generate_data_key("bob", DEFAULT_KEY_ALIAS, &ctx("x"), None, true).is_ok());
+    assert_eq!(read_db(&env.tde("bob"), &db).unwrap(), "hello");
+
+    env.advance_days(365);
+    let g = kms.op_generate_data_key("alice", DEFAULT_KEY_ALIAS, &ctx("x"), None, true).unwrap();
+    assert_eq!(g.key_version, 2);
+    assert_eq!(read_db(&env.tde("alice"), &db).unwrap(), "hello");
+}
+
+#[test]
+fn blobs_are_self_describing_and_contexts_must_match_exactly() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let id = create(&kms, "alias/ctx");
+    let g = kms.op_generate_data_key("ops", "alias/ctx", &ctx("db1"), None, true).unwrap();
+    assert_eq!(g.plaintext.as_ref().unwrap().len(), 64, "an AES-256-XTS key");
+    let d = kms.op_decrypt("ops", &g.ciphertext, &ctx("db1"), None).unwrap();
+    assert_eq!(d.key_id, id);
+    assert_eq!(&d.plaintext[..], &g.plaintext.as_ref().unwrap()[..]);
+    for wrong in [ctx("db2"), EncryptionContext::default(), {
+        let mut p = ctx("db1").pairs().clone();
+        p.insert("extra".into(), "1".into());
+        EncryptionContext::from_pairs(p)
+    }] {
+        assert!(matches!(kms.op_decrypt("ops", &g.ciphertext, &wrong, None), Err(KmsError::InvalidCiphertext { .. })));
+    }
+    let np = kms.op_generate_data_key("ops", &id, &ctx("db1"), Some(32), false).unwrap();
+    assert!(np.plaintext.is_none());
+    assert_eq!(kms.op_decrypt("ops", &np.ciphertext, &ctx("db1"), None).unwrap().plaintext.len(), 32);
+    // Decrypt naming the wrong key is refused.
+    let other = create(&kms, "alias/ctx2");
+    assert!(kms.op_decrypt("ops", &g.ciphertext, &ctx("db1"), Some(&other)).is_err());
+    // Payload limit.
+    assert!(kms.op_encrypt("ops", &id, &[7u8; 4096], &ctx("p")).is_ok());
+    assert!(matches!(kms.op_encrypt("ops", &id, &[7u8; 4097], &ctx("p")), Err(KmsError::InvalidRequest(_))));
+    // A tampered blob fails.
+    let mut bad = g.ciphertext.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(matches!(kms.op_decrypt("ops", &bad, &ctx("db1"), None), Err(KmsError::InvalidCiphertext { .. })));
+}
+
+#[test]
+fn separation_of_duties_key_users_and_key_admins() {
+    let env = KmsEnv::new();
+    let carol = env.kms("carol");
+    let info = carol
+        .op_create_key(
+            "carol",
+            &CreateKeyParams {
+                alias: Some("alias/sod".into()),
+                admins: vec!["alice".into()],
+                users: vec!["bob".into(), "svc".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let id = info.key_id;
+    let alice = env.kms("alice");
+    let bob = env.kms("bob");
+    let denied = |r: Result<(), KmsError>, who: &str, action: &str| match r {
+        Err(KmsError::AccessDenied { principal, action: a, .. }) => {
+            assert_eq!(principal, who);
+            assert_eq!(a, action);
+        }
+        other => panic!("{who} {action}: expected AccessDenied, got {other:?}"),
+    };
+
+    // The key user encrypts and decrypts, but cannot disable or delete.
+    let g = bob.op_generate_data_key("bob", &id, &ctx("x"), None, true).unwrap();
+    bob.op_decrypt("bob", &g.ciphertext, &ctx("x"), None).unwrap();
+    denied(bob.op_disable("bob", &id).map(|_| ()), "bob", "kms:DisableKey");
+    denied(bob.op_schedule_deletion("bob", &id, Some(7)).map(|_| ()), "bob", "kms:ScheduleKeyDeletion");
+    denied(
+        bob.op_put_policy("bob", &id, &KeyPolicy::with_roles(&["bob".into()], &["bob".into()])).map(|_| ()),
+        "bob",
+        "kms:PutKeyPolicy",
+    );
+    denied(bob.op_rotate("bob", &id).map(|_| ()), "bob", "kms:RotateKey");
+
+    // The key admin manages the lifecycle, but cannot decrypt or generate.
+    denied(alice.op_decrypt("alice", &g.ciphertext, &ctx("x"), None).map(|_| ()), "alice", "kms:Decrypt");
+    denied(alice.op_generate_data_key("alice", &id, &ctx("x"), None, true).map(|_| ()), "alice", "kms:GenerateDataKey");
+    denied(
+        alice.op_re_encrypt("alice", &g.ciphertext, &ctx("x"), None, None).map(|_| ()),
+        "alice",
+        "kms:ReEncryptFrom",
+    );
+    alice.op_rotate("alice", &id).unwrap();
+    alice.op_disable("alice", &id).unwrap();
+    alice.op_enable("alice", &id).unwrap();
+    // The creator holds no role: exactly the given ones were granted.
+    denied(carol.op_describe("carol", &id).map(|_| ()), "carol", "kms:DescribeKey");
+
+    // Through the VFS: the key admin cannot open a database under the key.
+    let db = env.path("sod.db");
+    create_db(&env.tde("bob"), &db, &id);
+    assert!(matches!(kms_error(read_db(&env.tde("alice"), &db).unwrap_err()), KmsError::AccessDenied { .. }));
+    assert_eq!(read_db(&env.tde("svc"), &db).unwrap(), "hello");
+
+    // Lint: clean for this key; flags the creator of a default-policy key.
+    assert!(alice.op_lint("alice").unwrap().is_empty());
+    let both = env.kms("dave").create_key(Some("alias/both"), "").unwrap().key_id;
+    let lint = alice.op_lint("alice").unwrap();
+    assert_eq!(lint.len(), 1);
+    assert_eq!(lint[0].key_id, both);
+    assert_eq!(lint[0].findings[0].principal, "dave");
+
+    // Policy edits take effect at once (and revoke cached keys): revoke svc.
+    let mut p = alice.op_get_policy("alice", &id).unwrap();
+    for s in p.statements.iter_mut() {
+        s.principals.retain(|x| x != "svc");
+    }
+    alice.op_put_policy("alice", &id, &p).unwrap();
+    assert!(matches!(kms_error(read_db(&env.tde("svc"), &db).unwrap_err()), KmsError::AccessDenied { .. }));
+    assert!(alice
+        .op_put_policy(
+            "alice",
+            &id,
+            &serde_json::from_str(r#"{"statements":[{"principals":["x"],"actions":["kms:Nope"]}]}"#).unwrap()
+        )
+        .is_err());
+}
+
+#[test]
+fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let info = kms
+        .op_create_key(
+            "ops",
+            &CreateKeyParams { alias: Some("alias/byok".into()), origin: Origin::External, ..Default::default() },
+        )
+        .unwrap();
+    let id = info.key_id.clone();
+    assert_eq!((info.state, info.origin, info.primary_version), (KeyState::PendingImport, Origin::External, 0));
+    assert!(matches!(kms.op_generate_data_key("ops", &id, &ctx("x"), None, true), Err(KmsError::PendingImport(_))));
+
+    let material = [0x42u8; 32];
+    let p = kms.op_get_import_parameters("ops", &id).unwrap();
+    assert_eq!(p.wrapping_algorithm, "RSAES_OAEP_SHA_256");
+    assert_eq!(p.valid_to, T0 + 24 * 3600);
+    {
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::traits::PublicKeyParts;
+        let pk = rsa::PublicKey::from_public_key_der(&p.public_key).unwrap();
+        assert!(pk.size() * 8 >= 3072, "wrapping key has {} bits", pk.size() * 8);
+    }
+    let wrapped = wrap_for_import(&p.public_key, &material).unwrap();
+    assert!(kms.op_import("ops", &id, b"not the token", &wrapped, None).is_err());
+    let info = kms.op_import("ops", &id, &p.import_token, &wrapped, Some(T0 + 10 * 86_400)).unwrap();
+    assert_eq!((info.state, info.primary_version), (KeyState::Enabled, 1));
+    assert_eq!(info.import_expires, Some(T0 + 10 * 86_400));
+    assert!(kms.op_rotate("ops", &id).is_err(), "imported keys are not rotated");
+
+    let tde = env.tde("ops");
+    let db = env.path("byok.db");
+    create_db(&tde, &db, &id);
+    assert_eq!(read_db(&tde, &db).unwrap(), "hello");
+
+    // Expiry: the key waits for its material again, and its databases close.
+    // Expiry is enforced on the KMS's next use (or `kms rotate-due`), which also drops this
+    // process's cached data keys under the key.
+    env.advance_days(10);
+    assert!(matches!(kms_error(read_db(&env.tde("ops"), &db).unwrap_err()), KmsError::PendingImport(_)));
+    assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::PendingImport(_)));
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingImport);
+
+    // Reimport: the old token is still valid for 24 h only; different material is refused.
+    assert!(
+        matches!(kms.op_import("ops", &id, &p.import_token, &wrapped, None), Err(KmsError::InvalidRequest(m)) if m.contains("expired"))
+    );
+    let p2 = kms.op_get_import_parameters("ops", &id).unwrap();
+    let other = wrap_for_import(&p2.public_key, &[0x43u8; 32]).unwrap();
+    assert!(
+        matches!(kms.op_import("ops", &id, &p2.import_token, &other, None), Err(KmsError::InvalidRequest(m)) if m.contains("different key material"))
+    );
+    let again = wrap_for_import(&p2.public_key, &material).unwrap();
+    assert_eq!(kms.op_import("ops", &id, &p2.import_token, &again, None).unwrap().state, KeyState::Enabled);
+    assert_eq!(read_db(&env.tde("ops"), &db).unwrap(), "hello");
+
+    // DeleteImportedKeyMaterial: unusable at once, in this process's cache too.
+    kms.op_delete_imported("ops", &id).unwrap();
+    assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::PendingImport(_)));
+    let ks = kms.read_keystore().unwrap().unwrap();
+    assert!(ks.keys[&id].versions.iter().all(|v| v.material.is_none()));
+    // Wrong sizes are refused.
+    let p3 = kms.op_get_import_parameters("ops", &id).unwrap();
+    let short = wrap_for_import(&p3.public_key, &[1u8; 16]).unwrap();
+    assert!(kms.op_import("ops", &id, &p3.import_token, &short, None).is_err());
+    // Internal keys take no material.
+    let internal = create(&kms, "alias/internal");
+    assert!(kms.op_get_import_parameters("ops", &internal).is_err());
+}
+
+#[test]
+fn secrets_are_versioned_staged_audited_and_policy_checked() {
+    let env = KmsEnv::new();
+    let admin = env.kms("alice");
+    let key = admin
+        .op_create_key(
+            "alice",
+            &CreateKeyParams {
+                alias: Some("alias/secrets".into()),
+                admins: vec!["alice".into()],
+                users: vec!["app".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .key_id;
+    let app = env.kms("app").client();
+    let v1 = app.put_secret("db/password", b"hunter2", Some("alias/secrets"), "the database password").unwrap();
+    assert_eq!(v1.stages, vec!["current"]);
+    assert_eq!(v1.key_id, key);
+    assert_eq!(&app.get_secret("db/password", None, None).unwrap().value[..], b"hunter2");
+    let v2 = app.rotate_secret("db/password", None).unwrap();
+    let cur = app.get_secret("db/password", None, None).unwrap();
+    assert_eq!(cur.version_id, v2.version_id);
+    assert_eq!(cur.value.len(), 64, "generated: 32 random bytes as hex");
+    assert_eq!(&app.get_secret("db/password", None, Some("previous")).unwrap().value[..], b"hunter2");
+    assert_eq!(&app.get_secret("db/password", Some(&v1.version_id), None).unwrap().value[..], b"hunter2");
+    let versions = app.list_secret_versions("db/password").unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(app.list_secrets().unwrap()[0].versions, 2);
+    // The key admin may not read it; the value is not in the store in clear.
+    assert!(matches!(
+        env.kms("alice").client().get_secret("db/password", None, None),
+        Err(KmsError::AccessDenied { .. })
+    ));
+    let store = std::fs::read(env.ks.join("secrets.json")).unwrap();
+    assert!(!store.windows(7).any(|w| w == b"hunter2"));
+    // Every access is audited.
+    let log = admin.op_read_audit("alice", None, None).unwrap();
+    assert!(log.iter().any(|r| r.operation == "secrets:GetSecretValue"
+        && r.principal == "alice"
+        && r.outcome == sqlite_tde::kms::audit::Outcome::Denied));
+    assert!(log.iter().any(|r| r.operation == "secrets:RotateSecret" && r.principal == "app"));
+    assert!(app.get_secret("nope", None, None).is_err());
+}

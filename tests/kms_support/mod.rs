@@ -1,0 +1,94 @@
+//! Shared helpers of the KMS tests (tests/kms_*.rs): a temporary keystore, the embedded KMS
+//! on a manual clock acting for a chosen principal, and VFS registrations over it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sqlite_tde::kms::clock::{ManualClock, DAY};
+use sqlite_tde::kms::local::LocalKms;
+use sqlite_tde::kms::KmsError;
+use sqlite_tde::{Error, OpenOptions, Tde};
+
+/// A fixed starting time (2025-01-01T00:00:00Z) so windows are easy to reason about.
+pub const T0: u64 = 1_735_689_600;
+
+pub struct KmsEnv {
+    pub dir: tempfile::TempDir,
+    pub ks: PathBuf,
+    pub clock: Arc<ManualClock>,
+}
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+impl KmsEnv {
+    pub fn new() -> KmsEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = dir.path().join("keystore");
+        KmsEnv { dir, ks, clock: Arc::new(ManualClock::new(T0)) }
+    }
+
+    /// The embedded KMS acting for `principal`, on this environment's clock.
+    pub fn kms(&self, principal: &str) -> LocalKms {
+        LocalKms::new(&self.ks).with_principal(principal).with_clock(self.clock.clone())
+    }
+
+    /// A VFS registration whose KMS acts for `principal`.
+    pub fn tde(&self, principal: &str) -> Tde {
+        let name = format!("tde-kms-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        Tde::builder().vfs_name(name).register_with_kms(Arc::new(self.kms(principal))).unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn advance_days(&self, days: u64) {
+        self.clock.advance(days * DAY);
+    }
+}
+
+/// Create a database under `key` with one row.
+pub fn create_db(tde: &Tde, path: &Path, key: &str) {
+    let c = tde.open_with(path, &OpenOptions { key: Some(key.into()), ..Default::default() }).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES('hello');").unwrap();
+}
+
+/// Open and read the database's row.
+pub fn read_db(tde: &Tde, path: &Path) -> Result<String, Error> {
+    let c = tde.open_with(path, &OpenOptions { must_exist: true, ..Default::default() })?;
+    Ok(c.query_row("SELECT x FROM t", [], |r| r.get(0))?)
+}
+
+/// The KMS error behind a failed open.
+pub fn kms_error(e: Error) -> KmsError {
+    match e {
+        Error::Kms { source, .. } => source,
+        other => panic!("expected a KMS error, got {other:?}"),
+    }
+}
+
+/// Key version recorded in a database header.
+pub fn header_version(path: &Path) -> (String, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    let (h, _) = sqlite_tde::format::choose_slot(&bytes[..sqlite_tde::format::HEADER_REGION_LEN]).unwrap();
+    (h.key.key_id().to_string(), h.key.version)
+}
+
+/// Is SoftHSM2 usable here? With SQLITE_TDE_CI=1 its absence is a failure.
+pub fn softhsm_available() -> bool {
+    let ok = Path::new(sqlite_tde::kms::hsm::DEFAULT_MODULE).exists()
+        && std::process::Command::new("softhsm2-util")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if !ok {
+        if std::env::var("SQLITE_TDE_CI").as_deref() == Ok("1") {
+            panic!("SoftHSM2 is not installed (run .ci/setup.d/softhsm.sh)");
+        }
+        eprintln!("SKIP: SoftHSM2 is not installed (apt-get install softhsm2); HSM test not run");
+    }
+    ok
+}

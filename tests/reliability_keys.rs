@@ -1,0 +1,352 @@
+//! Harness 6: key hygiene. A child process (this test binary re-executed) opens an encrypted
+//! database (KMS unwrap → DataKey → XTS cipher), uses it, then evicts it (closes the
+//! connection and clears the key cache). The parent reads the child's whole memory through
+//! /proc/PID/mem at each stage and searches it for the DEK (both 32-byte XTS halves and all
+//! four 16-byte quarters: the AES round-key schedule starts with the raw key):
+//!
+//! - stage "loaded": a canary key held in a live `DataKey` must be found (proves the scanner
+//!   sees the heap), and the DEK is expected to be found (the cipher is live);
+//! - stage "evicted": neither the canary (dropped) nor any piece of the DEK may remain anywhere
+//!   in the process (heap, stacks, every readable mapping).
+//!
+//! Also: no DEK bytes (raw, hex or base64) in any file under the test directory or in the
+//! child's output; and whether the pages that held the key were excluded from core dumps.
+
+mod common;
+mod reliability_support;
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+use common::child::ROLE_VAR;
+use reliability_support::report;
+use sqlite_tde::crypto::DataKey;
+use sqlite_tde::format::{choose_slot, HEADER_REGION_LEN};
+use sqlite_tde::kms::local::LocalKms;
+use sqlite_tde::kms::{EncryptionContext, Kms};
+use sqlite_tde::Tde;
+
+const KS: &str = "SQLITE_TDE_KEYS_KEYSTORE";
+const DB: &str = "SQLITE_TDE_KEYS_DB";
+const CANARY_SEED: &str = "SQLITE_TDE_KEYS_CANARY";
+
+/// The scanner's positive control: a 64-byte key computed at run time from a seed (a constant
+/// would sit in the binary's read-only data forever), written straight into wiped memory.
+fn canary(seed: u64, out: &mut [u8; 64]) {
+    let mut rng = reliability_support::model::Rng(seed);
+    for chunk in out.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next().to_le_bytes());
+    }
+}
+
+fn wait_line(stdin: &mut impl BufRead) {
+    let mut s = String::new();
+    let _ = stdin.read_line(&mut s);
+}
+
+/// Entry point of the child process (does nothing in a normal test run).
+#[test]
+fn keys_child_entry() {
+    let Ok(role) = std::env::var(ROLE_VAR) else { return };
+    assert_eq!(role, "keys");
+    let ks = PathBuf::from(std::env::var_os(KS).unwrap());
+    let db = PathBuf::from(std::env::var_os(DB).unwrap());
+    let mut stdin = BufReader::new(std::io::stdin());
+    let out = std::io::stdout();
+    let tde = Tde::builder().keystore(&ks).vfs_name("tde-keys").register().unwrap();
+    let seed: u64 = std::env::var(CANARY_SEED).unwrap().parse().unwrap();
+    let canary = {
+        let mut tmp = zeroize::Zeroizing::new([0u8; 64]);
+        canary(seed, &mut tmp);
+        DataKey::from_slice(&tmp[..]).unwrap()
+    };
+    let conn = tde.open(&db).unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    conn.execute("INSERT INTO t VALUES(?1)", [format!("row {n}")]).unwrap();
+    // Also mark the canary's page as not-dumpable, to check the helper end to end.
+    sqlite_vfs::mem::exclude_from_core_dumps(canary.expose()).unwrap();
+    let on_stack = 0u8;
+    writeln!(out.lock(), "stage loaded {:x} {:x}", canary.expose().as_ptr() as usize, std::hint::black_box(&on_stack) as *const u8 as usize).unwrap();
+    wait_line(&mut stdin);
+    // Evict: close every connection, drop every cached cipher, drop the canary.
+    drop(conn);
+    tde.context().cache.clear();
+    drop(canary);
+    writeln!(out.lock(), "stage evicted").unwrap();
+    wait_line(&mut stdin);
+}
+
+struct Region {
+    start: usize,
+    end: usize,
+    name: String,
+}
+
+fn readable_regions(pid: u32) -> Vec<Region> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?;
+            let name = it.nth(3).unwrap_or("").to_string();
+            if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" || name == "[vvar_vclock]" {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some(Region { start: usize::from_str_radix(a, 16).ok()?, end: usize::from_str_radix(b, 16).ok()?, name })
+        })
+        .collect()
+}
+
+/// Every (address, needle index) where a needle occurs in the child's readable memory, and the
+/// number of bytes scanned.
+fn scan(pid: u32, needles: &[Vec<u8>]) -> (Vec<(usize, usize, String)>, u64) {
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("cannot open /proc/PID/mem (ptrace restrictions?)");
+    let mut hits = Vec::new();
+    let mut scanned = 0u64;
+    for r in readable_regions(pid) {
+        let mut buf = vec![0u8; r.end - r.start];
+        if mem.seek(SeekFrom::Start(r.start as u64)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue; // e.g. guard pages
+        }
+        scanned += buf.len() as u64;
+        for (ni, n) in needles.iter().enumerate() {
+            let mut from = 0;
+            while let Some(at) = memchr_find(&buf[from..], n) {
+                hits.push((r.start + from + at, ni, r.name.clone()));
+                from += at + 1;
+            }
+        }
+    }
+    (hits, scanned)
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..hay.len() - needle.len() + 1].iter().position(|&b| b == first) {
+            None => return None,
+            Some(p) => {
+                i += p;
+                if &hay[i..i + needle.len()] == needle {
+                    return Some(i);
+                }
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+/// VmFlags of the mapping containing `addr`.
+fn vm_flags(pid: u32, addr: usize) -> Option<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                    inside = a <= addr && addr < b;
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(f) = line.strip_prefix("VmFlags:") {
+                return Some(f.trim().to_string());
+            }
+        }
+    }
+    None
+}
+
+fn needles_of(key: &[u8]) -> Vec<Vec<u8>> {
+    vec![key[..32].to_vec(), key[32..].to_vec(), key[..16].to_vec(), key[16..32].to_vec(), key[32..48].to_vec(), key[48..].to_vec()]
+}
+
+fn dek_of(ks: &Path, db: &Path) -> DataKey {
+    let bytes = std::fs::read(db).unwrap();
+    let (h, _) = choose_slot(&bytes[..HEADER_REGION_LEN]).unwrap();
+    let kms = LocalKms::new(ks);
+    kms.decrypt_data_key(&h.key, &h.wrapped_dek, &EncryptionContext::for_database(&h.db_uuid)).unwrap()
+}
+
+struct Outcome {
+    /// DEK pieces left after eviction that lie in the stack mapping of the child's thread.
+    evicted_in_thread_stack: usize,
+    dek_hits_loaded: usize,
+    canary_hits_loaded: usize,
+    dek_hits_evicted: Vec<(usize, usize, String)>,
+    canary_hits_evicted: usize,
+    dek_pages_dontdump: (usize, usize),
+    canary_dontdump: bool,
+    scanned: u64,
+    file_hits: Vec<String>,
+    log_hits: usize,
+}
+
+fn run_child() -> Outcome {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("keys-ks");
+    let db = env.path("keys.sqlite");
+    {
+        let tde = Tde::builder().keystore(&ks).vfs_name("tde-keys-parent").register().unwrap();
+        tde.open(&db).unwrap().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES('hello');").unwrap();
+    }
+    let dek = dek_of(&ks, &db);
+    let dek_needles = needles_of(dek.expose());
+    let seed = std::process::id() as u64 ^ 0x5EED_CAFE;
+    let mut canary_bytes = [0u8; 64];
+    canary(seed, &mut canary_bytes);
+    let canary_needles = needles_of(&canary_bytes);
+    let mut needles = dek_needles.clone();
+    needles.extend(canary_needles);
+
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "keys_child_entry", "--nocapture", "--test-threads", "1"])
+        .env(ROLE_VAR, "keys")
+        .env(KS, &ks)
+        .env(DB, &db)
+        .env(CANARY_SEED, seed.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut log = Vec::new();
+    let mut wait_stage = |stage: &str, log: &mut Vec<u8>| -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "child ended before stage {stage}");
+            log.extend_from_slice(line.as_bytes());
+            if let Some(at) = line.find("stage ") {
+                let rest = line[at + 6..].trim().to_string();
+                assert!(rest.starts_with(stage), "expected stage {stage}, got {rest}");
+                return rest;
+            }
+        }
+    };
+    let loaded = wait_stage("loaded", &mut log);
+    let canary_addr = usize::from_str_radix(loaded.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    let stack_addr = usize::from_str_radix(loaded.split_whitespace().nth(2).unwrap(), 16).unwrap();
+    let stack_region = readable_regions(pid).into_iter().find(|r| r.start <= stack_addr && stack_addr < r.end).map(|r| (r.start, r.end));
+    let (hits, scanned) = scan(pid, &needles);
+    let dek_loaded: Vec<_> = hits.iter().filter(|h| h.1 < 6).cloned().collect();
+    let canary_loaded = hits.iter().filter(|h| h.1 >= 6).count();
+    let mut dontdump = 0;
+    for (addr, _, _) in &dek_loaded {
+        if vm_flags(pid, *addr).is_some_and(|f| f.split_whitespace().any(|x| x == "dd")) {
+            dontdump += 1;
+        }
+    }
+    let canary_dd = vm_flags(pid, canary_addr).is_some_and(|f| f.split_whitespace().any(|x| x == "dd"));
+    writeln!(stdin, "go").unwrap();
+    wait_stage("evicted", &mut log);
+    let (hits2, _) = scan(pid, &needles);
+    writeln!(stdin, "go").unwrap();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    log.extend_from_slice(&rest);
+    let mut err = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    log.extend_from_slice(&err);
+    child.wait().unwrap();
+
+    // Files and logs: raw bytes, hex (both cases) and base64 of each DEK half.
+    let mut forms: Vec<Vec<u8>> = dek_needles[..2].to_vec();
+    for h in &dek_needles[..2] {
+        forms.push(hex::encode(h).into_bytes());
+        forms.push(hex::encode_upper(h).into_bytes());
+        forms.push(base64::engine::general_purpose::STANDARD.encode(h).into_bytes());
+    }
+    forms.push(hex::encode(dek.expose()).into_bytes());
+    let mut file_hits = Vec::new();
+    for (p, b) in common::files_under(env.dir.path()) {
+        if forms.iter().any(|f| common::contains(&b, f)) {
+            file_hits.push(p.display().to_string());
+        }
+    }
+    let log_hits = forms.iter().filter(|f| common::contains(&log, f)).count();
+    let in_stack = |a: usize| stack_region.is_some_and(|(s, e)| s <= a && a < e);
+    Outcome {
+        evicted_in_thread_stack: hits2.iter().filter(|h| h.1 < 6 && in_stack(h.0)).count(),
+        dek_hits_loaded: dek_loaded.len(),
+        canary_hits_loaded: canary_loaded,
+        dek_hits_evicted: hits2.iter().filter(|h| h.1 < 6).cloned().collect(),
+        canary_hits_evicted: hits2.iter().filter(|h| h.1 >= 6).count(),
+        dek_pages_dontdump: (dontdump, dek_loaded.len()),
+        canary_dontdump: canary_dd,
+        scanned,
+        file_hits,
+        log_hits,
+    }
+}
+
+/// Runs by default: the scanner control, DataKey wiping, files and logs. Reports every figure,
+/// including the DEK residue that `dek_gone_from_memory_after_eviction` asserts.
+#[test]
+fn key_hygiene() {
+    let o = run_child();
+    report(
+        "keys",
+        &format!(
+            "child memory scanned {} MiB per stage; loaded: canary found {} time(s), DEK pieces found {}; after eviction: canary {}, DEK pieces {} ({} in the thread's stack mapping) {:?}; \
+             files containing the DEK {}, log lines containing it {}; DEK occurrences on MADV_DONTDUMP pages while loaded {}/{}; helper marks pages dd: {}",
+            o.scanned >> 20,
+            o.canary_hits_loaded,
+            o.dek_hits_loaded,
+            o.canary_hits_evicted,
+            o.dek_hits_evicted.len(),
+            o.evicted_in_thread_stack,
+            o.dek_hits_evicted.iter().take(8).map(|(a, n, r)| format!("piece {n} @{a:x} in {r}")).collect::<Vec<_>>(),
+            o.file_hits.len(),
+            o.log_hits,
+            o.dek_pages_dontdump.0,
+            o.dek_pages_dontdump.1,
+            o.canary_dontdump
+        ),
+    );
+    assert!(o.canary_hits_loaded > 0, "the scanner did not find a live key: the memory scan proves nothing");
+    assert!(o.canary_dontdump, "sqlite_vfs::mem::exclude_from_core_dumps did not mark the page");
+    assert_eq!(o.canary_hits_evicted, 0, "a dropped DataKey left its bytes in memory");
+    assert!(o.file_hits.is_empty(), "DEK bytes in files: {:?}", o.file_hits);
+    assert_eq!(o.log_hits, 0, "DEK bytes in the child's output");
+}
+
+/// After the connection is closed and the key cache cleared, no piece of the DEK may remain
+/// anywhere in the process.
+///
+/// BUG (src/crypto, src/kms; reported to the lead): ~114 16-byte pieces of the DEK remain,
+/// 113 of them in the stack mapping of the thread that opened the database (key copies made
+/// on the stack during the KMS unwrap and the AES key expansion, never wiped), one in a heap
+/// arena (a freed, unwiped buffer). `DataKey` itself is wiped correctly (the canary check).
+#[test]
+#[ignore = "BUG: DEK copies remain on the opening thread's stack (and one in the heap) after eviction; lead to fix src/crypto + src/kms"]
+fn dek_gone_from_memory_after_eviction() {
+    let o = run_child();
+    assert!(o.canary_hits_loaded > 0, "scanner control failed");
+    assert!(o.dek_hits_evicted.is_empty(), "{} DEK pieces remain after eviction ({} on the thread stack)", o.dek_hits_evicted.len(), o.evicted_in_thread_stack);
+}
+
+/// The pages that hold the live key schedule should be excluded from core dumps
+/// (MADV_DONTDUMP). Needs the crypto module to allocate cipher keys on advised pages
+/// (`sqlite_vfs::mem::exclude_from_core_dumps`).
+#[test]
+#[ignore = "MISSING (lead): XtsCipher/DataKey memory is not MADV_DONTDUMP; wire sqlite_vfs::mem::exclude_from_core_dumps into src/crypto"]
+fn key_pages_excluded_from_core_dumps() {
+    let o = run_child();
+    assert!(o.dek_pages_dontdump.1 > 0, "DEK not found while loaded");
+    assert_eq!(o.dek_pages_dontdump.0, o.dek_pages_dontdump.1, "key pages without MADV_DONTDUMP");
+}
