@@ -12,7 +12,8 @@ fn main() {
     opts.cipher = !args.iter().any(|a| a == "--no-cipher");
     opts.sql = !args.iter().any(|a| a == "--no-sql");
     opts.open = !args.iter().any(|a| a == "--no-open");
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
+    let value =
+        |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
     opts.rows = value("--rows");
     opts.rounds = value("--rounds");
     match sqlite_tde::bench::run(&opts) {

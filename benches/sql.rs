@@ -82,7 +82,9 @@ fn sql(c: &mut Criterion) {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let id = (x % ROWS as u64) as i64 + 1;
-                black_box(sel.query_row([id], |r| r.get_ref(0).map(|v| v.as_blob().map(|b| b.len()).unwrap_or(0))).unwrap())
+                black_box(
+                    sel.query_row([id], |r| r.get_ref(0).map(|v| v.as_blob().map(|b| b.len()).unwrap_or(0))).unwrap(),
+                )
             })
         });
         drop(sel);

@@ -265,7 +265,12 @@ fn register(dir: &Path) -> Result<Tde> {
 fn machine_info(openssl: bool) -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let openssl_version = if openssl {
         Command::new("openssl")
@@ -474,7 +479,10 @@ fn open_engine(engine: Engine, tde: &Tde, path: &Path) -> Result<Connection> {
         Engine::Tde => tde.open(path),
         Engine::Plain => Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(sqlerr),
     }
@@ -585,7 +593,8 @@ fn sql_section(opts: &Options, tde: &Tde, dir: &Path) -> Result<(Vec<SqlRow>, Op
     let rounds = opts.rounds();
     let configs = [("WAL", "OFF"), ("DELETE", "OFF"), ("WAL", "FULL"), ("DELETE", "FULL")];
     let mut out = Vec::new();
-    let (mut mem_plain, mut mem_tde, mut grow_plain, mut grow_tde, mut mem_ratio) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut mem_plain, mut mem_tde, mut grow_plain, mut grow_tde, mut mem_ratio) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for (journal, sync) in configs {
         let mut res: [Vec<WorkloadRun>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
@@ -606,10 +615,9 @@ fn sql_section(opts: &Options, tde: &Tde, dir: &Path) -> Result<(Vec<SqlRow>, Op
         ] {
             let p: Vec<(f64, f64)> = plain.iter().map(get).collect();
             let e: Vec<(f64, f64)> = enc.iter().map(get).collect();
-            let col = |v: &[(f64, f64)], cpu: bool| -> Vec<f64> { v.iter().map(|x| if cpu { x.1 } else { x.0 }).collect() };
-            let ratio = |cpu: bool| -> Vec<f64> {
-                col(&p, cpu).iter().zip(col(&e, cpu)).map(|(p, e)| e / p).collect()
-            };
+            let col =
+                |v: &[(f64, f64)], cpu: bool| -> Vec<f64> { v.iter().map(|x| if cpu { x.1 } else { x.0 }).collect() };
+            let ratio = |cpu: bool| -> Vec<f64> { col(&p, cpu).iter().zip(col(&e, cpu)).map(|(p, e)| e / p).collect() };
             out.push(SqlRow {
                 journal_mode: journal.into(),
                 synchronous: sync.into(),
@@ -654,7 +662,8 @@ fn open_section(opts: &Options, tde: &Tde, dir: &Path) -> Result<OpenCost> {
     for (engine, path) in [(Engine::Plain, &plain_path), (Engine::Tde, &tde_path)] {
         remove_db(path);
         let c = open_engine(engine, tde, path)?;
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); INSERT INTO t VALUES(1, x'00');").map_err(sqlerr)?;
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); INSERT INTO t VALUES(1, x'00');")
+            .map_err(sqlerr)?;
     }
     time_opens(&|| open_engine(Engine::Tde, tde, &tde_path), 1, &mut || {})?; // warms the key cache
     let plain = time_opens(&|| open_engine(Engine::Plain, tde, &plain_path), n, &mut || {})?;
@@ -704,7 +713,9 @@ impl Report {
         self.sql
             .iter()
             .filter(|r| r.metric == metric)
-            .map(|r| (if cpu { r.ratio_cpu.median } else { r.ratio.median }, format!("{}/{}", r.journal_mode, r.synchronous)))
+            .map(|r| {
+                (if cpu { r.ratio_cpu.median } else { r.ratio.median }, format!("{}/{}", r.journal_mode, r.synchronous))
+            })
             .min_by(|a, b| a.0.total_cmp(&b.0))
     }
 
@@ -756,11 +767,22 @@ impl Report {
         );
         let _ = writeln!(s, "values: median [min-max] over interleaved rounds; ratios are per round");
         if !self.cipher.is_empty() {
-            let _ = writeln!(s, "\npage cipher AES-256-XTS, one core, GB/s of thread CPU time (decrypt out of place, as page reads)");
+            let _ = writeln!(
+                s,
+                "\npage cipher AES-256-XTS, one core, GB/s of thread CPU time (decrypt out of place, as page reads)"
+            );
             let _ = writeln!(
                 s,
                 "{:>6}  {:<20} {:<20} {:<20} {:<20} {:>8} {:>8} {:>8} {:>9}",
-                "page", "encrypt", "decrypt", "raw AES (ceiling)", "aes crate raw", "enc/raw", "dec/raw", "enc/crate", "openssl e/d"
+                "page",
+                "encrypt",
+                "decrypt",
+                "raw AES (ceiling)",
+                "aes crate raw",
+                "enc/raw",
+                "dec/raw",
+                "enc/crate",
+                "openssl e/d"
             );
             for c in &self.cipher {
                 let ossl = match (c.openssl_encrypt, c.openssl_decrypt) {

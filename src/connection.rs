@@ -209,9 +209,7 @@ impl Tde {
     /// Open with options.
     pub fn open_with(&self, path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Connection> {
         let path = path.as_ref();
-        let path_str = path
-            .to_str()
-            .ok_or_else(|| Error::Config(format!("path is not UTF-8: {}", path.display())))?;
+        let path_str = path.to_str().ok_or_else(|| Error::Config(format!("path is not UTF-8: {}", path.display())))?;
         let mut uri = format!("file:{}?vfs={}", uri_escape(path_str), uri_escape(&self.ctx.vfs_name));
         if let Some(k) = &opts.key {
             uri.push_str("&key=");

@@ -292,14 +292,29 @@ impl KeyCache {
         self.insert_arc(key, key_uri, cmk_version, cipher, Instant::now(), epoch)
     }
 
-    fn insert_arc(&self, key: CacheKey, key_uri: &str, cmk_version: u32, cipher: Arc<XtsCipher>, at: Instant, epoch: u64) -> Arc<XtsCipher> {
+    fn insert_arc(
+        &self,
+        key: CacheKey,
+        key_uri: &str,
+        cmk_version: u32,
+        cipher: Arc<XtsCipher>,
+        at: Instant,
+        epoch: u64,
+    ) -> Arc<XtsCipher> {
         let mut lru = self.lru();
         // Another thread may have cached the same key meanwhile: keep one cipher per key.
         if let Some(e) = lru.get_mut(&key) {
             e.verified_at = e.verified_at.max(at);
             return e.cipher.clone();
         }
-        let entry = Entry { cipher: cipher.clone(), key_uri: key_uri.to_string(), cmk_version, verified_at: at, epoch, quiet_until: None };
+        let entry = Entry {
+            cipher: cipher.clone(),
+            key_uri: key_uri.to_string(),
+            cmk_version,
+            verified_at: at,
+            epoch,
+            quiet_until: None,
+        };
         if lru.push(key, entry).is_some() {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }

@@ -2,23 +2,23 @@
 #![deny(unsafe_code)]
 
 pub mod crypto;
+pub mod error;
 pub mod format;
 pub mod fsutil;
 pub mod keycache;
 pub mod kms;
 pub mod rotation;
 pub mod vfs;
-pub mod error;
 
 pub use error::{Error, Result};
 pub mod connection;
 
 pub use connection::{OpenOptions, Tde, TdeBuilder};
+pub mod bench;
 pub mod cli;
-pub mod inspect;
-/// Reading encrypted databases without SQLite or the VFS (backup tools, `verify`).
-pub mod reader;
 /// Loadable-extension entry points (`libtde.so`, built by the `ext/` crate); the only
 /// `unsafe` code of this crate apart from `vfs::register_with_api`.
 pub mod ext;
-pub mod bench;
+pub mod inspect;
+/// Reading encrypted databases without SQLite or the VFS (backup tools, `verify`).
+pub mod reader;

@@ -38,7 +38,8 @@ impl Env {
     }
 
     fn create_key(&self, alias: &str) -> String {
-        let out = self.cmd().args(["kms", "create-key", "--alias", alias]).assert().success().get_output().stdout.clone();
+        let out =
+            self.cmd().args(["kms", "create-key", "--alias", alias]).assert().success().get_output().stdout.clone();
         let id = String::from_utf8(out).unwrap();
         assert_eq!(id.lines().count(), 1, "{id:?}");
         id.trim().to_string()
@@ -127,11 +128,7 @@ fn sql_prints_rows() {
 fn sql_error_exits_1_with_message_on_stderr() {
     let env = Env::new();
     let db = env.db("err.db");
-    env.sql(&db, &["SELEC 1"])
-        .assert()
-        .code(1)
-        .stdout("")
-        .stderr(predicate::str::contains("syntax error"));
+    env.sql(&db, &["SELEC 1"]).assert().code(1).stdout("").stderr(predicate::str::contains("syntax error"));
     // Statements before the failing one ran; none after it.
     env.sql(&db, &["CREATE TABLE t(x); INSERT INTO t VALUES(1); INSERT INTO nope VALUES(1); INSERT INTO t VALUES(2)"])
         .assert()

@@ -48,7 +48,8 @@ fn child_entry() {
                 let tx = c.unchecked_transaction().unwrap();
                 tx.execute("INSERT INTO acks VALUES(?1, randomblob(3000))", [n]).unwrap();
                 // Touch many pages so commits span several pages and spill the cache.
-                tx.execute("UPDATE acks SET filler = randomblob(3000) WHERE n % 7 = ?1 % 7 AND n > ?1 - 60", [n]).unwrap();
+                tx.execute("UPDATE acks SET filler = randomblob(3000) WHERE n % 7 = ?1 % 7 AND n > ?1 - 60", [n])
+                    .unwrap();
                 tx.commit().unwrap();
                 writeln!(out.lock(), "ack {n}").unwrap();
             }
@@ -65,7 +66,10 @@ fn child_entry() {
             if !wal {
                 // An open transaction that spills its cache: the database file is modified and
                 // the journal is hot when the process dies.
-                c.execute_batch("BEGIN; UPDATE t SET v = randomblob(1200); INSERT INTO t(v) SELECT randomblob(900) FROM t;").unwrap();
+                c.execute_batch(
+                    "BEGIN; UPDATE t SET v = randomblob(1200); INSERT INTO t(v) SELECT randomblob(900) FROM t;",
+                )
+                .unwrap();
             }
             writeln!(out.lock(), "ready").unwrap();
             std::thread::sleep(Duration::from_secs(60));
@@ -105,11 +109,15 @@ fn kill_loop(mode: &str) {
         let tde = tde_for(&ks);
         let c = tde.open(&db).unwrap();
         assert_eq!(integrity(&c), "ok", "integrity after kill {kills} ({mode})");
-        let (n, max): (i64, i64) = c.query_row("SELECT count(*), coalesce(max(n),0) FROM acks", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let (n, max): (i64, i64) =
+            c.query_row("SELECT count(*), coalesce(max(n),0) FROM acks", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert!(max >= last_ack, "acknowledged commit {last_ack} lost (max {max}) after kill {kills} ({mode})");
         assert_eq!(n, max, "gap in committed rows ({mode})");
     }
-    eprintln!("kill -9 {mode}: {kills} kills, {last_ack} acknowledged commits, 0 lost, integrity ok ({:?})", started.elapsed());
+    eprintln!(
+        "kill -9 {mode}: {kills} kills, {last_ack} acknowledged commits, 0 lost, integrity ok ({:?})",
+        started.elapsed()
+    );
     assert!(last_ack > 0, "child never committed");
 }
 

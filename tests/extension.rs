@@ -88,7 +88,15 @@ fn build_extension() -> Result<PathBuf, String> {
     }
     let out = c
         .current_dir(workspace_dir())
-        .args(["build", "--profile", &profile, "-p", "sqlite-tde-ext", "--lib", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--profile",
+            &profile,
+            "-p",
+            "sqlite-tde-ext",
+            "--lib",
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--target-dir")
         .arg(target_dir())
         .env("CARGO_TERM_COLOR", "never")
@@ -367,8 +375,7 @@ fn sqlite3_shell_pragma_tde_key_and_default_vfs() {
     // SQLITE_TDE_DEFAULT_VFS=1: `.open plain.db` goes through tde; SQLITE_TDE_KEY names the key.
     let plain = env.db("plain.db");
     let envs = [("SQLITE_TDE_KEYSTORE", env.keystore()), ("SQLITE_TDE_DEFAULT_VFS", "1"), ("SQLITE_TDE_KEY", ALIAS)];
-    let script =
-        format!(".load {lib}\n.open {}\n{}PRAGMA tde_status;\n", plain.display(), rows_sql("t", marker, 100));
+    let script = format!(".load {lib}\n.open {}\n{}PRAGMA tde_status;\n", plain.display(), rows_sql("t", marker, 100));
     let out = ok(sqlite3(sh, &envs, &[], &script), "sqlite3 default vfs");
     assert_open_under(&status(&out), &key_id);
     // The second entry point does the same without the environment variable.
@@ -408,7 +415,8 @@ fn sqlite3_shell_wrong_or_unknown_key_is_refused() {
 
     // An existing database opened with a keystore that does not hold its key.
     let db = env.db("app.db");
-    let script = format!(".load {lib}\n.open {}\n{}", uri(&db, &format!("vfs=tde&key={ALIAS}")), rows_sql("t", marker, 50));
+    let script =
+        format!(".load {lib}\n.open {}\n{}", uri(&db, &format!("vfs=tde&key={ALIAS}")), rows_sql("t", marker, 50));
     ok(sqlite3(sh, &ks, &[], &script), "sqlite3 create");
     let before = std::fs::read(&db).unwrap();
     let other = Env::new();

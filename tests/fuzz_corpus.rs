@@ -48,12 +48,23 @@ fn replay(target: &str, f: fn(&[u8]), mutations: usize) {
         for (i, input) in inputs.iter().enumerate() {
             runs += 1;
             if let Err(e) = catch_unwind(AssertUnwindSafe(|| f(input))) {
-                let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 failures.push(format!("{} (mutation {i}): {msg}", p.display()));
             }
         }
     }
-    report("fuzz-corpus", &format!("{target}: {} corpus files, {runs} executions (with {mutations} bit-flip mutations each), {} failures", files.len(), failures.len()));
+    report(
+        "fuzz-corpus",
+        &format!(
+            "{target}: {} corpus files, {runs} executions (with {mutations} bit-flip mutations each), {} failures",
+            files.len(),
+            failures.len()
+        ),
+    );
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -114,7 +125,12 @@ fn write_seed_corpus() {
     put("header", "slot-a-only", &region[..SLOT_LEN]);
     put("header", "truncated-3000", &region[..3000]);
     let mut rk = h.clone();
-    rk.rekey = Some(RekeyState { key: KeyRef { uri: "local:new".into(), version: 1 }, wrapped_dek: vec![1; 100], kcv: [2; 32], progress: 8192 });
+    rk.rekey = Some(RekeyState {
+        key: KeyRef { uri: "local:new".into(), version: 1 },
+        wrapped_dek: vec![1; 100],
+        kcv: [2; 32],
+        progress: 8192,
+    });
     put("header", "slot-rekey", &rk.encode().unwrap());
     let mut plain = b"SQLite format 3\0".to_vec();
     plain.resize(200, 0);
@@ -158,7 +174,10 @@ fn write_seed_corpus() {
         ("list-aliases", r#""ListAliases""#.to_string()),
         ("whoami", r#""WhoAmI""#.to_string()),
         ("describe", r#"{"DescribeKey":{"key":"alias/sqlite-tde/default"}}"#.to_string()),
-        ("generate", r#"{"GenerateDataKey":{"key":"alias/sqlite-tde/default","context":{"sqlite-tde:db":"x"}}}"#.to_string()),
+        (
+            "generate",
+            r#"{"GenerateDataKey":{"key":"alias/sqlite-tde/default","context":{"sqlite-tde:db":"x"}}}"#.to_string(),
+        ),
         ("decrypt", format!(r#"{{"Decrypt":{{"ciphertext":"{ctx_b64}","context":{{}}}}}}"#)),
         ("create-key", r#"{"CreateKey":{"alias":"alias/x","description":"d"}}"#.to_string()),
     ] {
@@ -168,7 +187,17 @@ fn write_seed_corpus() {
     let mut ops = Vec::new();
     ops.extend_from_slice(&0x100i32.to_le_bytes());
     ops.extend_from_slice(&1000u64.to_le_bytes());
-    for (op, off, len) in [(0u8, 0u16, 28u16), (0, 512, 4096), (0, 30, 5), (2, 0, 600), (1, 100, 0), (0, 4000, 200), (2, 3990, 300), (1, 17, 0), (2, 0, 64)] {
+    for (op, off, len) in [
+        (0u8, 0u16, 28u16),
+        (0, 512, 4096),
+        (0, 30, 5),
+        (2, 0, 600),
+        (1, 100, 0),
+        (0, 4000, 200),
+        (2, 3990, 300),
+        (1, 17, 0),
+        (2, 0, 64),
+    ] {
         ops.push(op);
         ops.extend_from_slice(&off.to_le_bytes());
         ops.extend_from_slice(&len.to_le_bytes());

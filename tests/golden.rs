@@ -45,7 +45,10 @@ fn v1_files_open_and_recover() {
     assert_eq!(count(&c, "SELECT count(*) FROM t"), 300, "the in-flight transaction must be rolled back");
     assert_eq!(count(&c, "SELECT count(*) FROM t WHERE v LIKE 'golden-committed-%'"), 300);
     drop(c);
-    assert!(!tmp.path().join("rollback.db-journal").exists() || std::fs::metadata(tmp.path().join("rollback.db-journal")).unwrap().len() == 0);
+    assert!(
+        !tmp.path().join("rollback.db-journal").exists()
+            || std::fs::metadata(tmp.path().join("rollback.db-journal")).unwrap().len() == 0
+    );
 
     let c = tde.open(tmp.path().join("wal.db")).unwrap();
     assert_eq!(c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");

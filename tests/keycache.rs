@@ -39,7 +39,12 @@ struct SwitchKms(Arc<Switch>);
 
 impl SwitchKms {
     fn new(dir: &Path) -> SwitchKms {
-        SwitchKms(Arc::new(Switch { inner: LocalKms::new(dir), mode: AtomicU8::new(OK), calls: AtomicU64::new(0), epoch: AtomicU64::new(1) }))
+        SwitchKms(Arc::new(Switch {
+            inner: LocalKms::new(dir),
+            mode: AtomicU8::new(OK),
+            calls: AtomicU64::new(0),
+            epoch: AtomicU64::new(1),
+        }))
     }
     fn set(&self, mode: u8) {
         self.0.mode.store(mode, Ordering::SeqCst);
@@ -71,11 +76,22 @@ impl Kms for SwitchKms {
         self.gate(key)?;
         self.0.inner.generate_data_key(key, context)
     }
-    fn decrypt_data_key(&self, key_ref: &KeyRef, wrapped: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError> {
+    fn decrypt_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
         self.gate(&key_ref.uri)?;
         self.0.inner.decrypt_data_key(key_ref, wrapped, context)
     }
-    fn rewrap_data_key(&self, key_ref: &KeyRef, wrapped: &[u8], context: &EncryptionContext, target: Option<&str>) -> Result<(Vec<u8>, KeyRef), KmsError> {
+    fn rewrap_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        target: Option<&str>,
+    ) -> Result<(Vec<u8>, KeyRef), KmsError> {
         self.gate(&key_ref.uri)?;
         self.0.inner.rewrap_data_key(key_ref, wrapped, context, target)
     }
@@ -92,7 +108,9 @@ struct Setup {
 fn setup(cfg: CacheConfig, with_probe: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let kms = SwitchKms::new(&dir.path().join("ks"));
-    let mut b = Tde::builder().vfs_name(format!("tde-cache-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))).cache(cfg);
+    let mut b = Tde::builder()
+        .vfs_name(format!("tde-cache-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+        .cache(cfg);
     if with_probe {
         let k = kms.clone();
         b = b.epoch_probe(EpochProbe::new(move || k.0.epoch.load(Ordering::SeqCst)));
@@ -203,7 +221,11 @@ fn outage_cached_keep_opening_until_ttl_cold_fail_fast_never_hang() {
 /// `revalidate_after` for new opens, `revalidate_after + check_interval` for page I/O.
 #[test]
 fn revocation_of_a_remote_kms_within_the_revalidation_interval() {
-    let cfg = CacheConfig { revalidate_after: Duration::from_millis(600), check_interval: Duration::from_millis(100), ..CacheConfig::default() };
+    let cfg = CacheConfig {
+        revalidate_after: Duration::from_millis(600),
+        check_interval: Duration::from_millis(100),
+        ..CacheConfig::default()
+    };
     let s = setup(cfg, false);
     let db = create(&s, "r.db");
     let conn = s.tde.open_with(&db, &existing()).unwrap();

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use openbao_support::{
-    app_policy, keyadmin_policy, read_header, require_bao, rewrap_file, rewrap_policy, BaoServer,
-};
+use openbao_support::{app_policy, keyadmin_policy, read_header, require_bao, rewrap_file, rewrap_policy, BaoServer};
 use sqlite_tde::keycache::CacheConfig;
 use sqlite_tde::kms::openbao::{Credentials, OpenBaoConfig, OpenBaoKms, Secret};
 use sqlite_tde::kms::{EncryptionContext, Kms, KmsError};
@@ -25,18 +23,10 @@ static N: AtomicUsize = AtomicUsize::new(0);
 
 /// A VFS with a unique name over `kms`, caching keys for `ttl` (zero: every open asks the KMS).
 fn vfs(kms: Arc<dyn Kms>, ttl: Duration) -> Tde {
-    let name = format!(
-        "tde-bao-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
+    let name = format!("tde-bao-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
     Tde::builder()
         .vfs_name(name)
-        .cache(CacheConfig {
-            max_entries: 64,
-            ttl,
-            ..CacheConfig::default()
-        })
+        .cache(CacheConfig { max_entries: 64, ttl, ..CacheConfig::default() })
         .register_with_kms(kms)
         .unwrap()
 }
@@ -60,13 +50,7 @@ fn create(tde: &Tde, path: &Path, value: &str) {
 }
 
 fn existing(tde: &Tde, path: &Path) -> Result<String, Error> {
-    let c = tde.open_with(
-        path,
-        &OpenOptions {
-            must_exist: true,
-            ..Default::default()
-        },
-    )?;
+    let c = tde.open_with(path, &OpenOptions { must_exist: true, ..Default::default() })?;
     Ok(c.query_row("SELECT v FROM t", [], |r| r.get(0)).unwrap())
 }
 
@@ -150,17 +134,12 @@ fn rotate_rewrap_and_retire_versions() {
     assert!(matches!(err, KmsError::NotUsable { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains("version 1 is retired")
-            && msg.contains("min_decryption_version")
-            && msg.contains("rewrap"),
+        msg.contains("version 1 is retired") && msg.contains("min_decryption_version") && msg.contains("rewrap"),
         "{msg}"
     );
     assert_eq!(std::fs::read(&b).unwrap(), b_before);
     // Rewrap cannot read it either until the version is un-retired.
-    assert!(matches!(
-        rewrap_file(&b, rewrapper.as_ref(), None),
-        Err(KmsError::NotUsable { .. })
-    ));
+    assert!(matches!(rewrap_file(&b, rewrapper.as_ref(), None), Err(KmsError::NotUsable { .. })));
 
     // Recovery: lower, rewrap, raise again.
     keyadmin.set_min_decryption_version("app", 1).unwrap();
@@ -180,45 +159,21 @@ fn rotate_rewrap_and_retire_versions() {
     );
     let mover = provider(&server, "app", &server.token("mover", &["rewrap2"]).0);
     let (_, moved) = rewrap_file(&c, mover.as_ref(), Some("tenant2")).unwrap();
-    assert_eq!(
-        (moved.key.uri.as_str(), moved.key.version),
-        (server.uri("tenant2").as_str(), 1)
-    );
-    let tenant_tde = vfs(
-        provider(&server, "app", &server.token("app2", &["rewrap2"]).0),
-        Duration::ZERO,
-    );
+    assert_eq!((moved.key.uri.as_str(), moved.key.version), (server.uri("tenant2").as_str(), 1));
+    let tenant_tde = vfs(provider(&server, "app", &server.token("app2", &["rewrap2"]).0), Duration::ZERO);
     assert_eq!(existing(&tenant_tde, &c).unwrap(), "gamma");
 
     // Key types that cannot bind a DEK to its database are refused with a clear reason.
     let root = provider(&server, "app", &server.root_token);
-    server
-        .root()
-        .post(
-            "transit/keys/rsa",
-            serde_json::json!({ "type": "rsa-2048" }),
-        )
-        .unwrap();
-    server
-        .root()
-        .post(
-            "transit/keys/derived",
-            serde_json::json!({ "type": "aes256-gcm96", "derived": true }),
-        )
-        .unwrap();
+    server.root().post("transit/keys/rsa", serde_json::json!({ "type": "rsa-2048" })).unwrap();
+    server.root().post("transit/keys/derived", serde_json::json!({ "type": "aes256-gcm96", "derived": true })).unwrap();
     let ctx = EncryptionContext::for_database(&[3; 16]);
     for key in ["rsa", "derived"] {
         let err = root.generate_data_key(key, &ctx).err().unwrap();
         eprintln!("{key} key: {err}");
-        assert!(
-            matches!(err, KmsError::NotUsable { .. }) && err.to_string().contains("aes256-gcm96"),
-            "{err}"
-        );
+        assert!(matches!(err, KmsError::NotUsable { .. }) && err.to_string().contains("aes256-gcm96"), "{err}");
     }
-    assert!(matches!(
-        root.generate_data_key("missing", &ctx),
-        Err(KmsError::NotFound(_))
-    ));
+    assert!(matches!(root.generate_data_key("missing", &ctx), Err(KmsError::NotFound(_))));
     eprintln!("rotate_rewrap_and_retire_versions: {:.2?}", t0.elapsed());
 }
 
@@ -240,10 +195,7 @@ fn separation_of_duties_and_token_revocation() {
     // The application can wrap and unwrap, but not rotate, retire, read or create keys.
     for (what, r) in [
         ("rotate", app_kms.rotate_key("app").map(|_| ())),
-        (
-            "config",
-            app_kms.set_min_decryption_version("app", 1).map(|_| ()),
-        ),
+        ("config", app_kms.set_min_decryption_version("app", 1).map(|_| ())),
         ("read", app_kms.key_info("app").map(|_| ())),
         ("create", app_kms.create_key("other").map(|_| ())),
     ] {
@@ -257,21 +209,13 @@ fn separation_of_duties_and_token_revocation() {
     // The key administrator can rotate but never obtains a DEK.
     assert_eq!(keyadmin.key_info("app").unwrap().latest_version, 1);
     let ctx = EncryptionContext::for_database(&[7; 16]);
-    assert!(matches!(
-        keyadmin.generate_data_key("app", &ctx),
-        Err(KmsError::AccessDenied { .. })
-    ));
+    assert!(matches!(keyadmin.generate_data_key("app", &ctx), Err(KmsError::AccessDenied { .. })));
     let (h, _) = read_header(&db);
     let db_ctx = EncryptionContext::for_database(&h.db_uuid);
-    let err = keyadmin
-        .decrypt_data_key(&h.key, &h.wrapped_dek, &db_ctx)
-        .unwrap_err();
+    let err = keyadmin.decrypt_data_key(&h.key, &h.wrapped_dek, &db_ctx).unwrap_err();
     assert!(matches!(err, KmsError::AccessDenied { .. }), "{err:?}");
     // A DEK is bound to its database: the right ciphertext with another database's context fails.
-    assert!(matches!(
-        app_kms.decrypt_data_key(&h.key, &h.wrapped_dek, &ctx),
-        Err(KmsError::InvalidCiphertext { .. })
-    ));
+    assert!(matches!(app_kms.decrypt_data_key(&h.key, &h.wrapped_dek, &ctx), Err(KmsError::InvalidCiphertext { .. })));
 
     // Revocation takes effect at the next KMS call: no retry, no delay.
     assert_eq!(existing(&tde, &db).unwrap(), "payroll");
@@ -288,18 +232,9 @@ fn separation_of_duties_and_token_revocation() {
     let created = tde
         .open(dir.path().join("new.db"))
         .map_err(|e| e.to_string())
-        .and_then(|c| {
-            c.execute_batch("CREATE TABLE t(x)")
-                .map_err(|e| e.to_string())
-        });
-    assert!(
-        created.as_ref().is_err_and(|e| e.contains("access denied")),
-        "{created:?}"
-    );
-    eprintln!(
-        "separation_of_duties_and_token_revocation: {:.2?}",
-        t0.elapsed()
-    );
+        .and_then(|c| c.execute_batch("CREATE TABLE t(x)").map_err(|e| e.to_string()));
+    assert!(created.as_ref().is_err_and(|e| e.contains("access denied")), "{created:?}");
+    eprintln!("separation_of_duties_and_token_revocation: {:.2?}", t0.elapsed());
 }
 
 #[test]
@@ -317,9 +252,7 @@ fn audit_device_records_every_datakey_and_decrypt() {
     let cold = vfs(app_kms.clone(), Duration::ZERO);
     let cached = vfs(app_kms.clone(), Duration::from_secs(600));
     let dir = tempfile::tempdir().unwrap();
-    let dbs: Vec<_> = (0..3)
-        .map(|i| dir.path().join(format!("db{i}.db")))
-        .collect();
+    let dbs: Vec<_> = (0..3).map(|i| dir.path().join(format!("db{i}.db"))).collect();
     for db in &dbs {
         create(&cold, db, "x"); // 3 datakey
     }
@@ -335,16 +268,11 @@ fn audit_device_records_every_datakey_and_decrypt() {
     }
     assert_eq!(cached.context().cache.metrics().kms_calls, 3);
     // One more data key straight from the provider, to look for its bytes in the log.
-    let generated = app_kms
-        .generate_data_key("app", &EncryptionContext::for_database(&[9; 16]))
-        .unwrap();
+    let generated = app_kms.generate_data_key("app", &EncryptionContext::for_database(&[9; 16])).unwrap();
 
     let entries = server.audit_entries();
     let requests = |path: &str| {
-        entries
-            .iter()
-            .filter(|e| e["type"] == "request" && e["request"]["path"] == path)
-            .collect::<Vec<_>>()
+        entries.iter().filter(|e| e["type"] == "request" && e["request"]["path"] == path).collect::<Vec<_>>()
     };
     let datakeys = requests("transit/datakey/plaintext/app");
     let decrypts = requests("transit/decrypt/app");
@@ -353,28 +281,17 @@ fn audit_device_records_every_datakey_and_decrypt() {
     for e in datakeys.iter().chain(&decrypts) {
         // Attributable to the host's token, and bound to a database (associated_data present).
         assert_eq!(e["auth"]["display_name"], "token-host-a", "{e}");
-        assert!(
-            e["request"]["data"]["associated_data"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("hmac-sha256:")),
-            "{e}"
-        );
+        assert!(e["request"]["data"]["associated_data"].as_str().is_some_and(|s| s.starts_with("hmac-sha256:")), "{e}");
     }
-    let responses = entries
-        .iter()
-        .filter(|e| e["type"] == "response" && e["request"]["path"] == "transit/decrypt/app")
-        .count();
+    let responses =
+        entries.iter().filter(|e| e["type"] == "response" && e["request"]["path"] == "transit/decrypt/app").count();
     assert_eq!(responses, 9);
     // The audit log holds HMACs, never a DEK or the token.
     let log = std::fs::read_to_string(&server.audit_log).unwrap();
     let dek_b64 = base64::engine::general_purpose::STANDARD.encode(generated.plaintext.expose());
     assert!(!log.contains(&dek_b64));
     assert!(!log.contains(&token));
-    eprintln!(
-        "audit_device_records_every_datakey_and_decrypt: {} entries, {:.2?}",
-        entries.len(),
-        t0.elapsed()
-    );
+    eprintln!("audit_device_records_every_datakey_and_decrypt: {} entries, {:.2?}", entries.len(), t0.elapsed());
 }
 
 #[test]
@@ -406,31 +323,14 @@ fn server_down_cached_opens_until_ttl_then_fail_fast() {
     eprintln!("cold open with the server down ({took:.2?}): {err}");
     assert!(matches!(err, KmsError::Unavailable(_)), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains(&format!(
-            "cannot reach OpenBao at http://127.0.0.1:{}",
-            server.port
-        )),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("connection refused") && msg.contains("3 attempt(s)"),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("cannot reach OpenBao at http://127.0.0.1:{}", server.port)), "{msg}");
+    assert!(msg.contains("connection refused") && msg.contains("3 attempt(s)"), "{msg}");
     assert!(took < Duration::from_millis(1500), "{took:?}");
     // After the TTL the cached key must be vouched for again, which fails the same way.
     assert_eq!(existing(&tde, &warm).unwrap(), "cached");
-    std::thread::sleep(
-        (warmed + ttl + Duration::from_millis(100)).saturating_duration_since(Instant::now()),
-    );
-    assert!(matches!(
-        kms_error(existing(&tde, &warm)),
-        KmsError::Unavailable(_)
-    ));
-    eprintln!(
-        "server_down_cached_opens_until_ttl_then_fail_fast: {:.2?}",
-        t0.elapsed()
-    );
+    std::thread::sleep((warmed + ttl + Duration::from_millis(100)).saturating_duration_since(Instant::now()));
+    assert!(matches!(kms_error(existing(&tde, &warm)), KmsError::Unavailable(_)));
+    eprintln!("server_down_cached_opens_until_ttl_then_fail_fast: {:.2?}", t0.elapsed());
 }
 
 #[test]
@@ -443,20 +343,10 @@ fn https_with_ca_bundle_and_approle() {
     server.create_key("app");
     server.policy("app", &app_policy("app"));
     let root = server.root();
-    root.post("sys/auth/approle", serde_json::json!({ "type": "approle" }))
-        .unwrap();
-    root.post(
-        "auth/approle/role/app",
-        serde_json::json!({ "token_policies": ["app"], "token_ttl": "10m" }),
-    )
-    .unwrap();
-    let role_id = root.get("auth/approle/role/app/role-id").unwrap()["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret_id = root
-        .post("auth/approle/role/app/secret-id", serde_json::json!({}))
-        .unwrap()["data"]["secret_id"]
+    root.post("sys/auth/approle", serde_json::json!({ "type": "approle" })).unwrap();
+    root.post("auth/approle/role/app", serde_json::json!({ "token_policies": ["app"], "token_ttl": "10m" })).unwrap();
+    let role_id = root.get("auth/approle/role/app/role-id").unwrap()["data"]["role_id"].as_str().unwrap().to_string();
+    let secret_id = root.post("auth/approle/role/app/secret-id", serde_json::json!({})).unwrap()["data"]["secret_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -465,36 +355,20 @@ fn https_with_ca_bundle_and_approle() {
     std::fs::write(&secret_file, format!("{secret_id}\n")).unwrap();
     let ca = server.ca_cert.clone().unwrap();
 
-    let approle = |secret: Secret| Credentials::AppRole {
-        mount: "approle".into(),
-        role_id: role_id.clone(),
-        secret_id: secret,
-    };
+    let approle =
+        |secret: Secret| Credentials::AppRole { mount: "approle".into(), role_id: role_id.clone(), secret_id: secret };
     let kms = OpenBaoKms::new(
-        OpenBaoConfig::new(
-            &server.uri("app"),
-            approle(Secret::File(secret_file.clone())),
-        )
-        .unwrap()
-        .with_ca_cert(&ca),
+        OpenBaoConfig::new(&server.uri("app"), approle(Secret::File(secret_file.clone()))).unwrap().with_ca_cert(&ca),
     )
     .unwrap();
     let tde = vfs(Arc::new(kms), Duration::ZERO);
     let db = dir.path().join("tls.db");
     create(&tde, &db, "over tls");
-    assert!(read_header(&db)
-        .0
-        .key
-        .uri
-        .starts_with("openbao+https://127.0.0.1:"));
+    assert!(read_header(&db).0.key.uri.starts_with("openbao+https://127.0.0.1:"));
     assert_eq!(existing(&tde, &db).unwrap(), "over tls");
 
     // The AppRole token is revoked (e.g. all logins of the role): the provider logs in again.
-    root.post(
-        "sys/leases/revoke-prefix/auth/approle/login",
-        serde_json::json!({}),
-    )
-    .unwrap();
+    root.post("sys/leases/revoke-prefix/auth/approle/login", serde_json::json!({})).unwrap();
     assert_eq!(existing(&tde, &db).unwrap(), "over tls");
     let logins = server
         .audit_entries()
@@ -506,24 +380,16 @@ fn https_with_ca_bundle_and_approle() {
     // Without the CA the server certificate is not trusted: clear error, no retries.
     let untrusted = vfs(
         Arc::new(
-            OpenBaoKms::new(
-                OpenBaoConfig::new(&server.uri("app"), approle(Secret::File(secret_file))).unwrap(),
-            )
-            .unwrap(),
+            OpenBaoKms::new(OpenBaoConfig::new(&server.uri("app"), approle(Secret::File(secret_file))).unwrap())
+                .unwrap(),
         ),
         Duration::ZERO,
     );
     let t = Instant::now();
     let err = kms_error(existing(&untrusted, &db));
     eprintln!("untrusted certificate ({:.2?}): {err}", t.elapsed());
-    assert!(
-        matches!(err, KmsError::Unavailable(_)) && err.to_string().contains("BAO_CACERT"),
-        "{err}"
-    );
-    assert!(
-        !err.to_string().contains("attempt(s)"),
-        "TLS failures are not retried: {err}"
-    );
+    assert!(matches!(err, KmsError::Unavailable(_)) && err.to_string().contains("BAO_CACERT"), "{err}");
+    assert!(!err.to_string().contains("attempt(s)"), "TLS failures are not retried: {err}");
 
     // A wrong secret ID is an access error naming the role, not the secret.
     let wrong = vfs(
@@ -539,10 +405,7 @@ fn https_with_ca_bundle_and_approle() {
     );
     let err = kms_error(existing(&wrong, &db));
     eprintln!("wrong secret ID: {err}");
-    assert!(
-        matches!(err, KmsError::AccessDenied { .. }) && err.to_string().contains("log in"),
-        "{err}"
-    );
+    assert!(matches!(err, KmsError::AccessDenied { .. }) && err.to_string().contains("log in"), "{err}");
     assert!(!err.to_string().contains("not-the-secret"));
     eprintln!("https_with_ca_bundle_and_approle: {:.2?}", t0.elapsed());
 }
@@ -552,10 +415,7 @@ const CHILD_ROLE: &str = "SQLITE_TDE_TEST_BAO_CHILD";
 /// Child half of [`selected_by_sqlite_tde_kms`]: register through the environment only.
 fn env_child(role: &str) {
     let db = std::path::PathBuf::from(std::env::var("SQLITE_TDE_TEST_DB").unwrap());
-    let tde = Tde::builder()
-        .vfs_name(format!("tde-env-{}", std::process::id()))
-        .register()
-        .unwrap();
+    let tde = Tde::builder().vfs_name(format!("tde-env-{}", std::process::id())).register().unwrap();
     match role {
         "create" => create(&tde, &db, "from env"),
         _ => println!("CHILD-READ {}", existing(&tde, &db).unwrap()),
@@ -581,13 +441,7 @@ fn selected_by_sqlite_tde_kms() {
     std::fs::write(&token_file, &token).unwrap();
     let run = |role: &str, auth: (&str, &str)| {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "selected_by_sqlite_tde_kms",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["--exact", "selected_by_sqlite_tde_kms", "--nocapture", "--test-threads", "1"])
             .env(CHILD_ROLE, role)
             .env("SQLITE_TDE_TEST_DB", &db)
             .env("SQLITE_TDE_KMS", server.uri("app"))
@@ -599,23 +453,13 @@ fn selected_by_sqlite_tde_kms() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "child {role} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "child {role} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         stdout
     };
     run("create", ("BAO_TOKEN", &token));
     let (h, _) = read_header(&db);
-    assert_eq!(
-        (h.key.uri.as_str(), h.key.version),
-        (server.uri("app").as_str(), 1)
-    );
-    let out = run(
-        "read",
-        ("SQLITE_TDE_BAO_TOKEN_FILE", token_file.to_str().unwrap()),
-    );
+    assert_eq!((h.key.uri.as_str(), h.key.version), (server.uri("app").as_str(), 1));
+    let out = run("read", ("SQLITE_TDE_BAO_TOKEN_FILE", token_file.to_str().unwrap()));
     assert!(out.contains("CHILD-READ from env"), "{out}");
     let out = run("read", ("VAULT_TOKEN", &token));
     assert!(out.contains("CHILD-READ from env"), "{out}");

@@ -97,7 +97,9 @@ impl Stack {
             Stack::Tde(t) => t.open(db).unwrap(),
             Stack::Plain => rusqlite::Connection::open_with_flags(
                 format!("file:{}?vfs={FAULT_VFS}", db.display()),
-                rusqlite::OpenFlags::SQLITE_OPEN_URI | rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+                rusqlite::OpenFlags::SQLITE_OPEN_URI
+                    | rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
             )
             .unwrap(),
         }
@@ -137,7 +139,11 @@ fn run(stack: &Stack, dir: &Path, mode: &str, faults: &[Fault], soak: bool) -> T
     };
     assert_ne!(before, after);
 
-    let targets: &[Target] = if mode == "WAL" { &[Target::MainDb, Target::Wal, Target::Temp] } else { &[Target::MainDb, Target::Journal, Target::Temp] };
+    let targets: &[Target] = if mode == "WAL" {
+        &[Target::MainDb, Target::Wal, Target::Temp]
+    } else {
+        &[Target::MainDb, Target::Journal, Target::Temp]
+    };
     let mut t = Tally::default();
     let mut run = 0u64;
     for &target in targets {
@@ -158,7 +164,10 @@ fn run(stack: &Stack, dir: &Path, mode: &str, faults: &[Fault], soak: bool) -> T
                     *e = (*e).max(calls);
                     t.runs += 1;
                     t.injected += injected;
-                    let what = format!("{mode} {target:?} {fault:?} {} k={k}", if persistent { "persistent" } else { "transient" });
+                    let what = format!(
+                        "{mode} {target:?} {fault:?} {} k={k}",
+                        if persistent { "persistent" } else { "transient" }
+                    );
                     match &res {
                         Err(e) => {
                             t.stmt_errors += 1;
@@ -179,9 +188,13 @@ fn run(stack: &Stack, dir: &Path, mode: &str, faults: &[Fault], soak: bool) -> T
                                 None
                             } else if d == before {
                                 t.before += 1;
-                                res.is_ok().then(|| format!("{what}: the transaction reported success but its changes are gone"))
+                                res.is_ok().then(|| {
+                                    format!("{what}: the transaction reported success but its changes are gone")
+                                })
                             } else {
-                                Some(format!("{what}: content is neither the before nor the after state (statement: {res:?})"))
+                                Some(format!(
+                                    "{what}: content is neither the before nor the after state (statement: {res:?})"
+                                ))
                             }
                         }
                         (i, d) => Some(format!("{what}: integrity {i:?}, digest {d:?} (statement: {res:?})")),
@@ -237,14 +250,40 @@ fn run_mode(mode: &str, soak: bool) {
     let d3 = env.dir.path().join("plain-short");
     std::fs::create_dir_all(&d3).unwrap();
     let tp = run(&Stack::Plain, &d3, mode, &[Fault::ShortRead], soak);
-    report("faults", &line("tde", mode, level, &t, &format!(", panics {panics}, plaintext writes below tde {} (of {writes} writes / {bytes} bytes scanned)", hits.len())));
-    report("faults", &line("tde SHORT_READ (not asserted)", mode, level, &ts, &format!(", panics caught by the binding {short_panics}")));
+    report(
+        "faults",
+        &line(
+            "tde",
+            mode,
+            level,
+            &t,
+            &format!(
+                ", panics {panics}, plaintext writes below tde {} (of {writes} writes / {bytes} bytes scanned)",
+                hits.len()
+            ),
+        ),
+    );
+    report(
+        "faults",
+        &line(
+            "tde SHORT_READ (not asserted)",
+            mode,
+            level,
+            &ts,
+            &format!(", panics caught by the binding {short_panics}"),
+        ),
+    );
     report("faults", &line("plain SQLite SHORT_READ (control)", mode, level, &tp, ""));
     eprintln!("faults {mode}: {:.1}s", started.elapsed().as_secs_f64());
     SHORT_READ_PANICS.fetch_add(short_panics, Ordering::SeqCst);
     assert_eq!(panics, 0, "a panic happened inside the VFS stack");
     assert!(hits.is_empty(), "plaintext below tde: {hits:?}");
-    assert!(t.failures.is_empty(), "{} failure(s):\n{}", t.failures.len(), t.failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        t.failures.is_empty(),
+        "{} failure(s):\n{}",
+        t.failures.len(),
+        t.failures.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[test]

@@ -68,7 +68,13 @@ fn keys_child_entry() {
     // Also mark the canary's page as not-dumpable, to check the helper end to end.
     sqlite_vfs::mem::exclude_from_core_dumps(canary.expose()).unwrap();
     let on_stack = 0u8;
-    writeln!(out.lock(), "stage loaded {:x} {:x}", canary.expose().as_ptr() as usize, std::hint::black_box(&on_stack) as *const u8 as usize).unwrap();
+    writeln!(
+        out.lock(),
+        "stage loaded {:x} {:x}",
+        canary.expose().as_ptr() as usize,
+        std::hint::black_box(&on_stack) as *const u8 as usize
+    )
+    .unwrap();
     wait_line(&mut stdin);
     // Evict: close every connection, drop every cached cipher, drop the canary.
     drop(conn);
@@ -104,7 +110,8 @@ fn readable_regions(pid: u32) -> Vec<Region> {
 /// Every (address, needle index) where a needle occurs in the child's readable memory, and the
 /// number of bytes scanned.
 fn scan(pid: u32, needles: &[Vec<u8>]) -> (Vec<(usize, usize, String)>, u64) {
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("cannot open /proc/PID/mem (ptrace restrictions?)");
+    let mut mem =
+        std::fs::File::open(format!("/proc/{pid}/mem")).expect("cannot open /proc/PID/mem (ptrace restrictions?)");
     let mut hits = Vec::new();
     let mut scanned = 0u64;
     for r in readable_regions(pid) {
@@ -168,7 +175,14 @@ fn vm_flags(pid: u32, addr: usize) -> Option<String> {
 }
 
 fn needles_of(key: &[u8]) -> Vec<Vec<u8>> {
-    vec![key[..32].to_vec(), key[32..].to_vec(), key[..16].to_vec(), key[16..32].to_vec(), key[32..48].to_vec(), key[48..].to_vec()]
+    vec![
+        key[..32].to_vec(),
+        key[32..].to_vec(),
+        key[..16].to_vec(),
+        key[16..32].to_vec(),
+        key[32..48].to_vec(),
+        key[48..].to_vec(),
+    ]
 }
 
 fn dek_of(ks: &Path, db: &Path) -> DataKey {
@@ -241,7 +255,10 @@ fn run_child() -> Outcome {
     let loaded = wait_stage("loaded", &mut log);
     let canary_addr = usize::from_str_radix(loaded.split_whitespace().nth(1).unwrap(), 16).unwrap();
     let stack_addr = usize::from_str_radix(loaded.split_whitespace().nth(2).unwrap(), 16).unwrap();
-    let stack_region = readable_regions(pid).into_iter().find(|r| r.start <= stack_addr && stack_addr < r.end).map(|r| (r.start, r.end));
+    let stack_region = readable_regions(pid)
+        .into_iter()
+        .find(|r| r.start <= stack_addr && stack_addr < r.end)
+        .map(|r| (r.start, r.end));
     let (hits, scanned) = scan(pid, &needles);
     let dek_loaded: Vec<_> = hits.iter().filter(|h| h.1 < 6).cloned().collect();
     let canary_loaded = hits.iter().filter(|h| h.1 >= 6).count();
@@ -337,7 +354,12 @@ fn key_hygiene() {
 fn dek_gone_from_memory_after_eviction() {
     let o = run_child();
     assert!(o.canary_hits_loaded > 0, "scanner control failed");
-    assert!(o.dek_hits_evicted.is_empty(), "{} DEK pieces remain after eviction ({} on the thread stack)", o.dek_hits_evicted.len(), o.evicted_in_thread_stack);
+    assert!(
+        o.dek_hits_evicted.is_empty(),
+        "{} DEK pieces remain after eviction ({} on the thread stack)",
+        o.dek_hits_evicted.len(),
+        o.evicted_in_thread_stack
+    );
 }
 
 /// The pages that hold the live key schedule should be excluded from core dumps

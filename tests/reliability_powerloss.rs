@@ -69,7 +69,10 @@ impl Stack {
             Stack::Tde(t) => t.open(db).map_err(|e| e.to_string()),
             Stack::Plain => Connection::open_with_flags(
                 format!("file:{}?vfs={CRASH_VFS}", db.display()),
-                OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                OpenFlags::SQLITE_OPEN_URI
+                    | OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(|e| e.to_string()),
         }
@@ -260,7 +263,9 @@ fn run_mode(mode: &'static str, soak: bool) {
     let started = std::time::Instant::now();
     let level = if soak { "soak" } else { "smoke" };
     let mut strict_failures = Vec::new();
-    for (label, stack) in [("tde", Stack::Tde(tde_over_crash(env.dir.path()))), ("plain SQLite (control)", Stack::Plain)] {
+    for (label, stack) in
+        [("tde", Stack::Tde(tde_over_crash(env.dir.path()))), ("plain SQLite (control)", Stack::Plain)]
+    {
         let root = env.dir.path().join(label.split(' ').next().unwrap());
         for sync in ["FULL", "NORMAL"] {
             let mut t = Tally::default();
@@ -275,7 +280,11 @@ fn run_mode(mode: &'static str, soak: bool) {
             // an unsynced TRUNCATE/PERSIST reset can be lost): counted, with the plain-SQLite
             // control beside it, not asserted.
             let asserted = sync == "FULL" || mode == "WAL";
-            let extra = if sync == "NORMAL" { format!("; acknowledged transactions rolled back {} (allowed under NORMAL)", t.lost_normal) } else { String::new() };
+            let extra = if sync == "NORMAL" {
+                format!("; acknowledged transactions rolled back {} (allowed under NORMAL)", t.lost_normal)
+            } else {
+                String::new()
+            };
             report(
                 "powerloss",
                 &format!(
@@ -288,13 +297,21 @@ fn run_mode(mode: &'static str, soak: bool) {
                 strict_failures.extend(t.failures.iter().cloned());
             }
             if !t.failures.is_empty() {
-                eprintln!("{label} {mode} {sync}: first failures:\n{}", t.failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n"));
+                eprintln!(
+                    "{label} {mode} {sync}: first failures:\n{}",
+                    t.failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
+                );
             }
             assert!(t.explored > 0);
         }
     }
     eprintln!("power loss {mode}: {:.1}s", started.elapsed().as_secs_f64());
-    assert!(strict_failures.is_empty(), "{} failure(s):\n{}", strict_failures.len(), strict_failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        strict_failures.is_empty(),
+        "{} failure(s):\n{}",
+        strict_failures.len(),
+        strict_failures.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[test]

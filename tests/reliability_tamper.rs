@@ -86,7 +86,12 @@ impl Tally {
 }
 
 /// Open `path` and classify against the expected digest (and earlier committed states).
-fn classify(open: &dyn Fn(&Path) -> Result<Connection, Error>, path: &Path, expected: &str, earlier: &[String]) -> Outcome {
+fn classify(
+    open: &dyn Fn(&Path) -> Result<Connection, Error>,
+    path: &Path,
+    expected: &str,
+    earlier: &[String],
+) -> Outcome {
     let c = match open(path) {
         Ok(c) => c,
         Err(e) => return Outcome::CleanError(error_label(&e)),
@@ -222,7 +227,8 @@ fn header_bit_flips_and_forgeries() {
                         _ if slots[0] == active => "active slot",
                         _ => "inactive slot",
                     };
-                    let case = format!("{} / {which}", if forged { "forged (checksum recomputed)" } else { "bit flip" });
+                    let case =
+                        format!("{} / {which}", if forged { "forged (checksum recomputed)" } else { "bit flip" });
                     if o == Outcome::AcceptedAltered || o == Outcome::SqliteCorruption {
                         unsafe_accepts.push(format!("{case} {name}@{bit_at}: {o:?}"));
                     }
@@ -242,7 +248,13 @@ fn header_bit_flips_and_forgeries() {
     // unless it hit bytes the format does not use.
     for which in ["active slot", "inactive slot"] {
         let case = format!("bit flip / {which}");
-        assert_eq!(t.count(&case, "clean error") + t.count(&case, "SQLite corruption error") + t.count(&case, "silently accepted, ALTERED"), 0, "{case}");
+        assert_eq!(
+            t.count(&case, "clean error")
+                + t.count(&case, "SQLite corruption error")
+                + t.count(&case, "silently accepted, ALTERED"),
+            0,
+            "{case}"
+        );
     }
     assert!(unsafe_accepts.is_empty(), "tampered headers that reached SQLite: {unsafe_accepts:#?}");
 }
@@ -276,7 +288,11 @@ fn truncation_at_every_512_byte_boundary() {
 
 /// Build a database whose latest transactions live in a WAL (or a hot journal) and return
 /// (files, digest of every committed state, index of the full state).
-fn live_scenario(open: &dyn Fn(&Path) -> Result<Connection, Error>, db: &Path, wal: bool) -> (Vec<(PathBuf, Option<Vec<u8>>)>, Vec<String>, String) {
+fn live_scenario(
+    open: &dyn Fn(&Path) -> Result<Connection, Error>,
+    db: &Path,
+    wal: bool,
+) -> (Vec<(PathBuf, Option<Vec<u8>>)>, Vec<String>, String) {
     let c = open(db).unwrap();
     c.execute_batch(&format!(
         "PRAGMA page_size=4096; PRAGMA journal_mode={}; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=5;
@@ -288,7 +304,11 @@ fn live_scenario(open: &dyn Fn(&Path) -> Result<Connection, Error>, db: &Path, w
     let mut rng = Rng(42);
     for i in 0..8 {
         let b = hex::encode(rng.bytes(3000));
-        c.execute_batch(&format!("BEGIN; INSERT INTO t VALUES({i}, x'{b}'); UPDATE t SET v = v || x'00' WHERE id % 3 = {}; COMMIT;", i % 3)).unwrap();
+        c.execute_batch(&format!(
+            "BEGIN; INSERT INTO t VALUES({i}, x'{b}'); UPDATE t SET v = v || x'00' WHERE id % 3 = {}; COMMIT;",
+            i % 3
+        ))
+        .unwrap();
         states.push(digest(&c).unwrap());
     }
     if wal {
@@ -298,7 +318,8 @@ fn live_scenario(open: &dyn Fn(&Path) -> Result<Connection, Error>, db: &Path, w
         (files, states, full)
     } else {
         // A transaction that spills its cache: the db file is modified, the journal is hot.
-        c.execute_batch("BEGIN; UPDATE t SET v = v || zeroblob(2000); INSERT INTO t SELECT id + 100, v FROM t;").unwrap();
+        c.execute_batch("BEGIN; UPDATE t SET v = v || zeroblob(2000); INSERT INTO t SELECT id + 100, v FROM t;")
+            .unwrap();
         let files = files_of(db);
         let full = states.last().unwrap().clone();
         std::mem::forget(c); // keep the journal hot: no rollback, no unlock cleanup in files_of's copy
@@ -306,7 +327,13 @@ fn live_scenario(open: &dyn Fn(&Path) -> Result<Connection, Error>, db: &Path, w
     }
 }
 
-fn truncate_live(label: &str, open: &dyn Fn(&Path) -> Result<Connection, Error>, dir: &Path, wal: bool, t: &mut Tally) -> u64 {
+fn truncate_live(
+    label: &str,
+    open: &dyn Fn(&Path) -> Result<Connection, Error>,
+    dir: &Path,
+    wal: bool,
+    t: &mut Tally,
+) -> u64 {
     let src = dir.join(format!("{label}-{}.sqlite", if wal { "wal" } else { "journal" }));
     let (files, states, full) = live_scenario(open, &src, wal);
     let target_idx = if wal { 2 } else { 1 };
@@ -380,7 +407,10 @@ fn page_swaps_replays_and_body_bit_flips() {
         std::fs::write(&f.db, &f.bytes).unwrap();
         {
             let c = f.env.tde.open(&f.db).unwrap();
-            c.execute_batch("UPDATE t SET v = v || '+', b = b || x'01' WHERE id % 2 = 0; DELETE FROM t WHERE id % 9 = 0;").unwrap();
+            c.execute_batch(
+                "UPDATE t SET v = v || '+', b = b || x'01' WHERE id % 2 = 0; DELETE FROM t WHERE id % 9 = 0;",
+            )
+            .unwrap();
         }
         let newer = std::fs::read(&f.db).unwrap();
         let newer_digest = digest(&f.env.tde.open(&f.db).unwrap()).unwrap();
@@ -392,7 +422,10 @@ fn page_swaps_replays_and_body_bit_flips() {
             let mut v = newer.clone();
             v[at(p)..at(p) + page].copy_from_slice(&f.bytes[at(p)..at(p) + page]);
             std::fs::write(&f.db, &v).unwrap();
-            t.add(&format!("replay an older page (page size {page})"), &classify(&open, &f.db, &newer_digest, &[f.digest.clone()]));
+            t.add(
+                &format!("replay an older page (page size {page})"),
+                &classify(&open, &f.db, &newer_digest, &[f.digest.clone()]),
+            );
         }
         // Flip one bit in page bodies: XTS turns it into 16 random plaintext bytes, undetected
         // by the cipher; SQLite notices only when the block holds structure.
@@ -407,7 +440,12 @@ fn page_swaps_replays_and_body_bit_flips() {
         std::fs::write(&f.db, &f.bytes).unwrap();
     }
     t.print("pages");
-    let silent: u64 = t.by_case.iter().filter(|(k, _)| k.starts_with("flip")).map(|(_, m)| m.get("silently accepted, ALTERED").copied().unwrap_or(0)).sum();
+    let silent: u64 = t
+        .by_case
+        .iter()
+        .filter(|(k, _)| k.starts_with("flip"))
+        .map(|(_, m)| m.get("silently accepted, ALTERED").copied().unwrap_or(0))
+        .sum();
     report(
         "tamper",
         &format!("page-body bit flips: {silent} of {flips_total} silently accepted with altered content — AES-XTS has no integrity protection; this is the documented limit"),
@@ -509,7 +547,11 @@ fn plain_sqlite_and_sqlcipher_like_files_are_refused_untouched() {
     t.print("foreign");
     report("tamper", &format!("foreign files: clean-error reasons {:?}", t.labels));
     for case in t.by_case.keys() {
-        assert_eq!(t.count(case, "clean error"), t.by_case[case].values().sum::<u64>(), "{case}: {:?}", t.by_case[case]);
+        assert_eq!(
+            t.count(case, "clean error"),
+            t.by_case[case].values().sum::<u64>(),
+            "{case}: {:?}",
+            t.by_case[case]
+        );
     }
 }
-

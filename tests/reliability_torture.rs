@@ -98,7 +98,8 @@ fn torture_child_entry() {
             loop {
                 let r = (|| -> rusqlite::Result<(i64, i64)> {
                     c.execute_batch("BEGIN")?;
-                    let s: (i64, i64) = c.query_row("SELECT sum(bal), count(*) FROM accounts", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    let s: (i64, i64) =
+                        c.query_row("SELECT sum(bal), count(*) FROM accounts", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
                     let _: i64 = c.query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))?;
                     c.execute_batch("COMMIT")?;
                     Ok(s)
@@ -190,7 +191,8 @@ fn torture(mode: &str, secs: u64) {
         ))
         .unwrap();
     }
-    let mut roles: Vec<String> = (1..=4).map(|w| format!("writer:{w}")).chain(["reader".into(), "reader".into()]).collect();
+    let mut roles: Vec<String> =
+        (1..=4).map(|w| format!("writer:{w}")).chain(["reader".into(), "reader".into()]).collect();
     if mode == "WAL" {
         roles.push("checkpointer".into());
     }
@@ -299,7 +301,11 @@ fn torture(mode: &str, secs: u64) {
 }
 
 fn secs() -> u64 {
-    if soak_from_env() { 120 } else { 8 }
+    if soak_from_env() {
+        120
+    } else {
+        8
+    }
 }
 
 #[test]

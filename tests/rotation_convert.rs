@@ -26,7 +26,8 @@ fn child_entry() {
     let tde = tde_for(&ks);
     match role.as_str() {
         "encrypt" => {
-            let r = convert::encrypt_in_place(&tde, &db, &InPlaceOptions { chunk: Some(256 << 10), ..Default::default() });
+            let r =
+                convert::encrypt_in_place(&tde, &db, &InPlaceOptions { chunk: Some(256 << 10), ..Default::default() });
             println!("encrypt-done {r:?}");
         }
         "open" => {
@@ -109,7 +110,10 @@ fn in_place_matrix(mode: &str) {
                 let c = open(&tde, &db);
                 assert_eq!(snapshot(&c), snap, "content after {what}");
                 drop(c);
-                assert!(!side(&db, "-tdeconvert").exists() || pos(step) >= pos(Step::ConvertHeaderWritten), "{what}: state file left");
+                assert!(
+                    !side(&db, "-tdeconvert").exists() || pos(step) >= pos(Step::ConvertHeaderWritten),
+                    "{what}: state file left"
+                );
                 cases += 1;
             }
         }
@@ -218,7 +222,9 @@ fn encrypt_and_decrypt_copies_while_the_source_is_in_use() {
 
 fn cli(ks: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqlite-tde"));
-    for v in ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_ROOT_KEY_FILE", "SQLITE_TDE_PASSPHRASE", ENV_CRASH_AT] {
+    for v in
+        ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_ROOT_KEY_FILE", "SQLITE_TDE_PASSPHRASE", ENV_CRASH_AT]
+    {
         c.env_remove(v);
     }
     c.arg("--keystore").arg(ks);
@@ -242,7 +248,12 @@ fn cli_encrypt_decrypt_in_place_and_resume() {
     assert_eq!(plain_snapshot(&back).unwrap(), snap);
 
     // In place, interrupted (crash injection in the CLI process), then resumed.
-    let o = cli(&ks).args(["encrypt", "--in-place", "--chunk-size", "65536"]).arg(&plain).env(ENV_CRASH_AT, "encrypt:convert-progress-synced@3").output().unwrap();
+    let o = cli(&ks)
+        .args(["encrypt", "--in-place", "--chunk-size", "65536"])
+        .arg(&plain)
+        .env(ENV_CRASH_AT, "encrypt:convert-progress-synced@3")
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert_eq!(&std::fs::read(&plain).unwrap()[..16], &CONVERT_MAGIC);
     let o = cli(&ks).args(["--json", "encrypt", "--in-place", "--resume"]).arg(&plain).output().unwrap();
@@ -277,11 +288,21 @@ fn decrypt_always_asks_the_kms() {
         }
         fn decrypt_data_key(&self, k: &KeyRef, w: &[u8], c: &EncryptionContext) -> Result<DataKey, KmsError> {
             if self.1.load(Ordering::SeqCst) {
-                return Err(KmsError::AccessDenied { principal: "test".into(), action: "kms:Decrypt".into(), key: k.uri.clone() });
+                return Err(KmsError::AccessDenied {
+                    principal: "test".into(),
+                    action: "kms:Decrypt".into(),
+                    key: k.uri.clone(),
+                });
             }
             self.0.decrypt_data_key(k, w, c)
         }
-        fn rewrap_data_key(&self, k: &KeyRef, w: &[u8], c: &EncryptionContext, t: Option<&str>) -> Result<(Vec<u8>, KeyRef), KmsError> {
+        fn rewrap_data_key(
+            &self,
+            k: &KeyRef,
+            w: &[u8],
+            c: &EncryptionContext,
+            t: Option<&str>,
+        ) -> Result<(Vec<u8>, KeyRef), KmsError> {
             self.0.rewrap_data_key(k, w, c, t)
         }
     }

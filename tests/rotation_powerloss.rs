@@ -167,7 +167,12 @@ const UUID: [u8; 16] = [7; 16];
 fn keys() -> Keys {
     let a = DataKey::generate().unwrap();
     let b = DataKey::generate().unwrap();
-    Keys { old_kcv: key_check_value(&a, &UUID), new_kcv: key_check_value(&b, &UUID), old: XtsCipher::new(&a), new: XtsCipher::new(&b) }
+    Keys {
+        old_kcv: key_check_value(&a, &UUID),
+        new_kcv: key_check_value(&b, &UUID),
+        old: XtsCipher::new(&a),
+        new: XtsCipher::new(&b),
+    }
 }
 
 fn base_header(kcv: [u8; 32]) -> Header {
@@ -183,7 +188,12 @@ fn base_header(kcv: [u8; 32]) -> Header {
 }
 
 fn rekey_state(k: &Keys) -> RekeyState {
-    RekeyState { key: KeyRef { uri: "local:new".into(), version: 3 }, wrapped_dek: vec![2; 90], kcv: k.new_kcv, progress: 0 }
+    RekeyState {
+        key: KeyRef { uri: "local:new".into(), version: 3 },
+        wrapped_dek: vec![2; 90],
+        kcv: k.new_kcv,
+        progress: 0,
+    }
 }
 
 /// An encrypted database image: header region + `len` logical bytes of random content, with
@@ -284,12 +294,17 @@ fn rekey_survives_crash_and_power_loss_at_every_step() {
                 }
                 assert!(r.is_err());
                 let mut rng = Rng(seed * 7919 + 1);
-                let (mut db2, mut j2) = if seed == 0 { (db.crash(None), j.crash(None)) } else { (db.crash(Some(&mut rng)), j.crash(Some(&mut rng))) };
+                let (mut db2, mut j2) = if seed == 0 {
+                    (db.crash(None), j.crash(None))
+                } else {
+                    (db.crash(Some(&mut rng)), j.crash(Some(&mut rng)))
+                };
                 recover(&mut db2, &mut j2, &k, &mut Quiet).unwrap();
                 let (content, h) = logical(&db2.current, &k);
                 assert_eq!(content, plain, "content after {}@{n} seed {seed}", step.name());
                 assert!(h.rekey.is_none(), "rekey still in progress after recovery");
-                let durable_begin = Step::REKEY.iter().position(|s| *s == step) >= Step::REKEY.iter().position(|s| *s == Step::BeginHeaderSynced);
+                let durable_begin = Step::REKEY.iter().position(|s| *s == step)
+                    >= Step::REKEY.iter().position(|s| *s == Step::BeginHeaderSynced);
                 if durable_begin || seed == 0 && step != Step::BeginGenerated {
                     assert_eq!(h.kcv, k.new_kcv, "a durable rekey must finish ({}@{n} seed {seed})", step.name());
                 }
@@ -328,7 +343,11 @@ fn rekey_recovery_survives_crashes_too() {
                     break;
                 }
                 let mut rng = Rng(seed * 31 + 3);
-                let (mut db3, mut j3) = if seed == 0 { (db2.crash(None), j2.crash(None)) } else { (db2.crash(Some(&mut rng)), j2.crash(Some(&mut rng))) };
+                let (mut db3, mut j3) = if seed == 0 {
+                    (db2.crash(None), j2.crash(None))
+                } else {
+                    (db2.crash(Some(&mut rng)), j2.crash(Some(&mut rng)))
+                };
                 recover(&mut db3, &mut j3, &k, &mut Quiet).unwrap();
                 let (content, h) = logical(&db3.current, &k);
                 assert_eq!(content, plain, "double crash at {} seed {seed}", step.name());
@@ -413,16 +432,22 @@ fn in_place_encryption_survives_crash_and_power_loss_at_every_step() {
                 let mut db = SimFile::with(plain.clone());
                 let mut side = SimFile::default();
                 let mut hook = CrashAt { step, n, seen: 0, hit: false };
-                let r = ConvertEngine::begin(&mut db, &mut side, &k.new, header.clone(), 64 << 10, &mut hook).and_then(|mut e| e.run());
+                let r = ConvertEngine::begin(&mut db, &mut side, &k.new, header.clone(), 64 << 10, &mut hook)
+                    .and_then(|mut e| e.run());
                 if !hook.hit {
                     assert_eq!(r.unwrap(), Outcome::Done);
                     break;
                 }
                 let mut rng = Rng(seed * 104729 + 5);
-                let (mut db2, mut side2) = if seed == 0 { (db.crash(None), side.crash(None)) } else { (db.crash(Some(&mut rng)), side.crash(Some(&mut rng))) };
+                let (mut db2, mut side2) = if seed == 0 {
+                    (db.crash(None), side.crash(None))
+                } else {
+                    (db.crash(Some(&mut rng)), side.crash(Some(&mut rng)))
+                };
                 let (content, encrypted) = convert_outcome(&mut db2, &mut side2, &k);
                 assert_eq!(content, plain, "content after {}@{n} seed {seed}", step.name());
-                let marked = Step::CONVERT.iter().position(|s| *s == step) >= Step::CONVERT.iter().position(|s| *s == Step::ConvertMarkSynced);
+                let marked = Step::CONVERT.iter().position(|s| *s == step)
+                    >= Step::CONVERT.iter().position(|s| *s == Step::ConvertMarkSynced);
                 if marked || (seed == 0 && step != Step::ConvertStateWritten && step != Step::ConvertStateSynced) {
                     assert!(encrypted, "a marked file must end up encrypted ({}@{n} seed {seed})", step.name());
                 }

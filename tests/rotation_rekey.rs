@@ -110,9 +110,11 @@ fn template(dir: &Path, ks: &Path, mode: &str, page_size: u32) -> Template {
     std::fs::create_dir_all(&tdir).unwrap();
     let db = tdir.join("t.db");
     let c = tde.open(&db).unwrap();
-    c.execute_batch(&format!("PRAGMA page_size={page_size}; PRAGMA journal_mode={mode}; PRAGMA wal_autocheckpoint=0;")).unwrap();
+    c.execute_batch(&format!("PRAGMA page_size={page_size}; PRAGMA journal_mode={mode}; PRAGMA wal_autocheckpoint=0;"))
+        .unwrap();
     populate(&c, 1500);
-    c.execute_batch("UPDATE items SET name = name || '-u' WHERE id % 5 = 0; DELETE FROM kv WHERE length(v) % 3 = 0;").unwrap();
+    c.execute_batch("UPDATE items SET name = name || '-u' WHERE id % 5 = 0; DELETE FROM kv WHERE length(v) % 3 = 0;")
+        .unwrap();
     let snap = snapshot(&c);
     assert_eq!(snap[4], "ok");
     let ps: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
@@ -178,7 +180,13 @@ fn crash_matrix(mode: &str) {
             }
             let per_chunk = matches!(
                 step,
-                Step::JournalWritten | Step::JournalSynced | Step::DataHalfWritten | Step::DataWritten | Step::DataSynced | Step::ProgressWritten | Step::ProgressSynced
+                Step::JournalWritten
+                    | Step::JournalSynced
+                    | Step::DataHalfWritten
+                    | Step::DataWritten
+                    | Step::DataSynced
+                    | Step::ProgressWritten
+                    | Step::ProgressSynced
             );
             for n in if per_chunk { vec![0u64, 2] } else { vec![0] } {
                 let dir = env.dir.path().join(format!("case-{mode}-{page_size}-{}-{n}", step.name()));
@@ -191,9 +199,19 @@ fn crash_matrix(mode: &str) {
                 let (h, _) = read_header(&db).unwrap();
                 let in_progress = h.rekey.is_some();
                 let after_begin = position(step) >= position(Step::BeginHeaderWritten);
-                assert_eq!(in_progress, after_begin && position(step) < position(Step::FinalWritten), "{spec}: header state");
+                assert_eq!(
+                    in_progress,
+                    after_begin && position(step) < position(Step::FinalWritten),
+                    "{spec}: header state"
+                );
                 let stale_journal_ok = position(step) >= position(Step::FinalWritten) && step != Step::JournalRemoved;
-                verify_after_crash(&tpl, &ks, &db, &format!("{spec} ({mode}, page size {page_size})"), Some(after_begin));
+                verify_after_crash(
+                    &tpl,
+                    &ks,
+                    &db,
+                    &format!("{spec} ({mode}, page size {page_size})"),
+                    Some(after_begin),
+                );
                 let journal = side(&db, "-tderekey").exists();
                 assert!(!journal || stale_journal_ok, "{spec}: rekey journal left behind");
                 cases += 1;
@@ -304,12 +322,18 @@ fn rekey_while_other_processes_read_and_write_rollback() {
     let ks = env.dir.path().join("ks");
     let db = accounts_db(env.dir.path(), &ks, "delete");
     let secs = Path::new("6");
-    let workers: Vec<_> = (0..2).map(|_| child::spawn("child_entry", "worker", &[(KS, &ks), (DB, &db), (SECONDS_VAR, secs)])).collect();
+    let workers: Vec<_> =
+        (0..2).map(|_| child::spawn("child_entry", "worker", &[(KS, &ks), (DB, &db), (SECONDS_VAR, secs)])).collect();
     let tde = tde_for(&ks);
     std::thread::sleep(Duration::from_millis(500));
     let mut kcvs = vec![read_header(&db).unwrap().0.kcv];
     for _ in 0..3 {
-        let r = rotation::rekey(&tde, &db, &RekeyOptions { busy_timeout: Duration::from_secs(20), chunk: Some(64 << 10), ..Default::default() }).unwrap();
+        let r = rotation::rekey(
+            &tde,
+            &db,
+            &RekeyOptions { busy_timeout: Duration::from_secs(20), chunk: Some(64 << 10), ..Default::default() },
+        )
+        .unwrap();
         assert_eq!(r.status, "done");
         kcvs.push(read_header(&db).unwrap().0.kcv);
         std::thread::sleep(Duration::from_millis(700));
@@ -326,7 +350,11 @@ fn rekey_while_other_processes_read_and_write_rollback() {
     kcvs.dedup();
     assert_eq!(kcvs.len(), 4, "three distinct new keys");
     let c = open(&tde, &db);
-    let (sum, logged): (i64, i64) = c.query_row("SELECT (SELECT sum(balance) FROM accounts), (SELECT count(*) FROM log WHERE who != 0)", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (sum, logged): (i64, i64) = c
+        .query_row("SELECT (SELECT sum(balance) FROM accounts), (SELECT count(*) FROM log WHERE who != 0)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
     assert_eq!(sum, 100_000);
     assert_eq!(logged as u64, total, "every acknowledged commit is there");
     let ic: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
@@ -345,11 +373,14 @@ fn rekey_in_wal_mode_is_refused_while_others_are_connected() {
     let db = accounts_db(env.dir.path(), &ks, "wal");
     let tde = tde_for(&ks);
     let before = snapshot_accounts(&tde, &db);
-    let (mut ch, mut out) = child::spawn("child_entry", "holder", &[(KS, &ks), (DB, &db), (SECONDS_VAR, Path::new("4"))]);
+    let (mut ch, mut out) =
+        child::spawn("child_entry", "holder", &[(KS, &ks), (DB, &db), (SECONDS_VAR, Path::new("4"))]);
     assert!(child::wait_for(&mut out, "holding").is_some());
     let (h0, _) = read_header(&db).unwrap();
     let t = Instant::now();
-    let err = rotation::rekey(&tde, &db, &RekeyOptions { busy_timeout: Duration::from_millis(800), ..Default::default() }).unwrap_err();
+    let err =
+        rotation::rekey(&tde, &db, &RekeyOptions { busy_timeout: Duration::from_millis(800), ..Default::default() })
+            .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("in use") || msg.contains("locked") || msg.contains("busy"), "{msg}");
     assert!(t.elapsed() < Duration::from_secs(4), "the refusal took {:?}", t.elapsed());
@@ -398,7 +429,9 @@ fn same_process_connections() {
     let wal = accounts_db(env.dir.path(), &ks, "wal");
     let holder = open(&tde, &wal);
     let _: i64 = holder.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0)).unwrap();
-    let e = rotation::rekey(&tde, &wal, &RekeyOptions { busy_timeout: Duration::from_millis(300), ..Default::default() }).unwrap_err();
+    let e =
+        rotation::rekey(&tde, &wal, &RekeyOptions { busy_timeout: Duration::from_millis(300), ..Default::default() })
+            .unwrap_err();
     assert!(e.to_string().contains("in use"), "{e}");
     let sum: i64 = holder.query_row("SELECT sum(balance) FROM accounts", [], |r| r.get(0)).unwrap();
     assert_eq!(sum, 100_000);
@@ -430,7 +463,9 @@ fn read_only_file_and_connection_get_clear_errors() {
 
 fn cli(ks: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqlite-tde"));
-    for v in ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_ROOT_KEY_FILE", "SQLITE_TDE_PASSPHRASE", ENV_CRASH_AT] {
+    for v in
+        ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_ROOT_KEY_FILE", "SQLITE_TDE_PASSPHRASE", ENV_CRASH_AT]
+    {
         c.env_remove(v);
     }
     c.arg("--keystore").arg(ks);
@@ -477,7 +512,11 @@ fn cli_ctrl_c_and_resume() {
     assert!(v["rekey_progress"].as_u64().unwrap() > 0);
     let out = cli(&ks).args(["rekey", "--resume"]).arg(&db).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("finished the interrupted rekey"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("finished the interrupted rekey"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let info = cli(&ks).args(["--json", "info"]).arg(&db).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(v["rekey_in_progress"], false);

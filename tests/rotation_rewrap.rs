@@ -91,14 +91,20 @@ fn rewrap_under_load(mode: &str) {
     let a = local.create_key(Some("alias/a"), "a").unwrap().key_id;
     let b = local.create_key(Some("alias/b"), "b").unwrap().key_id;
     let db = accounts_db(env.dir.path(), &ks, mode, "alias/a");
-    let workers: Vec<_> =
-        (0..2).map(|_| child::spawn("child_entry", "worker", &[(KS, &ks), (DB, &db), (SECONDS_VAR, Path::new("8"))])).collect();
+    let workers: Vec<_> = (0..2)
+        .map(|_| child::spawn("child_entry", "worker", &[(KS, &ks), (DB, &db), (SECONDS_VAR, Path::new("8"))]))
+        .collect();
     let tde = tde_for(&ks);
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(400));
     let mut rewraps = 0;
     for target in ["alias/b", "alias/a", "alias/b", "alias/a", "alias/b"] {
-        let r = rotation::rewrap(&tde, &db, &RewrapOptions { key: Some(target.into()), busy_timeout: Duration::from_secs(10) }).unwrap();
+        let r = rotation::rewrap(
+            &tde,
+            &db,
+            &RewrapOptions { key: Some(target.into()), busy_timeout: Duration::from_secs(10) },
+        )
+        .unwrap();
         assert_eq!(r.status, "rewrapped");
         let want = if target == "alias/a" { &a } else { &b };
         assert_eq!(r.key_uri, format!("local:{want}"));
@@ -121,7 +127,11 @@ fn rewrap_under_load(mode: &str) {
         total += p[2].parse::<u64>().unwrap();
     }
     let c = open(&tde, &db);
-    let (sum, logged): (i64, i64) = c.query_row("SELECT (SELECT sum(balance) FROM accounts), (SELECT count(*) FROM log)", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (sum, logged): (i64, i64) = c
+        .query_row("SELECT (SELECT sum(balance) FROM accounts), (SELECT count(*) FROM log)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
     assert_eq!(sum, 100_000);
     assert_eq!(logged as u64, total);
     let ic: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
@@ -179,7 +189,11 @@ fn cli(ks: &Path) -> Command {
 
 fn run(c: &mut Command) -> (bool, String, String) {
     let o = c.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -279,7 +293,13 @@ fn rewrap_never_writes_a_header_that_does_not_open() {
         fn decrypt_data_key(&self, k: &KeyRef, w: &[u8], c: &EncryptionContext) -> Result<DataKey, KmsError> {
             self.0.decrypt_data_key(k, w, c)
         }
-        fn rewrap_data_key(&self, _k: &KeyRef, _w: &[u8], c: &EncryptionContext, t: Option<&str>) -> Result<(Vec<u8>, KeyRef), KmsError> {
+        fn rewrap_data_key(
+            &self,
+            _k: &KeyRef,
+            _w: &[u8],
+            c: &EncryptionContext,
+            t: Option<&str>,
+        ) -> Result<(Vec<u8>, KeyRef), KmsError> {
             let g = self.0.generate_data_key(t.unwrap_or(sqlite_tde::kms::DEFAULT_KEY_ALIAS), c)?;
             Ok((g.wrapped, g.key))
         }
@@ -293,7 +313,8 @@ fn rewrap_never_writes_a_header_that_does_not_open() {
     let db = dir.path().join("l.db");
     tde.open(&db).unwrap().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES(1);").unwrap();
     let before = std::fs::read(&db).unwrap();
-    let e = rotation::rewrap(&tde, &db, &RewrapOptions { key: Some("alias/x".into()), ..Default::default() }).unwrap_err();
+    let e =
+        rotation::rewrap(&tde, &db, &RewrapOptions { key: Some("alias/x".into()), ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("wrong key"), "{e}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }

@@ -6,7 +6,8 @@ fn create_write_reopen_read() {
     let db = env.path("a.db");
     {
         let c = env.tde.open(&db).unwrap();
-        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); INSERT INTO t VALUES('TOPSECRET-hello');").unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); INSERT INTO t VALUES('TOPSECRET-hello');")
+            .unwrap();
     }
     let c = env.tde.open(&db).unwrap();
     let v: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();

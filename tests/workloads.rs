@@ -57,7 +57,8 @@ fn run_mode(mode: &str, page_size: u32) {
     let enc = p.tde.open(&enc_path).unwrap();
     let mut results = Vec::new();
     for c in [&plain, &enc] {
-        c.execute_batch(&format!("PRAGMA page_size={page_size}; PRAGMA journal_mode={mode}; PRAGMA cache_size=50;")).unwrap();
+        c.execute_batch(&format!("PRAGMA page_size={page_size}; PRAGMA journal_mode={mode}; PRAGMA cache_size=50;"))
+            .unwrap();
         populate(c, &marker, 1500);
         mutate(c, &marker);
         let mut s = snapshot(c, &marker);
@@ -79,7 +80,11 @@ fn run_mode(mode: &str, page_size: u32) {
     assert_no_leaks(p.env.dir.path(), &marker);
     let kinds = recorder::KINDS.lock().unwrap().clone();
     // (MEMORY journal mode keeps statement journals in memory by design.)
-    let expected: &[&str] = if mode == "MEMORY" { &["main-db", "temp-db", "transient-db"] } else { &["main-db", "statement-journal", "temp-db", "transient-db"] };
+    let expected: &[&str] = if mode == "MEMORY" {
+        &["main-db", "temp-db", "transient-db"]
+    } else {
+        &["main-db", "statement-journal", "temp-db", "transient-db"]
+    };
     for k in expected.iter().copied() {
         assert!(kinds.contains(&k), "workload never opened a {k}: {kinds:?}");
     }
@@ -142,7 +147,10 @@ fn vacuum_page_size_change_and_vacuum_into() {
     let c = p.tde.open(&db).unwrap();
     assert_eq!(snapshot(&c, marker), after);
     drop(c);
-    assert!(Connection::open(&into).unwrap().query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).is_err());
+    assert!(Connection::open(&into)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+        .is_err());
     assert_no_leaks(p.env.dir.path(), marker);
 }
 
@@ -186,12 +194,18 @@ fn attach_and_cross_database_transaction() {
         other.display()
     ))
     .unwrap();
-    assert_eq!(rows(&main, "SELECT (SELECT x FROM a) || (SELECT y FROM o.b)"), vec![vec![format!("{marker}-a{marker}-b")]]);
+    assert_eq!(
+        rows(&main, "SELECT (SELECT x FROM a) || (SELECT y FROM o.b)"),
+        vec![vec![format!("{marker}-a{marker}-b")]]
+    );
     drop(main);
     let o = p.tde.open(&other).unwrap();
     assert_eq!(rows(&o, "SELECT y FROM b"), vec![vec![format!("{marker}-b")]]);
     drop(o);
-    assert!(recorder::KINDS.lock().unwrap().contains(&"super-journal"), "a multi-database commit writes a super-journal");
+    assert!(
+        recorder::KINDS.lock().unwrap().contains(&"super-journal"),
+        "a multi-database commit writes a super-journal"
+    );
     assert_no_leaks(p.env.dir.path(), marker);
 }
 
@@ -203,7 +217,8 @@ fn two_connections_interleaved_and_mmap_declined() {
     for mode in ["WAL", "DELETE"] {
         let _ = std::fs::remove_file(&db);
         let a = p.tde.open(&db).unwrap();
-        a.execute_batch(&format!("PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")).unwrap();
+        a.execute_batch(&format!("PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);"))
+            .unwrap();
         let b = p.tde.open(&db).unwrap();
         b.execute_batch("PRAGMA mmap_size=268435456;").unwrap();
         b.busy_timeout(std::time::Duration::from_secs(5)).unwrap();

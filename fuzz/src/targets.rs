@@ -124,8 +124,20 @@ pub fn kms_request(data: &[u8]) {
     let name = req.name();
     let read_only = matches!(
         name,
-        "DescribeKey" | "ListKeys" | "ListAliases" | "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" | "Encrypt" | "Decrypt"
-            | "ReEncrypt" | "GetKeyPolicy" | "Lint" | "WhoAmI" | "ListSecrets" | "ListSecretVersions" | "GetSecretValue"
+        "DescribeKey"
+            | "ListKeys"
+            | "ListAliases"
+            | "GenerateDataKey"
+            | "GenerateDataKeyWithoutPlaintext"
+            | "Encrypt"
+            | "Decrypt"
+            | "ReEncrypt"
+            | "GetKeyPolicy"
+            | "Lint"
+            | "WhoAmI"
+            | "ListSecrets"
+            | "ListSecretVersions"
+            | "GetSecretValue"
     );
     if read_only {
         with_kms(|_, kms, _| {
@@ -205,7 +217,8 @@ pub fn vfs_io(data: &[u8]) {
         for op in ops.by_ref().take(64) {
             let off = u64::from(u16::from_le_bytes([op[1], op[2]]));
             let len = (u16::from_le_bytes([op[3], op[4]]) % 2048) as usize;
-            let mut io = EncryptedIo { raw: &mut raw, cipher, domain: Domain::Wal, data_offset: header, scratch: &mut scratch };
+            let mut io =
+                EncryptedIo { raw: &mut raw, cipher, domain: Domain::Wal, data_offset: header, scratch: &mut scratch };
             match op[0] % 3 {
                 0 => {
                     let buf: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(op[0]).wrapping_add(op[1])).collect();

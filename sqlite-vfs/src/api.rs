@@ -157,10 +157,7 @@ impl SqliteApi {
         unsafe {
             Ok(SqliteApi {
                 version_number,
-                vfs_find: std::mem::transmute::<*const c_void, VfsFindFn>(need(
-                    slot::VFS_FIND,
-                    "vfs_find",
-                )?),
+                vfs_find: std::mem::transmute::<*const c_void, VfsFindFn>(need(slot::VFS_FIND, "vfs_find")?),
                 vfs_register: std::mem::transmute::<*const c_void, VfsRegisterFn>(need(
                     slot::VFS_REGISTER,
                     "vfs_register",
@@ -169,17 +166,15 @@ impl SqliteApi {
                     slot::VFS_UNREGISTER,
                     "vfs_unregister",
                 )?),
-                database_file_object: std::mem::transmute::<*const c_void, DatabaseFileObjectFn>(
-                    need(slot::DATABASE_FILE_OBJECT, "database_file_object")?,
-                ),
+                database_file_object: std::mem::transmute::<*const c_void, DatabaseFileObjectFn>(need(
+                    slot::DATABASE_FILE_OBJECT,
+                    "database_file_object",
+                )?),
                 uri_parameter: std::mem::transmute::<*const c_void, UriParameterFn>(need(
                     slot::URI_PARAMETER,
                     "uri_parameter",
                 )?),
-                malloc64: std::mem::transmute::<*const c_void, Malloc64Fn>(need(
-                    slot::MALLOC64,
-                    "malloc64",
-                )?),
+                malloc64: std::mem::transmute::<*const c_void, Malloc64Fn>(need(slot::MALLOC64, "malloc64")?),
                 free: std::mem::transmute::<*const c_void, FreeFn>(need(slot::FREE, "free")?),
                 // Logging is a convenience: a host without it still gets a working VFS.
                 log: {
@@ -294,8 +289,7 @@ impl SqliteApi {
         let Some(log) = self.log else { return };
         // SQLite formats the message with printf; passing it as a `%s` argument keeps any `%`
         // in it literal. Interior NUL bytes would truncate it, so they are replaced.
-        let msg = std::ffi::CString::new(message.replace('\0', "\u{FFFD}"))
-            .expect("NUL bytes were replaced");
+        let msg = std::ffi::CString::new(message.replace('\0', "\u{FFFD}")).expect("NUL bytes were replaced");
         // SAFETY: "%s" consumes exactly one `char *` argument, which is a live NUL-terminated
         // string; sqlite3_log does not keep either pointer after returning.
         unsafe { log(code, c"%s".as_ptr(), msg.as_ptr()) }
@@ -406,14 +400,8 @@ mod tests {
         assert_eq!(routed.version_number, linked.version_number);
         assert!(ptr::fn_addr_eq(routed.vfs_find, linked.vfs_find));
         assert!(ptr::fn_addr_eq(routed.vfs_register, linked.vfs_register));
-        assert!(ptr::fn_addr_eq(
-            routed.vfs_unregister,
-            linked.vfs_unregister
-        ));
-        assert!(ptr::fn_addr_eq(
-            routed.database_file_object,
-            linked.database_file_object
-        ));
+        assert!(ptr::fn_addr_eq(routed.vfs_unregister, linked.vfs_unregister));
+        assert!(ptr::fn_addr_eq(routed.database_file_object, linked.database_file_object));
         assert!(ptr::fn_addr_eq(routed.uri_parameter, linked.uri_parameter));
         assert!(ptr::fn_addr_eq(routed.malloc64, linked.malloc64));
         assert!(ptr::fn_addr_eq(routed.free, linked.free));

@@ -82,17 +82,11 @@ pub struct VfsError {
 impl VfsError {
     /// An error with this code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> VfsError {
-        VfsError {
-            code,
-            message: message.into(),
-        }
+        VfsError { code, message: message.into() }
     }
     /// An error that came from the base VFS with this raw code.
     pub fn from_base(code: i32, what: &str) -> VfsError {
-        VfsError {
-            code: ErrorCode::Raw(code),
-            message: format!("base VFS {what} failed"),
-        }
+        VfsError { code: ErrorCode::Raw(code), message: format!("base VFS {what} failed") }
     }
 }
 

@@ -39,10 +39,7 @@ use libsqlite3_sys as sys;
 use crate::api::SqliteApi;
 use crate::error::{ErrorCode, VfsError, VfsResult};
 use crate::kinds::{DeviceCharacteristics, FileKind, LockLevel, OpenFlags, SyncFlags};
-use crate::{
-    BaseFile, FileControl, FileControlOutcome, OpenRequest, PragmaOutcome, ReadStatus, Shim,
-    ShimFile,
-};
+use crate::{BaseFile, FileControl, FileControlOutcome, OpenRequest, PragmaOutcome, ReadStatus, Shim, ShimFile};
 
 /// Options for registering a shim.
 #[derive(Debug, Clone, Default)]
@@ -106,9 +103,7 @@ pub struct UriHandle<'a> {
 
 impl std::fmt::Debug for UriHandle<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UriHandle")
-            .field("has_uri", &!self.filename.is_null())
-            .finish()
+        f.debug_struct("UriHandle").field("has_uri", &!self.filename.is_null()).finish()
     }
 }
 
@@ -118,11 +113,7 @@ impl<'a> UriHandle<'a> {
     /// `filename` must be null or a database file name made by SQLite's core (the `zName` of an
     /// `SQLITE_OPEN_MAIN_DB` `xOpen`), valid for `'a`.
     unsafe fn new(filename: *const c_char, api: &'a SqliteApi) -> UriHandle<'a> {
-        UriHandle {
-            filename,
-            api,
-            _name: PhantomData,
-        }
+        UriHandle { filename, api, _name: PhantomData }
     }
 
     /// The raw bytes of query parameter `name`, if present.
@@ -154,11 +145,7 @@ impl<'a> UriHandle<'a> {
 /// Fails with [`ErrorCode::Misuse`] when a VFS of that name already exists (SQLite itself would
 /// silently shadow it), when `name` is empty or contains NUL, or when the base VFS is unknown.
 #[cfg(feature = "static")]
-pub fn register_static<S: Shim>(
-    name: &str,
-    shim: S,
-    opts: RegisterOptions,
-) -> VfsResult<RegisteredVfs> {
+pub fn register_static<S: Shim>(name: &str, shim: S, opts: RegisterOptions) -> VfsResult<RegisteredVfs> {
     register(SqliteApi::linked(), name, shim, opts)
 }
 
@@ -185,23 +172,14 @@ pub unsafe fn register_with_api<S: Shim>(
 /// cannot both claim one name. (Code registering VFSes directly with SQLite is not covered.)
 static REGISTER_LOCK: Mutex<()> = Mutex::new(());
 
-fn register<S: Shim>(
-    api: SqliteApi,
-    name: &str,
-    shim: S,
-    opts: RegisterOptions,
-) -> VfsResult<RegisteredVfs> {
+fn register<S: Shim>(api: SqliteApi, name: &str, shim: S, opts: RegisterOptions) -> VfsResult<RegisteredVfs> {
     let misuse = |m: String| VfsError::new(ErrorCode::Misuse, m);
     if name.is_empty() {
         return Err(misuse("VFS name is empty".into()));
     }
-    let c_name =
-        CString::new(name).map_err(|_| misuse(format!("VFS name {name:?} contains NUL")))?;
+    let c_name = CString::new(name).map_err(|_| misuse(format!("VFS name {name:?} contains NUL")))?;
     let c_base = match &opts.base {
-        Some(b) => Some(
-            CString::new(b.as_str())
-                .map_err(|_| misuse(format!("base VFS name {b:?} contains NUL")))?,
-        ),
+        Some(b) => Some(CString::new(b.as_str()).map_err(|_| misuse(format!("base VFS name {b:?} contains NUL")))?),
         None => None,
     };
 
@@ -209,9 +187,7 @@ fn register<S: Shim>(
     let _guard = REGISTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
 
     if !api.vfs_find(Some(&c_name)).is_null() {
-        return Err(misuse(format!(
-            "a VFS named {name:?} is already registered"
-        )));
+        return Err(misuse(format!("a VFS named {name:?} is already registered")));
     }
     let base = NonNull::new(api.vfs_find(c_base.as_deref())).ok_or_else(|| {
         misuse(match &opts.base {
@@ -227,32 +203,19 @@ fn register<S: Shim>(
         String::new()
     } else {
         // SAFETY: a registered VFS's zName is a NUL-terminated string.
-        unsafe { CStr::from_ptr(b.zName) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { CStr::from_ptr(b.zName) }.to_string_lossy().into_owned()
     };
     let version = b.iVersion.min(3);
     if version < 1 {
-        return Err(misuse(format!(
-            "base VFS {base_name:?} has iVersion {}",
-            b.iVersion
-        )));
+        return Err(misuse(format!("base VFS {base_name:?} has iVersion {}", b.iVersion)));
     }
-    let base_size = usize::try_from(b.szOsFile).map_err(|_| {
-        misuse(format!(
-            "base VFS {base_name:?} has szOsFile {}",
-            b.szOsFile
-        ))
-    })?;
-    let sz_os_file = c_int::try_from(base_offset::<S>() + base_size)
-        .map_err(|_| misuse("file object size overflows".into()))?;
+    let base_size = usize::try_from(b.szOsFile)
+        .map_err(|_| misuse(format!("base VFS {base_name:?} has szOsFile {}", b.szOsFile)))?;
+    let sz_os_file =
+        c_int::try_from(base_offset::<S>() + base_size).map_err(|_| misuse("file object size overflows".into()))?;
 
     let reg = Box::into_raw(Box::new(Registration {
-        common: Common {
-            api,
-            base: base.as_ptr(),
-            name: c_name,
-        },
+        common: Common { api, base: base.as_ptr(), name: c_name },
         io_methods: [io_methods::<S>(1), io_methods::<S>(2), io_methods::<S>(3)],
         shim,
     }));
@@ -278,14 +241,10 @@ fn register<S: Shim>(
         xSleep: Some(x_sleep),
         xCurrentTime: Some(x_current_time),
         xGetLastError: Some(x_get_last_error),
-        xCurrentTimeInt64: (version >= 2 && b.xCurrentTimeInt64.is_some())
-            .then_some(x_current_time_int64 as _),
-        xSetSystemCall: (version >= 3 && b.xSetSystemCall.is_some())
-            .then_some(x_set_system_call as _),
-        xGetSystemCall: (version >= 3 && b.xGetSystemCall.is_some())
-            .then_some(x_get_system_call as _),
-        xNextSystemCall: (version >= 3 && b.xNextSystemCall.is_some())
-            .then_some(x_next_system_call as _),
+        xCurrentTimeInt64: (version >= 2 && b.xCurrentTimeInt64.is_some()).then_some(x_current_time_int64 as _),
+        xSetSystemCall: (version >= 3 && b.xSetSystemCall.is_some()).then_some(x_set_system_call as _),
+        xGetSystemCall: (version >= 3 && b.xGetSystemCall.is_some()).then_some(x_get_system_call as _),
+        xNextSystemCall: (version >= 3 && b.xNextSystemCall.is_some()).then_some(x_next_system_call as _),
     }));
     // SAFETY: `vfs` is fully initialised, heap-allocated and never freed or mutated by us once
     // registered; its zName and pAppData point into the leaked registration.
@@ -350,10 +309,7 @@ const FILE_ALIGN: usize = 8;
 /// Offset of the base file inside our file object.
 const fn base_offset<S: Shim>() -> usize {
     const {
-        assert!(
-            align_of::<FileHeader<S>>() <= FILE_ALIGN,
-            "FileHeader over-aligned"
-        );
+        assert!(align_of::<FileHeader<S>>() <= FILE_ALIGN, "FileHeader over-aligned");
     }
     size_of::<FileHeader<S>>().next_multiple_of(FILE_ALIGN)
 }
@@ -417,10 +373,7 @@ unsafe fn header<'a, S: Shim>(file: *mut sys::sqlite3_file) -> &'a mut FileHeade
 
 impl Common {
     fn log(&self, code: c_int, what: &str, message: &str) {
-        self.api.log(
-            code,
-            &format!("vfs {}: {what}: {message}", self.name.to_string_lossy()),
-        );
+        self.api.log(code, &format!("vfs {}: {what}: {message}", self.name.to_string_lossy()));
     }
 
     /// Map a shim result to a result code, logging errors (except busy/locked, which are normal
@@ -452,11 +405,7 @@ fn guard<R>(common: &Common, what: &str, on_panic: R, f: impl FnOnce() -> R) -> 
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => (r, false),
         Err(payload) => {
-            common.log(
-                sys::SQLITE_IOERR,
-                what,
-                &format!("panic: {}", panic_message(&*payload)),
-            );
+            common.log(sys::SQLITE_IOERR, what, &format!("panic: {}", panic_message(&*payload)));
             // A payload's destructor may itself panic; that must not escape either.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
             (on_panic, true)
@@ -528,12 +477,7 @@ unsafe impl Sync for BaseCell {}
 
 impl BaseCell {
     fn new(file: NonNull<sys::sqlite3_file>) -> BaseCell {
-        BaseCell {
-            state: Mutex::new(CellState {
-                file: Some(file),
-                sqlite_lock: LockLevel::None,
-            }),
-        }
+        BaseCell { state: Mutex::new(CellState { file: Some(file), sqlite_lock: LockLevel::None }) }
     }
 
     /// Lock the cell. Poisoning is ignored: nothing that runs under the lock can leave the
@@ -543,10 +487,7 @@ impl BaseCell {
     }
 
     /// Run `f` with the open base file and its methods; `None` once it is closed.
-    fn with<R>(
-        &self,
-        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R,
-    ) -> Option<R> {
+    fn with<R>(&self, f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R) -> Option<R> {
         self.state().call(f)
     }
 
@@ -573,10 +514,7 @@ impl BaseCell {
 impl CellState {
     /// Run `f` with the open base file and its methods; `None` once it is closed. Callers hold
     /// the cell's mutex (a `CellState` is only reachable through its guard).
-    fn call<R>(
-        &self,
-        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R,
-    ) -> Option<R> {
+    fn call<R>(&self, f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R) -> Option<R> {
         let file = self.file?.as_ptr();
         // SAFETY: the slot holds the pointer and the mutex is held, so the base file is open and
         // its memory live (see the `Send` impl of `BaseCell`); pMethods of an open file points
@@ -588,11 +526,7 @@ impl CellState {
 
 impl<S: Shim> FileHeader<S> {
     /// Run `f` with the open base file and its methods, or return `closed`.
-    fn with_base<R>(
-        &self,
-        closed: R,
-        f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R,
-    ) -> R {
+    fn with_base<R>(&self, closed: R, f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> R) -> R {
         match self.base.as_deref().and_then(|cell| cell.with(f)) {
             Some(r) => r,
             None => closed,
@@ -611,12 +545,9 @@ impl BaseFile {
         what: &str,
         f: impl FnOnce(*mut sys::sqlite3_file, &sys::sqlite3_io_methods) -> VfsResult<R>,
     ) -> VfsResult<R> {
-        self.cell.with(f).unwrap_or_else(|| {
-            Err(VfsError::new(
-                ErrorCode::Io,
-                format!("{what}: the base file is already closed"),
-            ))
-        })
+        self.cell
+            .with(f)
+            .unwrap_or_else(|| Err(VfsError::new(ErrorCode::Io, format!("{what}: the base file is already closed"))))
     }
 
     /// Read `buf.len()` bytes at `offset` from the base file. A read past the end of the file
@@ -727,10 +658,7 @@ impl BaseFile {
     /// is released with SQLite's own next unlock.
     pub fn unlock(&mut self, level: LockLevel) -> VfsResult<()> {
         if level > LockLevel::Shared {
-            return Err(VfsError::new(
-                ErrorCode::Misuse,
-                format!("unlock to {level:?}: only Shared or None"),
-            ));
+            return Err(VfsError::new(ErrorCode::Misuse, format!("unlock to {level:?}: only Shared or None")));
         }
         let state = self.cell.state();
         if state.sqlite_lock > LockLevel::Shared {
@@ -743,12 +671,7 @@ impl BaseFile {
                 // SAFETY: `file` is the open base file; `target` is NONE or SHARED.
                 base_result(unsafe { x_unlock(file, target.raw()) }, "unlock")
             })
-            .unwrap_or_else(|| {
-                Err(VfsError::new(
-                    ErrorCode::Io,
-                    "unlock: the base file is already closed",
-                ))
-            })
+            .unwrap_or_else(|| Err(VfsError::new(ErrorCode::Io, "unlock: the base file is already closed")))
     }
 }
 
@@ -757,8 +680,7 @@ fn len_to_c_int(len: usize, what: &str) -> VfsResult<c_int> {
 }
 
 fn offset_to_i64(offset: u64, what: &str) -> VfsResult<i64> {
-    i64::try_from(offset)
-        .map_err(|_| VfsError::new(ErrorCode::Io, format!("{what} at offset {offset}")))
+    i64::try_from(offset).map_err(|_| VfsError::new(ErrorCode::Io, format!("{what} at offset {offset}")))
 }
 
 fn missing(method: &str) -> VfsError {
@@ -802,14 +724,9 @@ unsafe extern "C" fn x_open<S: Shim>(
     // dropping the previous contents. pMethods stays null until the open has succeeded, which
     // tells SQLite not to call xClose on failure.
     let base = unsafe {
-        let base = file
-            .cast::<u8>()
-            .add(base_offset::<S>())
-            .cast::<sys::sqlite3_file>();
+        let base = file.cast::<u8>().add(base_offset::<S>()).cast::<sys::sqlite3_file>();
         hdr.write(FileHeader {
-            file: sys::sqlite3_file {
-                pMethods: ptr::null(),
-            },
+            file: sys::sqlite3_file { pMethods: ptr::null() },
             reg: ptr::from_ref(reg),
             shim: ptr::null_mut(),
             base: None,
@@ -895,10 +812,7 @@ unsafe fn open_file<S: Shim>(
     // Decode before touching the file system: an open we cannot classify is refused, never
     // guessed (a guess could, e.g., write a main-db page unencrypted as "temp data").
     let kind = FileKind::from_open_flags(flags).ok_or_else(|| {
-        VfsError::new(
-            ErrorCode::CantOpen,
-            format!("open flags {flags:#x} carry no single known file-type bit"),
-        )
+        VfsError::new(ErrorCode::CantOpen, format!("open flags {flags:#x} carry no single known file-type bit"))
     })?;
     let path = if z_name.is_null() {
         None
@@ -906,12 +820,10 @@ unsafe fn open_file<S: Shim>(
         // SAFETY: a non-null zName is a NUL-terminated string that SQLite keeps alive at least
         // until the file is closed (and so for this call).
         let name = unsafe { CStr::from_ptr(z_name) };
-        Some(name.to_str().map_err(|_| {
-            VfsError::new(
-                ErrorCode::CantOpen,
-                format!("file name {name:?} is not UTF-8"),
-            )
-        })?)
+        Some(
+            name.to_str()
+                .map_err(|_| VfsError::new(ErrorCode::CantOpen, format!("file name {name:?} is not UTF-8")))?,
+        )
     };
 
     let base_vfs = reg.common.base;
@@ -941,11 +853,7 @@ unsafe fn open_file<S: Shim>(
     } else {
         None
     };
-    let uri_name = if kind == FileKind::MainDb {
-        z_name
-    } else {
-        ptr::null()
-    };
+    let uri_name = if kind == FileKind::MainDb { z_name } else { ptr::null() };
     let req = OpenRequest {
         path,
         kind,
@@ -971,10 +879,7 @@ unsafe fn open_file<S: Shim>(
 /// # Safety
 ///
 /// `z_name` must be the name SQLite's pager passed to xOpen for a main-journal or WAL open.
-unsafe fn linked_main_db<S: Shim>(
-    reg: &Registration<S>,
-    z_name: *const c_char,
-) -> Option<&S::File> {
+unsafe fn linked_main_db<S: Shim>(reg: &Registration<S>, z_name: *const c_char) -> Option<&S::File> {
     // SAFETY: forwarded contract; the result is the pager's main database file object.
     let db = unsafe { reg.common.api.database_file_object(z_name) };
     if db.is_null() {
@@ -1002,11 +907,7 @@ unsafe fn linked_main_db<S: Shim>(
     }
 }
 
-unsafe extern "C" fn x_delete<S: Shim>(
-    vfs: *mut sys::sqlite3_vfs,
-    z_name: *const c_char,
-    sync_dir: c_int,
-) -> c_int {
+unsafe extern "C" fn x_delete<S: Shim>(vfs: *mut sys::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
     // SAFETY: SQLite calls xDelete with the VFS it was registered as.
     let reg = unsafe { registration::<S>(vfs) };
     if z_name.is_null() {
@@ -1015,11 +916,7 @@ unsafe extern "C" fn x_delete<S: Shim>(
     // SAFETY: zName is a NUL-terminated path, valid for the call.
     let name = unsafe { CStr::from_ptr(z_name) };
     let Ok(path) = name.to_str() else {
-        reg.common.log(
-            sys::SQLITE_IOERR_DELETE,
-            "delete",
-            &format!("{name:?} is not UTF-8"),
-        );
+        reg.common.log(sys::SQLITE_IOERR_DELETE, "delete", &format!("{name:?} is not UTF-8"));
         return sys::SQLITE_IOERR_DELETE;
     };
     let (rc, _) = guard(&reg.common, "delete", sys::SQLITE_IOERR_DELETE, || {
@@ -1099,11 +996,7 @@ unsafe extern "C" fn x_dl_error(vfs: *mut sys::sqlite3_vfs, n: c_int, z: *mut c_
 
 type DlSymResult = Option<unsafe extern "C" fn(*mut sys::sqlite3_vfs, *mut c_void, *const c_char)>;
 
-unsafe extern "C" fn x_dl_sym(
-    vfs: *mut sys::sqlite3_vfs,
-    handle: *mut c_void,
-    z: *const c_char,
-) -> DlSymResult {
+unsafe extern "C" fn x_dl_sym(vfs: *mut sys::sqlite3_vfs, handle: *mut c_void, z: *const c_char) -> DlSymResult {
     // SAFETY: see the comment above the forwarding trampolines.
     unsafe {
         let b = common(vfs).base;
@@ -1157,11 +1050,7 @@ unsafe extern "C" fn x_current_time(vfs: *mut sys::sqlite3_vfs, out: *mut f64) -
     }
 }
 
-unsafe extern "C" fn x_get_last_error(
-    vfs: *mut sys::sqlite3_vfs,
-    n: c_int,
-    z: *mut c_char,
-) -> c_int {
+unsafe extern "C" fn x_get_last_error(vfs: *mut sys::sqlite3_vfs, n: c_int, z: *mut c_char) -> c_int {
     // SAFETY: see the comment above the forwarding trampolines.
     unsafe {
         let b = common(vfs).base;
@@ -1200,10 +1089,7 @@ unsafe extern "C" fn x_set_system_call(
     }
 }
 
-unsafe extern "C" fn x_get_system_call(
-    vfs: *mut sys::sqlite3_vfs,
-    z: *const c_char,
-) -> sys::sqlite3_syscall_ptr {
+unsafe extern "C" fn x_get_system_call(vfs: *mut sys::sqlite3_vfs, z: *const c_char) -> sys::sqlite3_syscall_ptr {
     // SAFETY: see the comment above the forwarding trampolines; only installed for a base with
     // iVersion >= 3 that has the method.
     unsafe {
@@ -1215,10 +1101,7 @@ unsafe extern "C" fn x_get_system_call(
     }
 }
 
-unsafe extern "C" fn x_next_system_call(
-    vfs: *mut sys::sqlite3_vfs,
-    z: *const c_char,
-) -> *const c_char {
+unsafe extern "C" fn x_next_system_call(vfs: *mut sys::sqlite3_vfs, z: *const c_char) -> *const c_char {
     // SAFETY: see the comment above the forwarding trampolines; only installed for a base with
     // iVersion >= 3 that has the method.
     unsafe {
@@ -1251,10 +1134,7 @@ unsafe extern "C" fn x_close<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
     let mut shim = (!shim_ptr.is_null()).then(|| unsafe { Box::from_raw(shim_ptr) });
     if let Some(s) = shim.as_mut() {
         if !hdr.poisoned {
-            rc = guard(common, "close", sys::SQLITE_IOERR_CLOSE, || {
-                common.code("close", s.close())
-            })
-            .0;
+            rc = guard(common, "close", sys::SQLITE_IOERR_CLOSE, || common.code("close", s.close())).0;
         }
     }
     // Close the base file. Any BaseFile the shim still holds fails from now on instead of
@@ -1298,12 +1178,10 @@ unsafe extern "C" fn x_read<S: Shim>(
     };
     // SAFETY: see the comment above the I/O trampolines.
     unsafe {
-        with_shim::<S, _>(file, "read", sys::SQLITE_IOERR_READ, |f, c| {
-            match f.read(buf, offset) {
-                Ok(ReadStatus::Full) => sys::SQLITE_OK,
-                Ok(ReadStatus::Short) => sys::SQLITE_IOERR_SHORT_READ,
-                Err(e) => c.code("read", Err(e)),
-            }
+        with_shim::<S, _>(file, "read", sys::SQLITE_IOERR_READ, |f, c| match f.read(buf, offset) {
+            Ok(ReadStatus::Full) => sys::SQLITE_OK,
+            Ok(ReadStatus::Short) => sys::SQLITE_IOERR_SHORT_READ,
+            Err(e) => c.code("read", Err(e)),
         })
     }
 }
@@ -1327,47 +1205,31 @@ unsafe extern "C" fn x_write<S: Shim>(
         unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
     };
     // SAFETY: see the comment above the I/O trampolines.
-    unsafe {
-        with_shim::<S, _>(file, "write", sys::SQLITE_IOERR_WRITE, |f, c| {
-            c.code("write", f.write(data, offset))
-        })
-    }
+    unsafe { with_shim::<S, _>(file, "write", sys::SQLITE_IOERR_WRITE, |f, c| c.code("write", f.write(data, offset))) }
 }
 
-unsafe extern "C" fn x_truncate<S: Shim>(
-    file: *mut sys::sqlite3_file,
-    size: sys::sqlite3_int64,
-) -> c_int {
+unsafe extern "C" fn x_truncate<S: Shim>(file: *mut sys::sqlite3_file, size: sys::sqlite3_int64) -> c_int {
     let Ok(size) = u64::try_from(size) else {
         return sys::SQLITE_IOERR_TRUNCATE;
     };
     // SAFETY: see the comment above the I/O trampolines.
     unsafe {
-        with_shim::<S, _>(file, "truncate", sys::SQLITE_IOERR_TRUNCATE, |f, c| {
-            c.code("truncate", f.truncate(size))
-        })
+        with_shim::<S, _>(file, "truncate", sys::SQLITE_IOERR_TRUNCATE, |f, c| c.code("truncate", f.truncate(size)))
     }
 }
 
 unsafe extern "C" fn x_sync<S: Shim>(file: *mut sys::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
-    unsafe {
-        with_shim::<S, _>(file, "sync", sys::SQLITE_IOERR_FSYNC, |f, c| {
-            c.code("sync", f.sync(SyncFlags(flags)))
-        })
-    }
+    unsafe { with_shim::<S, _>(file, "sync", sys::SQLITE_IOERR_FSYNC, |f, c| c.code("sync", f.sync(SyncFlags(flags)))) }
 }
 
-unsafe extern "C" fn x_file_size<S: Shim>(
-    file: *mut sys::sqlite3_file,
-    out: *mut sys::sqlite3_int64,
-) -> c_int {
+unsafe extern "C" fn x_file_size<S: Shim>(file: *mut sys::sqlite3_file, out: *mut sys::sqlite3_int64) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
     unsafe {
         with_shim::<S, _>(file, "file size", sys::SQLITE_IOERR_FSTAT, |f, c| {
-            let size = f.file_size().and_then(|s| {
-                i64::try_from(s).map_err(|_| VfsError::new(ErrorCode::Fstat, "size overflows i64"))
-            });
+            let size = f
+                .file_size()
+                .and_then(|s| i64::try_from(s).map_err(|_| VfsError::new(ErrorCode::Fstat, "size overflows i64")));
             match size {
                 Ok(s) => {
                     // SAFETY: SQLite passes a valid out-pointer.
@@ -1422,9 +1284,7 @@ unsafe extern "C" fn x_lock<S: Shim>(file: *mut sys::sqlite3_file, level: c_int)
     // The cell is unlocked while the shim runs: it may use its BaseFile.
     // SAFETY: see the comment above the I/O trampolines.
     let rc = unsafe {
-        with_shim::<S, _>(file, "lock", sys::SQLITE_IOERR_LOCK, |f, c| {
-            c.code("lock", f.after_lock_change(new))
-        })
+        with_shim::<S, _>(file, "lock", sys::SQLITE_IOERR_LOCK, |f, c| c.code("lock", f.after_lock_change(new)))
     };
     if rc != sys::SQLITE_OK {
         let mut state = cell.state();
@@ -1471,17 +1331,10 @@ unsafe extern "C" fn x_unlock<S: Shim>(file: *mut sys::sqlite3_file, level: c_in
     }
     // SAFETY: see the comment above the I/O trampolines. A poisoned file returns OK here: the
     // base lock was released, and that is all SQLite asked for.
-    unsafe {
-        with_shim::<S, _>(file, "unlock", sys::SQLITE_OK, |f, c| {
-            c.code("unlock", f.after_lock_change(new))
-        })
-    }
+    unsafe { with_shim::<S, _>(file, "unlock", sys::SQLITE_OK, |f, c| c.code("unlock", f.after_lock_change(new))) }
 }
 
-unsafe extern "C" fn x_check_reserved_lock<S: Shim>(
-    file: *mut sys::sqlite3_file,
-    out: *mut c_int,
-) -> c_int {
+unsafe extern "C" fn x_check_reserved_lock<S: Shim>(file: *mut sys::sqlite3_file, out: *mut c_int) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
     let hdr = unsafe { header::<S>(file) };
     hdr.with_base(sys::SQLITE_IOERR_CHECKRESERVEDLOCK, |base, m| {
@@ -1498,11 +1351,7 @@ unsafe extern "C" fn x_check_reserved_lock<S: Shim>(
 /// # Safety
 ///
 /// As for the I/O trampolines; `arg` is the argument SQLite passed with `op`.
-unsafe fn forward_file_control<S: Shim>(
-    file: *mut sys::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
+unsafe fn forward_file_control<S: Shim>(file: *mut sys::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
     let hdr = unsafe { header::<S>(file) };
     hdr.with_base(sys::SQLITE_NOTFOUND, |base, m| match m.xFileControl {
@@ -1513,11 +1362,7 @@ unsafe fn forward_file_control<S: Shim>(
     })
 }
 
-unsafe extern "C" fn x_file_control<S: Shim>(
-    file: *mut sys::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
+unsafe extern "C" fn x_file_control<S: Shim>(file: *mut sys::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     // SAFETY: see the comment above the I/O trampolines; the registration outlives every file.
     let common = unsafe { &(*header::<S>(file).reg).common };
     match op {
@@ -1554,8 +1399,7 @@ unsafe extern "C" fn x_file_control<S: Shim>(
         }
         sys::SQLITE_FCNTL_MMAP_SIZE => {
             // SAFETY: see the comment above the I/O trampolines.
-            let allow =
-                unsafe { with_shim::<S, _>(file, "file control", false, |f, _| f.allow_mmap()) };
+            let allow = unsafe { with_shim::<S, _>(file, "file control", false, |f, _| f.allow_mmap()) };
             if allow {
                 // SAFETY: forwarding SQLite's argument to the open base file.
                 unsafe { forward_file_control::<S>(file, op, arg) }
@@ -1574,28 +1418,19 @@ unsafe extern "C" fn x_file_control<S: Shim>(
             // checked before reading.
             let control = unsafe {
                 match op {
-                    sys::SQLITE_FCNTL_SIZE_HINT if !arg.is_null() => {
-                        FileControl::SizeHint(*arg.cast::<i64>())
-                    }
-                    sys::SQLITE_FCNTL_CHUNK_SIZE if !arg.is_null() => {
-                        FileControl::ChunkSize(*arg.cast::<c_int>())
-                    }
+                    sys::SQLITE_FCNTL_SIZE_HINT if !arg.is_null() => FileControl::SizeHint(*arg.cast::<i64>()),
+                    sys::SQLITE_FCNTL_CHUNK_SIZE if !arg.is_null() => FileControl::ChunkSize(*arg.cast::<c_int>()),
                     sys::SQLITE_FCNTL_CKPT_START => FileControl::CheckpointStart,
                     sys::SQLITE_FCNTL_CKPT_DONE => FileControl::CheckpointDone,
                     op => FileControl::Other(op),
                 }
             };
             // SAFETY: see the comment above the I/O trampolines.
-            let outcome = unsafe {
-                with_shim::<S, _>(file, "file control", None, |f, _| {
-                    Some(f.file_control(control))
-                })
-            };
+            let outcome =
+                unsafe { with_shim::<S, _>(file, "file control", None, |f, _| Some(f.file_control(control))) };
             match outcome {
                 // SAFETY: forwarding SQLite's argument unchanged to the open base file.
-                Some(FileControlOutcome::Forward) => unsafe {
-                    forward_file_control::<S>(file, op, arg)
-                },
+                Some(FileControlOutcome::Forward) => unsafe { forward_file_control::<S>(file, op, arg) },
                 Some(FileControlOutcome::NotFound) => sys::SQLITE_NOTFOUND,
                 Some(FileControlOutcome::Done(r)) => common.code("file control", r),
                 None => sys::SQLITE_IOERR,
@@ -1625,10 +1460,7 @@ unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) ->
         if name.is_null() {
             return sys::SQLITE_NOTFOUND;
         }
-        (
-            CStr::from_ptr(name).to_str(),
-            (!value.is_null()).then(|| CStr::from_ptr(value).to_str()),
-        )
+        (CStr::from_ptr(name).to_str(), (!value.is_null()).then(|| CStr::from_ptr(value).to_str()))
     };
     // Shims only answer UTF-8 pragmas; anything else belongs to whatever is below (or SQLite).
     let (Ok(name), Ok(value)) = (name, value.transpose()) else {
@@ -1638,8 +1470,7 @@ unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) ->
     // Pragma names are case-insensitive in SQL; SQLite passes them as written.
     let name = name.to_ascii_lowercase();
     // SAFETY: see the comment above the I/O trampolines.
-    let outcome =
-        unsafe { with_shim::<S, _>(file, "pragma", None, |f, _| Some(f.pragma(&name, value))) };
+    let outcome = unsafe { with_shim::<S, _>(file, "pragma", None, |f, _| Some(f.pragma(&name, value))) };
     let set_message = |text: &str| -> bool {
         let p = common.api.alloc_cstring(text);
         // SAFETY: az[0] is SQLite's out-slot (null on entry); SQLite frees it with sqlite3_free.
@@ -1669,10 +1500,7 @@ unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) ->
             }
         }
         None => {
-            set_message(&format!(
-                "vfs {}: pragma {name} failed",
-                common.name.to_string_lossy()
-            ));
+            set_message(&format!("vfs {}: pragma {name} failed", common.name.to_string_lossy()));
             sys::SQLITE_IOERR
         }
     }
@@ -1680,8 +1508,7 @@ unsafe fn pragma<S: Shim>(file: *mut sys::sqlite3_file, az: *mut *mut c_char) ->
 
 unsafe extern "C" fn x_sector_size<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
-    let size =
-        unsafe { with_shim::<S, _>(file, "sector size", None, |f, _| Some(f.sector_size())) };
+    let size = unsafe { with_shim::<S, _>(file, "sector size", None, |f, _| Some(f.sector_size())) };
     match size {
         Some(s) => c_int::try_from(s).unwrap_or(c_int::MAX),
         // Poisoned (or panicked): report the base's value, which is what SQLite would use
@@ -1701,11 +1528,7 @@ unsafe extern "C" fn x_sector_size<S: Shim>(file: *mut sys::sqlite3_file) -> c_i
 unsafe extern "C" fn x_device_characteristics<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
     // SAFETY: see the comment above the I/O trampolines. A poisoned file promises nothing (0):
     // no atomic writes, no powersafe overwrite, the most conservative answer.
-    unsafe {
-        with_shim::<S, _>(file, "device characteristics", 0, |f, _| {
-            f.device_characteristics().0
-        })
-    }
+    unsafe { with_shim::<S, _>(file, "device characteristics", 0, |f, _| f.device_characteristics().0) }
 }
 
 // Shared memory (the WAL index) is not file content: it is forwarded to the base file as is,
@@ -1728,12 +1551,7 @@ unsafe extern "C" fn x_shm_map<S: Shim>(
     })
 }
 
-unsafe extern "C" fn x_shm_lock<S: Shim>(
-    file: *mut sys::sqlite3_file,
-    offset: c_int,
-    n: c_int,
-    flags: c_int,
-) -> c_int {
+unsafe extern "C" fn x_shm_lock<S: Shim>(file: *mut sys::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
     let hdr = unsafe { header::<S>(file) };
     hdr.with_base(sys::SQLITE_IOERR_SHMLOCK, |base, m| match m.xShmLock {
@@ -1818,12 +1636,8 @@ mod tests {
     /// leaves pMethods null so that SQLite will not call xClose.
     #[test]
     fn open_without_file_type_is_refused() {
-        let vfs = register_static(
-            "sqlite-vfs-unit-no-type",
-            PassThrough::default(),
-            RegisterOptions::default(),
-        )
-        .unwrap();
+        let vfs =
+            register_static("sqlite-vfs-unit-no-type", PassThrough::default(), RegisterOptions::default()).unwrap();
         let v = vfs.as_ptr();
         // SAFETY: `v` is the registered VFS; the buffer is szOsFile bytes, 8-byte aligned (u64
         // storage); the name is a NUL-terminated path. The open is expected to fail, so no
@@ -1846,16 +1660,12 @@ mod tests {
         let name = "sqlite-vfs-unit-dup";
         let first = register_static(name, PassThrough::default(), RegisterOptions::default());
         assert!(first.is_ok());
-        let err =
-            register_static(name, PassThrough::default(), RegisterOptions::default()).unwrap_err();
+        let err = register_static(name, PassThrough::default(), RegisterOptions::default()).unwrap_err();
         assert_eq!(err.code, ErrorCode::Misuse);
         let err = register_static(
             "sqlite-vfs-unit-nobase",
             PassThrough::default(),
-            RegisterOptions {
-                base: Some("no-such-vfs".into()),
-                make_default: false,
-            },
+            RegisterOptions { base: Some("no-such-vfs".into()), make_default: false },
         )
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::Misuse);

@@ -54,10 +54,7 @@ impl FileKind {
 
     /// Files that never outlive the connection that made them.
     pub fn is_temporary(self) -> bool {
-        matches!(
-            self,
-            FileKind::SubJournal | FileKind::TempDb | FileKind::TempJournal | FileKind::TransientDb
-        )
+        matches!(self, FileKind::SubJournal | FileKind::TempDb | FileKind::TempJournal | FileKind::TransientDb)
     }
 
     /// Files that belong to (and must be readable with the key of) a persistent main database.

@@ -133,12 +133,7 @@ pub trait Shim: Send + Sync + 'static {
     /// connection (linked with `sqlite3_database_file_object`), when it belongs to this shim.
     ///
     /// Returning an error closes the base file and fails the open; nothing else happens.
-    fn open(
-        &self,
-        req: &OpenRequest<'_>,
-        base: BaseFile,
-        main_db: Option<&Self::File>,
-    ) -> VfsResult<Self::File>;
+    fn open(&self, req: &OpenRequest<'_>, base: BaseFile, main_db: Option<&Self::File>) -> VfsResult<Self::File>;
 
     /// Called for `xDelete` before the base deletes the file. Default: nothing to do.
     fn before_delete(&self, _path: &str) -> VfsResult<()> {

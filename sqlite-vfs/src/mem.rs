@@ -46,7 +46,15 @@ pub fn disable_core_dumps() -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory of ours.
-        let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_DUMPABLE,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
         if rc == 0 {
             Ok(())
         } else {

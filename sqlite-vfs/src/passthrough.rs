@@ -15,8 +15,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
-    BaseFile, FileKind, LockLevel, OpenRequest, PragmaOutcome, ReadStatus, Shim, ShimFile,
-    SyncFlags, VfsResult,
+    BaseFile, FileKind, LockLevel, OpenRequest, PragmaOutcome, ReadStatus, Shim, ShimFile, SyncFlags, VfsResult,
 };
 
 /// Behaviour switches of [`PassThrough`].
@@ -127,10 +126,7 @@ pub struct PassThrough {
 impl PassThrough {
     /// A pass-through shim with the given configuration and fresh statistics.
     pub fn new(config: PassThroughConfig) -> PassThrough {
-        PassThrough {
-            config,
-            stats: Arc::default(),
-        }
+        PassThrough { config, stats: Arc::default() }
     }
 
     /// The shared statistics (keep a clone before registering the shim).
@@ -179,13 +175,7 @@ impl PassThroughFile {
             IoOp::Truncate => {}
         }
         if self.config.record_io {
-            s.io.push(IoRecord {
-                kind: self.kind,
-                path: self.path.clone(),
-                op,
-                offset,
-                len,
-            });
+            s.io.push(IoRecord { kind: self.kind, path: self.path.clone(), op, offset, len });
         }
     }
 }
@@ -208,11 +198,7 @@ impl Shim for PassThrough {
                     None => s.unlinked_opens += 1,
                     Some(db) => {
                         // SQLite names them "<db>-journal" and "<db>-wal" (without 8.3 names).
-                        let suffix = if req.kind == FileKind::Wal {
-                            "-wal"
-                        } else {
-                            "-journal"
-                        };
+                        let suffix = if req.kind == FileKind::Wal { "-wal" } else { "-journal" };
                         let expected = db.path.as_ref().map(|p| format!("{p}{suffix}"));
                         if db.kind == FileKind::MainDb && expected == path {
                             s.linked_opens += 1;
@@ -223,13 +209,7 @@ impl Shim for PassThrough {
                 }
             }
         }
-        Ok(PassThroughFile {
-            base,
-            kind: req.kind,
-            path,
-            config: self.config,
-            stats: Arc::clone(&self.stats),
-        })
+        Ok(PassThroughFile { base, kind: req.kind, path, config: self.config, stats: Arc::clone(&self.stats) })
     }
 
     fn before_delete(&self, _path: &str) -> VfsResult<()> {
@@ -274,9 +254,7 @@ impl ShimFile for PassThroughFile {
     fn pragma(&mut self, name: &str, value: Option<&str>) -> PragmaOutcome {
         match name {
             "passthrough_stats" => PragmaOutcome::Handled(Some(lock(&self.stats).summary())),
-            "passthrough_fail" => {
-                PragmaOutcome::Failed(value.unwrap_or("passthrough_fail").to_owned())
-            }
+            "passthrough_fail" => PragmaOutcome::Failed(value.unwrap_or("passthrough_fail").to_owned()),
             _ => PragmaOutcome::NotFound,
         }
     }

@@ -11,27 +11,15 @@ use sqlite_vfs::FileKind;
 const PS: u64 = 4096;
 
 fn recording(tag: &str) -> Vfs {
-    passthrough(
-        tag,
-        PassThroughConfig {
-            allow_mmap: false,
-            record_io: true,
-        },
-    )
+    passthrough(tag, PassThroughConfig { allow_mmap: false, record_io: true })
 }
 
 fn io_of(vfs: &Vfs, kind: FileKind, op: IoOp) -> Vec<IoRecord> {
-    vfs.stats()
-        .io
-        .iter()
-        .filter(|r| r.kind == kind && r.op == op)
-        .cloned()
-        .collect()
+    vfs.stats().io.iter().filter(|r| r.kind == kind && r.op == op).cloned().collect()
 }
 
 fn exec(conn: &rusqlite::Connection, sql: &str) {
-    conn.execute_batch(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.execute_batch(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Main database: whole aligned pages, except two small header reads.
@@ -42,10 +30,7 @@ fn check_main_db(vfs: &Vfs) {
     let reads = io_of(vfs, FileKind::MainDb, IoOp::Read);
     for r in &reads {
         let header = (r.offset, r.len) == (0, 100) || (r.offset, r.len) == (24, 16);
-        assert!(
-            header || (r.len == PS && r.offset % PS == 0),
-            "main-db read {r:?}"
-        );
+        assert!(header || (r.len == PS && r.offset % PS == 0), "main-db read {r:?}");
     }
     // 100 bytes at 0 when the b-tree opens; 16 bytes at 24 (change counter) per transaction.
     assert!(reads.iter().any(|r| (r.offset, r.len) == (0, 100)));
@@ -61,10 +46,7 @@ fn rollback_journal() {
     exec(&conn, "PRAGMA journal_mode=PERSIST; PRAGMA cache_size=10;");
     exec(&conn, &fill_sql("t", 1500));
     exec(&conn, "BEGIN; UPDATE t SET grp = grp + 1; COMMIT;");
-    exec(
-        &conn,
-        "BEGIN; UPDATE t SET payload = zeroblob(10); ROLLBACK;",
-    );
+    exec(&conn, "BEGIN; UPDATE t SET payload = zeroblob(10); ROLLBACK;");
     drop(conn);
     let conn = open(&path, Some(vfs.name()));
     exec(&conn, "UPDATE t SET grp = 0 WHERE id = 1;");
@@ -88,19 +70,10 @@ fn rollback_journal() {
     }
     // Record = 4-byte page number, page image, 4-byte checksum, as three writes: page images
     // are NOT page-aligned in the journal (first one at 512 + 4).
-    assert!(
-        writes.iter().any(|w| w.len == PS && w.offset == 516),
-        "{writes:?}"
-    );
+    assert!(writes.iter().any(|w| w.len == PS && w.offset == 516), "{writes:?}");
     assert!(writes.iter().all(|w| w.len != PS || w.offset % PS != 0));
-    assert!(
-        writes.iter().any(|w| (w.offset, w.len) == (0, 28)),
-        "PERSIST zeroes the header"
-    );
-    assert!(
-        writes.iter().any(|w| w.len == 1),
-        "stale header magic overwritten"
-    );
+    assert!(writes.iter().any(|w| (w.offset, w.len) == (0, 28)), "PERSIST zeroes the header");
+    assert!(writes.iter().any(|w| w.len == 1), "stale header magic overwritten");
 
     let reads = io_of(&vfs, FileKind::MainJournal, IoOp::Read);
     for r in &reads {
@@ -108,14 +81,8 @@ fn rollback_journal() {
         // read); 4: header fields, page numbers, checksums; PS: page images during rollback.
         assert!(matches!(r.len, 1 | 4 | 8 | PS), "journal read {r:?}");
     }
-    assert!(
-        reads.iter().any(|r| (r.offset, r.len) == (0, 1)),
-        "hot-journal probe"
-    );
-    assert!(
-        reads.iter().any(|r| r.len == PS),
-        "rollback reads page images back"
-    );
+    assert!(reads.iter().any(|r| (r.offset, r.len) == (0, 1)), "hot-journal probe");
+    assert!(reads.iter().any(|r| r.len == PS), "rollback reads page images back");
 }
 
 #[test]
@@ -124,15 +91,9 @@ fn wal() {
     let dir = common::tempdir();
     let path = dir.path().join("main.db");
     let conn = open(&path, Some(vfs.name()));
-    exec(
-        &conn,
-        "PRAGMA journal_mode=WAL; PRAGMA cache_size=10; PRAGMA synchronous=FULL;",
-    );
+    exec(&conn, "PRAGMA journal_mode=WAL; PRAGMA cache_size=10; PRAGMA synchronous=FULL;");
     exec(&conn, &fill_sql("t", 1500));
-    exec(
-        &conn,
-        "BEGIN; UPDATE t SET grp = grp + 1; UPDATE t SET grp = grp + 1; COMMIT;",
-    );
+    exec(&conn, "BEGIN; UPDATE t SET grp = grp + 1; UPDATE t SET grp = grp + 1; COMMIT;");
     exec(&conn, "PRAGMA wal_checkpoint(PASSIVE);");
     drop(conn);
     check_main_db(&vfs);
@@ -175,55 +136,29 @@ fn temp_files() {
     assert_eq!(sorted.len(), 12000);
     let sorter = io_of(&vfs, FileKind::TempJournal, IoOp::Write);
     assert!(!sorter.is_empty(), "the sort spilled");
-    assert!(
-        sorter.iter().any(|w| w.len < PS && w.offset % PS != 0),
-        "{sorter:?}"
-    );
+    assert!(sorter.iter().any(|w| w.len < PS && w.offset % PS != 0), "{sorter:?}");
     for w in &sorter {
-        assert_eq!(
-            w.offset / PS,
-            (w.offset + w.len - 1) / PS,
-            "crosses a page: {w:?}"
-        );
+        assert_eq!(w.offset / PS, (w.offset + w.len - 1) / PS, "crosses a page: {w:?}");
     }
 
     // Statement journal: records (4-byte page number + page) are buffered in memory and spilled
     // in one write of arbitrary length, then written as 4 + PS pairs.
     vfs.stats().io.clear();
     exec(&conn, "CREATE UNIQUE INDEX t_k ON t(k);");
-    exec(
-        &conn,
-        "BEGIN; UPDATE t SET grp = grp + 1; UPDATE t SET k = k || '!'; COMMIT;",
-    );
+    exec(&conn, "BEGIN; UPDATE t SET grp = grp + 1; UPDATE t SET k = k || '!'; COMMIT;");
     let sub = io_of(&vfs, FileKind::SubJournal, IoOp::Write);
     assert!(!sub.is_empty());
     assert_eq!(sub[0].offset, 0);
-    assert!(
-        sub[0].len > PS && sub[0].len % (PS + 4) != 0,
-        "spill chunk {:?}",
-        sub[0]
-    );
-    assert!(
-        sub[1..].iter().all(|w| w.len == 4 || w.len == PS),
-        "{sub:?}"
-    );
+    assert!(sub[0].len > PS && sub[0].len % (PS + 4) != 0, "spill chunk {:?}", sub[0]);
+    assert!(sub[1..].iter().all(|w| w.len == 4 || w.len == PS), "{sub:?}");
 
     // Ephemeral tables (DISTINCT) and the temp database are paged files: aligned pages.
     vfs.stats().io.clear();
-    rows(
-        &conn,
-        "SELECT count(*) FROM (SELECT DISTINCT payload || k FROM t)",
-    );
-    exec(
-        &conn,
-        "PRAGMA temp.cache_size=10; CREATE TEMP TABLE tt AS SELECT * FROM t;",
-    );
+    rows(&conn, "SELECT count(*) FROM (SELECT DISTINCT payload || k FROM t)");
+    exec(&conn, "PRAGMA temp.cache_size=10; CREATE TEMP TABLE tt AS SELECT * FROM t;");
     for kind in [FileKind::TransientDb, FileKind::TempDb] {
         let w = io_of(&vfs, kind, IoOp::Write);
         assert!(!w.is_empty(), "{kind:?}");
-        assert!(
-            w.iter().all(|w| w.len == PS && w.offset % PS == 0),
-            "{kind:?}: {w:?}"
-        );
+        assert!(w.iter().all(|w| w.len == PS && w.offset % PS == 0), "{kind:?}: {w:?}");
     }
 }

@@ -28,10 +28,7 @@ unsafe extern "C" fn extension_init(
     OUTCOME.get_or_init(|| {
         let shim = PassThrough::default();
         STATS.set(shim.stats()).ok();
-        let opts = RegisterOptions {
-            base: Some("unix".into()),
-            make_default: true,
-        };
+        let opts = RegisterOptions { base: Some("unix".into()), make_default: true };
         // SAFETY: `api` is the table SQLite passed to this entry point; the bundled SQLite
         // stays loaded for the life of the process.
         unsafe { register_with_api(api, NAME, shim, opts) }
@@ -40,16 +37,9 @@ unsafe extern "C" fn extension_init(
     });
     DUPLICATE.get_or_init(|| {
         // SAFETY: as above.
-        unsafe {
-            register_with_api(
-                api,
-                NAME,
-                PassThrough::default(),
-                RegisterOptions::default(),
-            )
-        }
-        .err()
-        .map(|e| e.code)
+        unsafe { register_with_api(api, NAME, PassThrough::default(), RegisterOptions::default()) }
+            .err()
+            .map(|e| e.code)
     });
     ffi::SQLITE_OK
 }
@@ -68,12 +58,7 @@ fn register_through_api_routines_as_default_vfs() {
     // A null table is refused with a clear error.
     // SAFETY: null is explicitly allowed.
     let err = unsafe {
-        register_with_api(
-            std::ptr::null(),
-            "routines-null",
-            PassThrough::default(),
-            RegisterOptions::default(),
-        )
+        register_with_api(std::ptr::null(), "routines-null", PassThrough::default(), RegisterOptions::default())
     }
     .unwrap_err();
     assert_eq!(err.code, ErrorCode::Misuse);

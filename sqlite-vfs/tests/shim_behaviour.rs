@@ -10,8 +10,8 @@ use common::{one, open, passthrough, rows};
 use rusqlite::{Connection, ErrorCode as SqlErr};
 use sqlite_vfs::passthrough::{PassThrough, PassThroughConfig, PassThroughFile};
 use sqlite_vfs::{
-    register_static, BaseFile, ErrorCode, FileKind, LockLevel, OpenRequest, ReadStatus,
-    RegisterOptions, Shim, ShimFile, SyncFlags, VfsError, VfsResult,
+    register_static, BaseFile, ErrorCode, FileKind, LockLevel, OpenRequest, ReadStatus, RegisterOptions, Shim,
+    ShimFile, SyncFlags, VfsError, VfsResult,
 };
 
 /// `(kind, uri_parameter("key"), uri_parameter_bytes("bin"))` of one open.
@@ -41,12 +41,7 @@ struct FaultyFile {
 impl Shim for Faulty {
     type File = FaultyFile;
 
-    fn open(
-        &self,
-        req: &OpenRequest<'_>,
-        base: BaseFile,
-        main_db: Option<&FaultyFile>,
-    ) -> VfsResult<FaultyFile> {
+    fn open(&self, req: &OpenRequest<'_>, base: BaseFile, main_db: Option<&FaultyFile>) -> VfsResult<FaultyFile> {
         let path = req.path.unwrap_or("");
         if path.contains("panic-open") {
             panic!("injected panic in open");
@@ -54,19 +49,12 @@ impl Shim for Faulty {
         if path.contains("fail-open") {
             return Err(VfsError::new(ErrorCode::Auth, "injected open failure"));
         }
-        self.faults.uri_seen.lock().unwrap().push((
-            req.kind,
-            req.uri_parameter("key"),
-            req.uri_parameter_bytes("bin"),
-        ));
+        self.faults.uri_seen.lock().unwrap().push((req.kind, req.uri_parameter("key"), req.uri_parameter_bytes("bin")));
         if main_db.is_some() {
             self.faults.main_db_linked.fetch_add(1, Ordering::SeqCst);
         }
         let inner = self.inner.open(req, base, main_db.map(|m| &m.inner))?;
-        Ok(FaultyFile {
-            inner,
-            faults: Arc::clone(&self.faults),
-        })
+        Ok(FaultyFile { inner, faults: Arc::clone(&self.faults) })
     }
 }
 
@@ -103,26 +91,12 @@ impl ShimFile for FaultyFile {
     }
 }
 
-fn faulty(
-    tag: &str,
-) -> (
-    String,
-    Arc<Faults>,
-    Arc<Mutex<sqlite_vfs::passthrough::Stats>>,
-) {
+fn faulty(tag: &str) -> (String, Arc<Faults>, Arc<Mutex<sqlite_vfs::passthrough::Stats>>) {
     let faults = Arc::new(Faults::default());
     let inner = PassThrough::default();
     let stats = inner.stats();
     let name = format!("faulty-{tag}");
-    register_static(
-        &name,
-        Faulty {
-            inner,
-            faults: Arc::clone(&faults),
-        },
-        RegisterOptions::default(),
-    )
-    .unwrap();
+    register_static(&name, Faulty { inner, faults: Arc::clone(&faults) }, RegisterOptions::default()).unwrap();
     (name, faults, stats)
 }
 
@@ -143,11 +117,7 @@ fn panic_or_error_in_open_fails_the_open_only() {
     let dir = common::tempdir();
 
     let err = try_open(&dir.path().join("panic-open.db"), &vfs).unwrap_err();
-    assert_eq!(
-        sqlite_code(&err).map(|c| c.0),
-        Some(SqlErr::CannotOpen),
-        "{err}"
-    );
+    assert_eq!(sqlite_code(&err).map(|c| c.0), Some(SqlErr::CannotOpen), "{err}");
 
     let err = try_open(&dir.path().join("fail-open.db"), &vfs).unwrap_err();
     assert_eq!(
@@ -158,8 +128,7 @@ fn panic_or_error_in_open_fails_the_open_only() {
 
     // The VFS still works, and nothing that failed to open is ever closed.
     let conn = open(&dir.path().join("fine.db"), Some(&vfs));
-    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     drop(conn);
     let s = stats.lock().unwrap();
     assert_eq!(s.closes, s.opens.values().sum::<u64>(), "{}", s.summary());
@@ -176,16 +145,12 @@ fn panic_in_read_becomes_an_error_and_poisons_the_file() {
 
     let conn = open(&path, Some(&vfs));
     faults.panic_in_read.store(true, Ordering::SeqCst);
-    let err = conn
-        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-        .unwrap_err();
+    let err = conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).unwrap_err();
     let (code, _) = sqlite_code(&err).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(code, SqlErr::SystemIoFailure, "{err}");
     faults.panic_in_read.store(false, Ordering::SeqCst);
     // The file that panicked stays failed: its shim state can no longer be trusted.
-    assert!(conn
-        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-        .is_err());
+    assert!(conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).is_err());
     drop(conn); // closing a poisoned file still closes the base file and releases locks
 
     let conn = open(&path, Some(&vfs));
@@ -193,9 +158,7 @@ fn panic_in_read_becomes_an_error_and_poisons_the_file() {
     assert_eq!(one::<String>(&conn, "PRAGMA integrity_check"), "ok");
     // A writer through plain SQLite is not blocked by a leftover lock.
     let plain = open(&path, None);
-    plain
-        .execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE; COMMIT;")
-        .unwrap();
+    plain.execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE; COMMIT;").unwrap();
 }
 
 #[test]
@@ -207,19 +170,11 @@ fn rejected_shared_lock_is_released() {
     conn.execute_batch(&common::fill_sql("t", 100)).unwrap();
 
     faults.reject_shared_lock.store(true, Ordering::SeqCst);
-    let err = conn
-        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-        .unwrap_err();
-    assert_eq!(
-        sqlite_code(&err).map(|c| c.1),
-        Some(rusqlite::ffi::SQLITE_AUTH),
-        "{err}"
-    );
+    let err = conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).unwrap_err();
+    assert_eq!(sqlite_code(&err).map(|c| c.1), Some(rusqlite::ffi::SQLITE_AUTH), "{err}");
     // The binding unlocked the base file again: an exclusive lock is free at once.
     let plain = open(&path, None);
-    plain
-        .execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE; COMMIT;")
-        .unwrap();
+    plain.execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE; COMMIT;").unwrap();
 
     faults.reject_shared_lock.store(false, Ordering::SeqCst);
     assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM t"), 100);
@@ -238,9 +193,7 @@ fn pragmas_reach_the_shim() {
     let summary: String = one(&conn, "PRAGMA main.PassThrough_Stats");
     assert!(summary.contains("writes="), "{summary}");
 
-    let err = conn
-        .execute_batch("PRAGMA passthrough_fail = 'no key for you'")
-        .unwrap_err();
+    let err = conn.execute_batch("PRAGMA passthrough_fail = 'no key for you'").unwrap_err();
     assert!(err.to_string().contains("no key for you"), "{err}");
 
     // Built-in and unknown pragmas are untouched.
@@ -251,13 +204,7 @@ fn pragmas_reach_the_shim() {
 #[test]
 fn mmap_is_declined_unless_allowed() {
     for allow in [false, true] {
-        let vfs = passthrough(
-            &format!("mmap-{allow}"),
-            PassThroughConfig {
-                allow_mmap: allow,
-                record_io: false,
-            },
-        );
+        let vfs = passthrough(&format!("mmap-{allow}"), PassThroughConfig { allow_mmap: allow, record_io: false });
         let dir = common::tempdir();
         let path = dir.path().join("main.db");
         let conn = open(&path, Some(vfs.name()));
@@ -267,10 +214,7 @@ fn mmap_is_declined_unless_allowed() {
         let conn = open(&path, Some(vfs.name()));
         let size: i64 = one(&conn, "PRAGMA mmap_size = 268435456");
         let reads_before = vfs.stats().reads;
-        assert_eq!(
-            one::<i64>(&conn, "SELECT count(*) FROM t WHERE length(payload) > 0"),
-            2000
-        );
+        assert_eq!(one::<i64>(&conn, "SELECT count(*) FROM t WHERE length(payload) > 0"), 2000);
         let reads = vfs.stats().reads - reads_before;
         if allow {
             assert_eq!(size, 268_435_456);
@@ -290,8 +234,7 @@ fn uri_parameters_and_main_db_links() {
     // Selecting the VFS through the URI works as well as through the open call.
     let uri = format!("file:{}?key=s3cr%65t&bin=%ff%00x&vfs={vfs}", path.display());
     let conn = Connection::open_with_flags(&uri, common::flags()).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     drop(conn);
 
     let seen = faults.uri_seen.lock().unwrap().clone();
@@ -301,15 +244,9 @@ fn uri_parameters_and_main_db_links() {
     // A value that is not UTF-8 is only available as bytes (SQLite stops at the NUL).
     let bin = &main[0].2;
     assert_eq!(bin.as_deref(), Some(&[0xff][..]), "{seen:?}");
-    let journals: Vec<_> = seen
-        .iter()
-        .filter(|s| s.0 == FileKind::MainJournal)
-        .collect();
+    let journals: Vec<_> = seen.iter().filter(|s| s.0 == FileKind::MainJournal).collect();
     assert!(!journals.is_empty(), "{seen:?}");
-    assert!(
-        journals.iter().all(|j| j.1.is_none() && j.2.is_none()),
-        "{seen:?}"
-    );
+    assert!(journals.iter().all(|j| j.1.is_none() && j.2.is_none()), "{seen:?}");
     assert_eq!(faults.main_db_linked.load(Ordering::SeqCst), journals.len());
 }
 
@@ -363,16 +300,8 @@ impl ProbeFile {
 
 impl Shim for Probe {
     type File = ProbeFile;
-    fn open(
-        &self,
-        _req: &OpenRequest<'_>,
-        base: BaseFile,
-        _main_db: Option<&ProbeFile>,
-    ) -> VfsResult<ProbeFile> {
-        Ok(ProbeFile {
-            base: Some(base),
-            state: Arc::clone(&self.0),
-        })
+    fn open(&self, _req: &OpenRequest<'_>, base: BaseFile, _main_db: Option<&ProbeFile>) -> VfsResult<ProbeFile> {
+        Ok(ProbeFile { base: Some(base), state: Arc::clone(&self.0) })
     }
 }
 
@@ -419,8 +348,7 @@ fn base_file_kept_past_close_fails_cleanly() {
     let state = probe("probe-kept");
     let dir = common::tempdir();
     let conn = open(&dir.path().join("main.db"), Some("probe-kept"));
-    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     drop(conn);
     let mut kept = state.kept.lock().unwrap();
     assert!(!kept.is_empty());
@@ -450,20 +378,13 @@ fn shim_unlock_never_drops_sqlites_lock() {
     let dir = common::tempdir();
     let path = dir.path().join("main.db");
     let conn = open(&path, Some("probe-relock"));
-    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     // A read transaction holds SHARED; the shim's unlock(None) inside after_lock_change must
     // have stopped at SHARED, so a writer elsewhere cannot take EXCLUSIVE.
     conn.execute_batch("BEGIN; SELECT * FROM t;").unwrap();
     let plain = open(&path, None);
-    let err = plain
-        .execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE;")
-        .unwrap_err();
-    assert_eq!(
-        sqlite_code(&err).map(|c| c.0),
-        Some(SqlErr::DatabaseBusy),
-        "{err}"
-    );
+    let err = plain.execute_batch("PRAGMA busy_timeout=0; BEGIN EXCLUSIVE;").unwrap_err();
+    assert_eq!(sqlite_code(&err).map(|c| c.0), Some(SqlErr::DatabaseBusy), "{err}");
     conn.execute_batch("COMMIT;").unwrap();
     plain.execute_batch("BEGIN EXCLUSIVE; COMMIT;").unwrap();
 }

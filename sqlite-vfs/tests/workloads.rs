@@ -6,16 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{
-    assert_all_closed, assert_links, compare, dump, fill_sql, one, open, passthrough, rows, Rows,
-};
+use common::{assert_all_closed, assert_links, compare, dump, fill_sql, one, open, passthrough, rows, Rows};
 use rusqlite::Connection;
 use sqlite_vfs::passthrough::PassThroughConfig;
 use sqlite_vfs::FileKind;
 
 fn exec(conn: &Connection, sql: &str) {
-    conn.execute_batch(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.execute_batch(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Inserts, updates, deletes, a rolled-back transaction and savepoints, with a cache small
@@ -26,14 +23,8 @@ fn journal_workload(dir: &Path, vfs: Option<&str>, mode: &str) -> Vec<Rows> {
     let mut out = vec![rows(&conn, &format!("PRAGMA journal_mode={mode}"))];
     exec(&conn, "PRAGMA cache_size=20");
     exec(&conn, &fill_sql("t", 3000));
-    exec(
-        &conn,
-        "BEGIN; UPDATE t SET k = k || '-u' WHERE grp % 3 = 0; DELETE FROM t WHERE grp = 5; COMMIT;",
-    );
-    exec(
-        &conn,
-        "BEGIN; DELETE FROM t WHERE id % 2 = 0; UPDATE t SET payload = zeroblob(500); ROLLBACK;",
-    );
+    exec(&conn, "BEGIN; UPDATE t SET k = k || '-u' WHERE grp % 3 = 0; DELETE FROM t WHERE grp = 5; COMMIT;");
+    exec(&conn, "BEGIN; DELETE FROM t WHERE id % 2 = 0; UPDATE t SET payload = zeroblob(500); ROLLBACK;");
     exec(
         &conn,
         "SAVEPOINT a; INSERT INTO t(grp, k, payload) VALUES (1, 'x', x'00');
@@ -49,20 +40,14 @@ fn journal_workload(dir: &Path, vfs: Option<&str>, mode: &str) -> Vec<Rows> {
     }
     drop(conn);
     let conn = open(&path, vfs);
-    out.push(rows(
-        &conn,
-        "SELECT count(*), sum(grp), sum(length(k)) FROM t",
-    ));
+    out.push(rows(&conn, "SELECT count(*), sum(grp), sum(length(k)) FROM t"));
     out
 }
 
 #[test]
 fn journal_modes() {
     for mode in ["DELETE", "TRUNCATE", "PERSIST", "WAL", "MEMORY"] {
-        let vfs = passthrough(
-            &format!("jm-{}", mode.to_lowercase()),
-            PassThroughConfig::default(),
-        );
+        let vfs = passthrough(&format!("jm-{}", mode.to_lowercase()), PassThroughConfig::default());
         compare(&vfs, |dir, v| journal_workload(dir, v, mode));
         let s = vfs.stats();
         match mode {
@@ -72,19 +57,10 @@ fn journal_modes() {
                 assert!(s.opens_of(FileKind::Wal) >= 1, "{mode}: {}", s.summary());
             }
             "MEMORY" => {
-                assert_eq!(
-                    s.opens_of(FileKind::MainJournal),
-                    0,
-                    "{mode}: {}",
-                    s.summary()
-                );
+                assert_eq!(s.opens_of(FileKind::MainJournal), 0, "{mode}: {}", s.summary());
                 assert_eq!(s.opens_of(FileKind::Wal), 0, "{mode}: {}", s.summary());
             }
-            _ => assert!(
-                s.opens_of(FileKind::MainJournal) >= 1,
-                "{mode}: {}",
-                s.summary()
-            ),
+            _ => assert!(s.opens_of(FileKind::MainJournal) >= 1, "{mode}: {}", s.summary()),
         }
         assert!(s.lock_changes > 0);
         assert_links(&s);
@@ -96,10 +72,7 @@ fn journal_modes() {
 fn page_sizes() {
     for page_size in [512, 4096, 65536] {
         for mode in ["DELETE", "WAL"] {
-            let vfs = passthrough(
-                &format!("ps{page_size}-{}", mode.to_lowercase()),
-                PassThroughConfig::default(),
-            );
+            let vfs = passthrough(&format!("ps{page_size}-{}", mode.to_lowercase()), PassThroughConfig::default());
             compare(&vfs, |dir, v| {
                 let path = dir.join("main.db");
                 let conn = open(&path, v);
@@ -107,22 +80,12 @@ fn page_sizes() {
                 exec(&conn, &fill_sql("t", 1500));
                 exec(&conn, "CREATE INDEX t_k ON t(k); BEGIN; UPDATE t SET grp = grp + 1 WHERE id % 7 = 0; COMMIT;");
                 exec(&conn, "BEGIN; DELETE FROM t WHERE id % 3 = 0; ROLLBACK;");
-                let mut out = vec![
-                    rows(&conn, "PRAGMA page_size"),
-                    rows(&conn, "PRAGMA integrity_check"),
-                ];
-                out.push(rows(
-                    &conn,
-                    "SELECT grp, count(*), max(k) FROM t GROUP BY grp ORDER BY grp",
-                ));
+                let mut out = vec![rows(&conn, "PRAGMA page_size"), rows(&conn, "PRAGMA integrity_check")];
+                out.push(rows(&conn, "SELECT grp, count(*), max(k) FROM t GROUP BY grp ORDER BY grp"));
                 out
             });
             let s = vfs.stats();
-            let kind = if mode == "WAL" {
-                FileKind::Wal
-            } else {
-                FileKind::MainJournal
-            };
+            let kind = if mode == "WAL" { FileKind::Wal } else { FileKind::MainJournal };
             assert!(s.opens_of(kind) >= 1, "{}", s.summary());
             assert_links(&s);
             assert_all_closed(&s);
@@ -142,46 +105,26 @@ fn temp_files() {
         exec(&conn, &fill_sql("t", 12000));
         let mut out = Vec::new();
         // Sorter (ORDER BY, GROUP BY on an expression, CREATE INDEX).
-        out.push(rows(
-            &conn,
-            "SELECT id, k FROM t ORDER BY payload DESC, k LIMIT 20 OFFSET 5000",
-        ));
+        out.push(rows(&conn, "SELECT id, k FROM t ORDER BY payload DESC, k LIMIT 20 OFFSET 5000"));
         out.push(rows(
             &conn,
             "SELECT substr(k, 5, 3) AS g, count(*), sum(length(payload)) FROM t GROUP BY g ORDER BY g LIMIT 40",
         ));
         exec(&conn, "CREATE UNIQUE INDEX t_k ON t(k)");
         // DISTINCT over more data than an ephemeral table's cache.
-        out.push(rows(
-            &conn,
-            "SELECT count(*) FROM (SELECT DISTINCT payload || k FROM t)",
-        ));
+        out.push(rows(&conn, "SELECT count(*) FROM (SELECT DISTINCT payload || k FROM t)"));
         out.push(rows(
             &conn,
             "WITH m AS MATERIALIZED (SELECT k || payload AS v FROM t) SELECT count(*), max(v) FROM m",
         ));
         // A temp table larger than the temp database's cache, modified in a transaction (temp
         // journal), then queried.
-        exec(
-            &conn,
-            "PRAGMA temp.cache_size=10; CREATE TEMP TABLE tt AS SELECT * FROM t;",
-        );
-        exec(
-            &conn,
-            "BEGIN; UPDATE tt SET grp = grp * 2, payload = payload || 'x'; COMMIT;",
-        );
-        out.push(rows(
-            &conn,
-            "SELECT grp, count(*), sum(length(payload)) FROM tt GROUP BY grp ORDER BY grp",
-        ));
+        exec(&conn, "PRAGMA temp.cache_size=10; CREATE TEMP TABLE tt AS SELECT * FROM t;");
+        exec(&conn, "BEGIN; UPDATE tt SET grp = grp * 2, payload = payload || 'x'; COMMIT;");
+        out.push(rows(&conn, "SELECT grp, count(*), sum(length(payload)) FROM tt GROUP BY grp ORDER BY grp"));
         // Statement journal: multi-statement transaction, UPDATEs that may hit the UNIQUE index.
-        exec(
-            &conn,
-            "BEGIN; UPDATE t SET grp = grp + 1; UPDATE t SET k = k || '!' WHERE id > 10;",
-        );
-        let failed = conn
-            .execute("UPDATE t SET k = 'dup' WHERE id > 11000", [])
-            .is_err();
+        exec(&conn, "BEGIN; UPDATE t SET grp = grp + 1; UPDATE t SET k = k || '!' WHERE id > 10;");
+        let failed = conn.execute("UPDATE t SET k = 'dup' WHERE id > 11000", []).is_err();
         out.push(vec![vec![rusqlite::types::Value::Integer(failed.into())]]);
         exec(&conn, "COMMIT;");
         out.push(rows(&conn, "SELECT count(*), sum(grp), max(k) FROM t"));
@@ -197,11 +140,7 @@ fn temp_files() {
         FileKind::TempJournal,
         FileKind::TransientDb,
     ] {
-        assert!(
-            s.opens_of(kind) >= 1,
-            "{kind:?} never opened: {}",
-            s.summary()
-        );
+        assert!(s.opens_of(kind) >= 1, "{kind:?} never opened: {}", s.summary());
     }
     assert_links(&s);
     assert_all_closed(&s);
@@ -229,15 +168,13 @@ fn vacuum_vacuum_into_and_backup() {
         {
             let mut dst = open(&copy, v);
             let b = rusqlite::backup::Backup::new(&conn, &mut dst).unwrap();
-            b.run_to_completion(7, std::time::Duration::ZERO, None)
-                .unwrap();
+            b.run_to_completion(7, std::time::Duration::ZERO, None).unwrap();
         }
         let plain_copy = dir.join("plain-backup.db");
         {
             let mut dst = open(&plain_copy, None);
             let b = rusqlite::backup::Backup::new(&conn, &mut dst).unwrap();
-            b.run_to_completion(5, std::time::Duration::ZERO, None)
-                .unwrap();
+            b.run_to_completion(5, std::time::Duration::ZERO, None).unwrap();
         }
         let restored = dir.join("restored.db");
         {
@@ -245,8 +182,7 @@ fn vacuum_vacuum_into_and_backup() {
             let mut dst = open(&restored, v);
             exec(&dst, "CREATE TABLE junk(x); INSERT INTO junk VALUES (1);");
             let b = rusqlite::backup::Backup::new(&src, &mut dst).unwrap();
-            b.run_to_completion(3, std::time::Duration::ZERO, None)
-                .unwrap();
+            b.run_to_completion(3, std::time::Duration::ZERO, None).unwrap();
         }
         let mut out = vec![vec![vec![rusqlite::types::Value::Integer(after)]]];
         for p in [&path, &into, &copy, &plain_copy, &restored] {
@@ -263,11 +199,7 @@ fn vacuum_vacuum_into_and_backup() {
     let s = vfs.stats();
     // main.db, into.db, backup.db, restored.db, plus the reopenings.
     assert!(s.opens_of(FileKind::MainDb) >= 8, "{}", s.summary());
-    assert!(
-        s.opens_of(FileKind::TempDb) >= 1,
-        "VACUUM's copy: {}",
-        s.summary()
-    );
+    assert!(s.opens_of(FileKind::TempDb) >= 1, "VACUUM's copy: {}", s.summary());
     assert_links(&s);
     assert_all_closed(&s);
 }
@@ -280,10 +212,7 @@ fn attach_with_super_journal() {
         let conn = open(&dir.join("main.db"), v);
         let aux = dir.join("aux.db");
         exec(&conn, &format!("ATTACH '{}' AS aux", aux.display()));
-        exec(
-            &conn,
-            "PRAGMA main.journal_mode=DELETE; PRAGMA aux.journal_mode=DELETE;",
-        );
+        exec(&conn, "PRAGMA main.journal_mode=DELETE; PRAGMA aux.journal_mode=DELETE;");
         exec(&conn, &fill_sql("t", 500));
         exec(&conn, "CREATE TABLE aux.u(id INTEGER PRIMARY KEY, v TEXT);");
         exec(
@@ -293,10 +222,7 @@ fn attach_with_super_journal() {
              UPDATE main.t SET grp = -grp WHERE grp < 40;
              COMMIT;",
         );
-        exec(
-            &conn,
-            "BEGIN; DELETE FROM aux.u; DELETE FROM main.t; ROLLBACK;",
-        );
+        exec(&conn, "BEGIN; DELETE FROM aux.u; DELETE FROM main.t; ROLLBACK;");
         let mut out = vec![
             rows(&conn, "SELECT count(*), sum(grp) FROM main.t"),
             rows(&conn, "SELECT count(*), max(v) FROM aux.u"),
@@ -317,33 +243,22 @@ fn attach_with_super_journal() {
 #[test]
 fn two_connections() {
     for mode in ["DELETE", "WAL"] {
-        let vfs = passthrough(
-            &format!("two-{}", mode.to_lowercase()),
-            PassThroughConfig::default(),
-        );
+        let vfs = passthrough(&format!("two-{}", mode.to_lowercase()), PassThroughConfig::default());
         compare(&vfs, |dir, v| {
             let path = dir.join("main.db");
             let a = open(&path, v);
-            exec(
-                &a,
-                &format!("PRAGMA journal_mode={mode}; PRAGMA cache_size=10;"),
-            );
+            exec(&a, &format!("PRAGMA journal_mode={mode}; PRAGMA cache_size=10;"));
             exec(&a, &fill_sql("t", 800));
             let b = open(&path, v);
             // No busy waiting: in rollback mode the write below must fail at once.
             exec(&b, "PRAGMA cache_size=10; PRAGMA busy_timeout=0;");
             let mut out = vec![rows(&b, "SELECT count(*) FROM t")];
-            exec(
-                &b,
-                "BEGIN IMMEDIATE; UPDATE t SET grp = grp + 100 WHERE id <= 400; COMMIT;",
-            );
+            exec(&b, "BEGIN IMMEDIATE; UPDATE t SET grp = grp + 100 WHERE id <= 400; COMMIT;");
             out.push(rows(&a, "SELECT count(*) FROM t WHERE grp >= 100"));
             // A reader holds a snapshot (WAL) or a shared lock (rollback) while the other writes.
             exec(&a, "BEGIN; SELECT count(*) FROM t;");
             let write = b.execute("DELETE FROM t WHERE id > 700", []);
-            out.push(vec![vec![rusqlite::types::Value::Integer(
-                write.is_ok().into(),
-            )]]);
+            out.push(vec![vec![rusqlite::types::Value::Integer(write.is_ok().into())]]);
             out.push(rows(&a, "SELECT count(*) FROM t"));
             exec(&a, "COMMIT;");
             out.push(rows(&a, "SELECT count(*), sum(grp) FROM t"));
@@ -353,11 +268,7 @@ fn two_connections() {
         let s = vfs.stats();
         assert!(s.opens_of(FileKind::MainDb) >= 2, "{}", s.summary());
         if mode == "WAL" {
-            assert!(
-                s.opens_of(FileKind::Wal) >= 2,
-                "each connection opens the WAL: {}",
-                s.summary()
-            );
+            assert!(s.opens_of(FileKind::Wal) >= 2, "each connection opens the WAL: {}", s.summary());
         }
         assert_links(&s);
         assert_all_closed(&s);
@@ -370,17 +281,11 @@ fn two_connections() {
 #[test]
 fn crash_recovery() {
     for (mode, suffix) in [("DELETE", "-journal"), ("WAL", "-wal")] {
-        let vfs = passthrough(
-            &format!("crash-{}", mode.to_lowercase()),
-            PassThroughConfig::default(),
-        );
+        let vfs = passthrough(&format!("crash-{}", mode.to_lowercase()), PassThroughConfig::default());
         compare(&vfs, |dir, v| {
             let path = dir.join("live.db");
             let conn = open(&path, v);
-            exec(
-                &conn,
-                &format!("PRAGMA journal_mode={mode}; PRAGMA cache_size=5;"),
-            );
+            exec(&conn, &format!("PRAGMA journal_mode={mode}; PRAGMA cache_size=5;"));
             if mode == "WAL" {
                 exec(&conn, "PRAGMA wal_autocheckpoint=0;");
             }
@@ -390,10 +295,7 @@ fn crash_recovery() {
                 exec(&conn, "UPDATE t SET grp = grp + 1000 WHERE id % 2 = 0;");
             } else {
                 // Spills (tiny cache), so the journal is on disk and the database half-written.
-                exec(
-                    &conn,
-                    "BEGIN; UPDATE t SET payload = zeroblob(300), grp = 0;",
-                );
+                exec(&conn, "BEGIN; UPDATE t SET payload = zeroblob(300), grp = 0;");
             }
             let crashed = dir.join("main.db");
             std::fs::copy(&path, &crashed).unwrap();
@@ -409,14 +311,7 @@ fn crash_recovery() {
                 rows(&recovered, "PRAGMA integrity_check"),
             ];
             drop(recovered);
-            exec(
-                &conn,
-                if mode == "WAL" {
-                    "SELECT 1"
-                } else {
-                    "ROLLBACK"
-                },
-            );
+            exec(&conn, if mode == "WAL" { "SELECT 1" } else { "ROLLBACK" });
             out.push(rows(&conn, "SELECT count(*), sum(grp) FROM t"));
             out
         });

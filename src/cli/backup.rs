@@ -233,7 +233,9 @@ pub fn copy(src: &Connection, dst: &mut Connection, timeout: Duration, what: &st
 pub fn open_source_conn(tde: &Tde, keystore: &Path, db: &Path) -> CliResult<Connection> {
     match open::open(tde, keystore, db, &OpenOptions { key: None, read_only: false, must_exist: true }) {
         Ok(c) => Ok(c),
-        Err(e) => open::open(tde, keystore, db, &OpenOptions { key: None, read_only: true, must_exist: true }).map_err(|_| e),
+        Err(e) => {
+            open::open(tde, keystore, db, &OpenOptions { key: None, read_only: true, must_exist: true }).map_err(|_| e)
+        }
     }
 }
 

@@ -67,7 +67,15 @@ fn print(global: &Global, r: &convert::ConvertReport, what: &str) -> CliResult {
             (Some(k), Some(v)) => format!(" ({k} v{v})"),
             _ => String::new(),
         };
-        writeln!(out, "{what} {} -> {}: {} ({} bytes, {:.2} s){key}", r.source.display(), r.target.display(), r.status, r.bytes, r.seconds)?;
+        writeln!(
+            out,
+            "{what} {} -> {}: {} ({} bytes, {:.2} s){key}",
+            r.source.display(),
+            r.target.display(),
+            r.status,
+            r.bytes,
+            r.seconds
+        )?;
     }
     Ok(())
 }
@@ -75,7 +83,10 @@ fn print(global: &Global, r: &convert::ConvertReport, what: &str) -> CliResult {
 fn interrupted(path: &std::path::Path) -> CliError {
     CliError {
         code: EXIT_INTERRUPTED,
-        message: format!("interrupted; run `sqlite-tde encrypt --in-place --resume {}` (or open it through sqlite-tde) to finish", path.display()),
+        message: format!(
+            "interrupted; run `sqlite-tde encrypt --in-place --resume {}` (or open it through sqlite-tde) to finish",
+            path.display()
+        ),
         quiet: false,
     }
 }
@@ -94,7 +105,12 @@ pub fn run_encrypt(global: &Global, args: &EncryptArgs) -> CliResult {
             };
             convert::encrypt_in_place(&tde, &args.plain, &opts)
         } else {
-            convert::encrypt_copy(&tde, &args.plain, args.out.as_deref().expect("clap requires OUT"), args.key.as_deref())
+            convert::encrypt_copy(
+                &tde,
+                &args.plain,
+                args.out.as_deref().expect("clap requires OUT"),
+                args.key.as_deref(),
+            )
         }
     });
     let rep = reporter.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,7 +136,8 @@ pub fn run_encrypt(global: &Global, args: &EncryptArgs) -> CliResult {
 pub fn run_decrypt(global: &Global, args: &DecryptArgs) -> CliResult {
     let tde = open::register(&global.keystore)?;
     let reporter = Arc::new(Mutex::new(Reporter::new(global.json)));
-    let result = rotation::with_progress(Reporter::observer(&reporter), || convert::decrypt_copy(&tde, &args.enc, &args.out));
+    let result =
+        rotation::with_progress(Reporter::observer(&reporter), || convert::decrypt_copy(&tde, &args.enc, &args.out));
     reporter.lock().unwrap_or_else(|e| e.into_inner()).finish();
     let r = result.map_err(|e| super::progress::cli_error(e, &global.keystore))?;
     print(global, &r, "decrypt")

@@ -118,8 +118,7 @@ fn tables(p: &mut Processor<'_>, pattern: Option<&str>) -> CliResult {
     let per_line = (80 / (width + 2)).max(1);
     let lines = names.len().div_ceil(per_line);
     for line in 0..lines {
-        let cells: Vec<String> =
-            names.iter().skip(line).step_by(lines).map(|n| format!("{n:<width$}")).collect();
+        let cells: Vec<String> = names.iter().skip(line).step_by(lines).map(|n| format!("{n:<width$}")).collect();
         writeln!(p.out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())

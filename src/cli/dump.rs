@@ -114,9 +114,8 @@ fn dump_rows(conn: &Connection, table: &str, out: &mut dyn Write) -> CliResult {
     let mut stmt = conn.prepare(&format!("SELECT {} FROM {}", stored.join(","), quote_ident(table)))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let values = (0..stored.len())
-            .map(|i| row.get::<_, Value>(i).map(|v| literal(&v)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let values =
+            (0..stored.len()).map(|i| row.get::<_, Value>(i).map(|v| literal(&v))).collect::<Result<Vec<_>, _>>()?;
         writeln!(out, "INSERT INTO {target} VALUES({});", values.join(","))?;
     }
     Ok(())

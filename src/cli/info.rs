@@ -111,11 +111,7 @@ fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, 
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-    Ok(vec![
-        ("page_size", json!(page_size)),
-        ("page_count", json!(page_count)),
-        ("journal_mode", json!(journal_mode)),
-    ])
+    Ok(vec![("page_size", json!(page_size)), ("page_count", json!(page_count)), ("journal_mode", json!(journal_mode))])
 }
 
 /// What the KMS says about the database's CMK: its aliases, state, and whether the DEK is

@@ -244,7 +244,9 @@ impl<'o> RowPrinter<'o> {
     pub fn finish(self) -> io::Result<()> {
         match self.settings.mode {
             Mode::Json if self.rows > 0 => self.out.write_all(b"]\n"),
-            Mode::Column if self.rows > 0 => write_columns(self.out, &self.names, &self.buffered, self.settings.headers),
+            Mode::Column if self.rows > 0 => {
+                write_columns(self.out, &self.names, &self.buffered, self.settings.headers)
+            }
             _ => Ok(()),
         }
     }
@@ -287,11 +289,34 @@ mod tests {
     fn reals_match_sqlite() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let samples = [
-            1.5, 1.0, 1e20, 0.1, 1.0 / 3.0, 123456789012345678.0, -0.0, 1e-7, 2.5e15, 1e15, 1e14, 9.99e15,
-            1e-300, 123.456, 100.0, -2.75, 0.0001, 0.00001, 999999999999999.0, 9999999999999999.0,
-            f64::MAX, f64::MIN_POSITIVE, std::f64::consts::PI, -1e100, 42.0,
+            1.5,
+            1.0,
+            1e20,
+            0.1,
+            1.0 / 3.0,
+            123456789012345678.0,
+            -0.0,
+            1e-7,
+            2.5e15,
+            1e15,
+            1e14,
+            9.99e15,
+            1e-300,
+            123.456,
+            100.0,
+            -2.75,
+            0.0001,
+            0.00001,
+            999999999999999.0,
+            9999999999999999.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            std::f64::consts::PI,
+            -1e100,
+            42.0,
             // A tie at the 16th digit: SQLite rounds it up, not to even.
-            508025621151756.5, -508025621151756.5,
+            508025621151756.5,
+            -508025621151756.5,
         ];
         for r in samples {
             let sqlite: String = conn.query_row("SELECT printf('%!.15g', ?1)", [r], |row| row.get(0)).unwrap();

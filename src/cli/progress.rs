@@ -95,7 +95,10 @@ pub fn cli_error(e: crate::Error, keystore: &std::path::Path) -> super::error::C
     let not_found = matches!(&e, crate::Error::Kms { source: crate::kms::KmsError::NotFound(_), .. });
     let mut err = super::error::CliError::from(e);
     if not_found {
-        err.message.push_str(&format!(" (keystore {}; use --keystore or SQLITE_TDE_KEYSTORE for another one)", keystore.display()));
+        err.message.push_str(&format!(
+            " (keystore {}; use --keystore or SQLITE_TDE_KEYSTORE for another one)",
+            keystore.display()
+        ));
     }
     err
 }

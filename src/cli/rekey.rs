@@ -60,7 +60,10 @@ pub fn run(global: &Global, args: &RekeyArgs) -> CliResult {
         Err(e) if interrupted_by_signal && matches!(e, crate::Error::RekeyInProgress { .. }) => {
             return Err(CliError {
                 code: EXIT_INTERRUPTED,
-                message: format!("interrupted; run `sqlite-tde rekey --resume {}` (or just open the database) to finish", args.db.display()),
+                message: format!(
+                    "interrupted; run `sqlite-tde rekey --resume {}` (or just open the database) to finish",
+                    args.db.display()
+                ),
                 quiet: false,
             })
         }
@@ -97,7 +100,10 @@ pub fn run(global: &Global, args: &RekeyArgs) -> CliResult {
     if report.status == "interrupted" {
         return Err(CliError {
             code: EXIT_INTERRUPTED,
-            message: format!("interrupted; run `sqlite-tde rekey --resume {}` (or just open the database) to finish", args.db.display()),
+            message: format!(
+                "interrupted; run `sqlite-tde rekey --resume {}` (or just open the database) to finish",
+                args.db.display()
+            ),
             quiet: false,
         });
     }

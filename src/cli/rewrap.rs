@@ -97,8 +97,12 @@ pub fn run(global: &Global, args: &RewrapArgs) -> CliResult {
         match rotation::rewrap(&tde, f, &opts) {
             Ok(r) => {
                 if global.json && args.all {
-                    writeln!(out, "{}", json!({"event": "file", "path": f, "status": r.status, "key_uri": r.key_uri,
-                        "key_version": r.key_version, "previous_key_uri": r.previous_key_uri, "previous_key_version": r.previous_key_version}))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"event": "file", "path": f, "status": r.status, "key_uri": r.key_uri,
+                        "key_version": r.key_version, "previous_key_uri": r.previous_key_uri, "previous_key_version": r.previous_key_version})
+                    )?;
                 } else if global.json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
                 } else {
@@ -131,7 +135,11 @@ pub fn run(global: &Global, args: &RewrapArgs) -> CliResult {
     match failures.len() {
         0 => Ok(()),
         1 if !args.all => Err(failures.pop().unwrap()),
-        n => Err(CliError { code: EXIT_FAILURE, message: format!("{n} of {} databases could not be rewrapped", files.len()), quiet: false }),
+        n => Err(CliError {
+            code: EXIT_FAILURE,
+            message: format!("{n} of {} databases could not be rewrapped", files.len()),
+            quiet: false,
+        }),
     }
 }
 
@@ -167,7 +175,11 @@ fn report_references(global: &Global, files: &[PathBuf], out: &mut dyn Write) ->
         }));
     }
     if global.json {
-        writeln!(out, "{}", json!({"event": "summary", "files": files.len(), "keys": keys, "older_version_references": stale}))?;
+        writeln!(
+            out,
+            "{}",
+            json!({"event": "summary", "files": files.len(), "keys": keys, "older_version_references": stale})
+        )?;
     } else {
         for k in &keys {
             let refs: Vec<String> = k["referenced_versions"]
@@ -176,14 +188,26 @@ fn report_references(global: &Global, files: &[PathBuf], out: &mut dyn Write) ->
                 .iter()
                 .map(|r| format!("v{} ({} file{})", r["version"], r["files"], if r["files"] == 1 { "" } else { "s" }))
                 .collect();
-            writeln!(out, "key {}: newest v{}; referenced: {}", k["key_uri"].as_str().unwrap_or(""), k["newest_version"], refs.join(", "))?;
+            writeln!(
+                out,
+                "key {}: newest v{}; referenced: {}",
+                k["key_uri"].as_str().unwrap_or(""),
+                k["newest_version"],
+                refs.join(", ")
+            )?;
         }
         if stale.is_empty() {
             writeln!(out, "no file references an older key version")?;
         } else {
             writeln!(out, "still referencing older versions (do not retire them yet):")?;
             for s in &stale {
-                writeln!(out, "  {}  {} v{}", s["path"].as_str().unwrap_or(""), s["key_uri"].as_str().unwrap_or(""), s["key_version"])?;
+                writeln!(
+                    out,
+                    "  {}  {} v{}",
+                    s["path"].as_str().unwrap_or(""),
+                    s["key_uri"].as_str().unwrap_or(""),
+                    s["key_version"]
+                )?;
             }
         }
     }

@@ -58,9 +58,7 @@ pub fn run(global: &Global, args: &SqlArgs) -> CliResult {
         return shell::run(&mut proc, &args.db, &history_path(&global.keystore));
     }
     let mut text = String::new();
-    io::stdin()
-        .read_to_string(&mut text)
-        .map_err(|e| CliError::failure(format!("reading SQL from stdin: {e}")))?;
+    io::stdin().read_to_string(&mut text).map_err(|e| CliError::failure(format!("reading SQL from stdin: {e}")))?;
     proc.script(&text)?;
     Ok(())
 }

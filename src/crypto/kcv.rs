@@ -11,8 +11,7 @@ pub const KCV_LEN: usize = 32;
 /// `HMAC-SHA256(DEK, "sqlite-tde/kcv/v1" || db_uuid)`. A PRF output: it reveals nothing about
 /// the key, and binds the check to one database.
 pub fn key_check_value(key: &DataKey, db_uuid: &[u8; 16]) -> [u8; KCV_LEN] {
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
-        .expect("HMAC accepts any key length");
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.expose()).expect("HMAC accepts any key length");
     mac.update(b"sqlite-tde/kcv/v1");
     mac.update(db_uuid);
     mac.finalize().into_bytes().into()

@@ -398,7 +398,10 @@ mod x86 {
                 let m = (nb - 4 * j).min(4);
                 let mask: __mmask8 = (0xffu16 >> (8 - 2 * m)) as u8;
                 // SAFETY: the mask covers only blocks below n.
-                *xj = _mm512_xor_si512(unsafe { _mm512_maskz_loadu_epi64(mask, p.add((i + 4 * j) * BLOCK).cast()) }, k[0]);
+                *xj = _mm512_xor_si512(
+                    unsafe { _mm512_maskz_loadu_epi64(mask, p.add((i + 4 * j) * BLOCK).cast()) },
+                    k[0],
+                );
             }
             for key in &k[1..ROUNDS - 1] {
                 for xj in x.iter_mut() {

@@ -201,9 +201,8 @@ impl Header {
             return Err(HeaderError::Corrupt("unexpected data unit or header size".into()));
         }
         let flags = u32_at(b, 12);
-        let text = |v: Vec<u8>| {
-            String::from_utf8(v).map_err(|_| HeaderError::Corrupt("key reference is not UTF-8".into()))
-        };
+        let text =
+            |v: Vec<u8>| String::from_utf8(v).map_err(|_| HeaderError::Corrupt("key reference is not UTF-8".into()));
         let key = KeyRef { uri: text(get_bytes(b, 64, KEY_REF_MAX, 60)?)?, version: u32_at(b, 56) };
         let wrapped_dek = get_bytes(b, 320, WRAPPED_MAX, 62)?;
         if key.uri.is_empty() || wrapped_dek.is_empty() {
@@ -239,11 +238,7 @@ pub fn choose_slot(region: &[u8]) -> Result<(Header, usize), HeaderError> {
         return Err(HeaderError::PlainSqlite);
     }
     if region.len() < HEADER_REGION_LEN {
-        return Err(if region.starts_with(&MAGIC) {
-            HeaderError::Truncated
-        } else {
-            HeaderError::NotEncrypted
-        });
+        return Err(if region.starts_with(&MAGIC) { HeaderError::Truncated } else { HeaderError::NotEncrypted });
     }
     let a = Header::decode(&region[..SLOT_LEN]);
     let b = Header::decode(&region[SLOT_LEN..HEADER_REGION_LEN]);

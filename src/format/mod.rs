@@ -6,7 +6,7 @@ mod header;
 mod size;
 
 pub use header::{
-    choose_slot, Header, HeaderError, KeyRef, RekeyState, SlotStatus, CIPHER_AES_256_XTS,
-    FORMAT_VERSION, HEADER_REGION_LEN, MAGIC, SLOT_LEN, SLOT_USED_LEN,
+    choose_slot, Header, HeaderError, KeyRef, RekeyState, SlotStatus, CIPHER_AES_256_XTS, FORMAT_VERSION,
+    HEADER_REGION_LEN, MAGIC, SLOT_LEN, SLOT_USED_LEN,
 };
 pub use size::{logical_len, physical_len};

@@ -87,7 +87,12 @@ pub trait Kms: Send + Sync {
 
     /// Decrypt a wrapped DEK recorded with `key_ref`. The context must equal the one used at
     /// generation.
-    fn decrypt_data_key(&self, key_ref: &KeyRef, wrapped: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError>;
+    fn decrypt_data_key(
+        &self,
+        key_ref: &KeyRef,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError>;
 
     /// ReEncrypt: wrap the same DEK under `target` (key id or alias), or under the newest
     /// version of its current key when `target` is `None`. The plaintext DEK is not returned

@@ -24,7 +24,9 @@ use sha2::{Digest, Sha256};
 use sqlite_vfs::{BaseFile, LockLevel};
 
 use super::engine::{Hook, Outcome, RawDb, SideFile, Step};
-use super::{check_writable, observe, parse_json, side_path, BaseDb, FsSide, Progress, VfsHook, CONVERT_JOURNAL_SUFFIX};
+use super::{
+    check_writable, observe, parse_json, side_path, BaseDb, FsSide, Progress, VfsHook, CONVERT_JOURNAL_SUFFIX,
+};
 use crate::crypto::{key_check_value, random_array, Domain, XtsCipher};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::format::{choose_slot, Header, HeaderError, HEADER_REGION_LEN, SLOT_LEN};
@@ -207,8 +209,10 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
 
     /// Continue an interrupted conversion from its state file.
     pub fn resume(db: &'a mut D, side: &'a mut S, cipher: &'a XtsCipher, hook: &'a mut dyn Hook) -> Result<Self> {
-        let bytes = side.load()?.ok_or_else(|| Error::Config("the in-place encryption state file is missing".into()))?;
-        let (state, slot) = decode_state(&bytes).ok_or_else(|| Error::Config("the in-place encryption state file is damaged".into()))?;
+        let bytes =
+            side.load()?.ok_or_else(|| Error::Config("the in-place encryption state file is missing".into()))?;
+        let (state, slot) = decode_state(&bytes)
+            .ok_or_else(|| Error::Config("the in-place encryption state file is damaged".into()))?;
         let mut e = ConvertEngine { db, side, cipher, state, slot, hook };
         // A chunk whose copy is durable but whose progress is not: move it again from the copy.
         if let Some((start, data)) = decode_chunk(&bytes, &e.state.header.db_uuid, e.state.progress) {
@@ -306,8 +310,9 @@ pub(crate) fn recover(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Resu
             state_path.display()
         ))
     })?;
-    let (state, _) = decode_state(&bytes)
-        .ok_or_else(|| Error::Config(format!("{path}: the in-place encryption state file {} is damaged", state_path.display())))?;
+    let (state, _) = decode_state(&bytes).ok_or_else(|| {
+        Error::Config(format!("{path}: the in-place encryption state file {} is damaged", state_path.display()))
+    })?;
     let h = &state.header;
     let cipher = unwrap_key(ctx, path, &h.db_uuid, &h.key, &h.wrapped_dek, &h.kcv)?;
     let mut raw = BaseDb(base);
@@ -338,7 +343,8 @@ pub(crate) fn pragma(
         return Err(Error::Config(format!("{path}: opened read-only: in-place encryption rewrites the file")));
     }
     let args: PragmaArgs = match value.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(v) => serde_json::from_str(v).map_err(|e| Error::Config(format!("tde_encrypt_in_place: bad options {v:?}: {e}")))?,
+        Some(v) => serde_json::from_str(v)
+            .map_err(|e| Error::Config(format!("tde_encrypt_in_place: bad options {v:?}: {e}")))?,
         None => PragmaArgs::default(),
     };
     let took = lock < LockLevel::Exclusive;
@@ -352,16 +358,25 @@ pub(crate) fn pragma(
     r
 }
 
-fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, args: &PragmaArgs) -> Result<(serde_json::Value, Option<Database>)> {
+fn run_locked(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    args: &PragmaArgs,
+) -> Result<(serde_json::Value, Option<Database>)> {
     let started = Instant::now();
     if let Ok(m) = std::fs::metadata(side_path(path, "-wal")) {
         if m.len() > 0 {
-            return Err(Error::Config(format!("{path}: the database has a non-empty WAL; switch it to journal_mode=DELETE first")));
+            return Err(Error::Config(format!(
+                "{path}: the database has a non-empty WAL; switch it to journal_mode=DELETE first"
+            )));
         }
     }
     if let Ok(b) = std::fs::read(side_path(path, "-journal")) {
         if b.len() >= 8 && is_journal_magic(&b[..8]) {
-            return Err(Error::Config(format!("{path}: a hot rollback journal is present; open the database with SQLite once to recover it")));
+            return Err(Error::Config(format!(
+                "{path}: a hot rollback journal is present; open the database with SQLite once to recover it"
+            )));
         }
     }
     if !is_plain_sqlite(base)? {
@@ -387,7 +402,14 @@ fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, args: &PragmaAr
         let mut raw = BaseDb(base);
         let mut side = FsSide::new(side_path(path, CONVERT_JOURNAL_SUFFIX));
         let mut hook = VfsHook::new("encrypt");
-        let mut engine = ConvertEngine::begin(&mut raw, &mut side, &cipher, header.clone(), args.chunk.unwrap_or(DEFAULT_CONVERT_CHUNK), &mut hook)?;
+        let mut engine = ConvertEngine::begin(
+            &mut raw,
+            &mut side,
+            &cipher,
+            header.clone(),
+            args.chunk.unwrap_or(DEFAULT_CONVERT_CHUNK),
+            &mut hook,
+        )?;
         engine.run()?
     };
     let plain_len = base.file_size()?.saturating_sub(HEADER_REGION_LEN as u64);
@@ -407,7 +429,9 @@ fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, args: &PragmaAr
             });
             Ok((report, Some(Database::new(path, h, slot, region, cipher))))
         }
-        Outcome::Interrupted => Ok((json!({"status": "interrupted", "seconds": started.elapsed().as_secs_f64()}), None)),
+        Outcome::Interrupted => {
+            Ok((json!({"status": "interrupted", "seconds": started.elapsed().as_secs_f64()}), None))
+        }
     }
 }
 
@@ -456,7 +480,9 @@ fn backup(src: &Connection, dst: &mut Connection, operation: &'static str) -> Re
         match r {
             rusqlite::backup::StepResult::Done => return Ok(total),
             rusqlite::backup::StepResult::More => {}
-            rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => std::thread::sleep(Duration::from_millis(20)),
+            rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
@@ -475,11 +501,12 @@ pub fn encrypt_copy(tde: &Tde, src: &Path, dst: &Path, key: Option<&str>) -> Res
     let started = Instant::now();
     refuse_existing(dst)?;
     let source = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)?;
-    source.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(|e| {
-        Error::Config(format!("{}: not a readable plain SQLite database ({e})", src.display()))
-    })?;
+    source
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| Error::Config(format!("{}: not a readable plain SQLite database ({e})", src.display())))?;
     let result = (|| {
-        let mut target = tde.open_with(dst, &OpenOptions { key: key.map(str::to_string), read_only: false, must_exist: false })?;
+        let mut target =
+            tde.open_with(dst, &OpenOptions { key: key.map(str::to_string), read_only: false, must_exist: false })?;
         let pages = backup(&source, &mut target, "encrypt")?;
         let ok: String = target.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if ok != "ok" {
@@ -517,7 +544,8 @@ pub fn decrypt_copy(tde: &Tde, src: &Path, dst: &Path) -> Result<ConvertReport> 
     let check: String = source.query_row("PRAGMA tde_kms_check", [], |r| r.get(0)).map_err(sqlite_err)?;
     let check = parse_json(&check)?;
     let result = (|| {
-        let mut target = Connection::open_with_flags(dst, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let mut target =
+            Connection::open_with_flags(dst, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         let pages = backup(&source, &mut target, "decrypt")?;
         let page_size: u64 = target.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))? as u64;
         Ok(ConvertReport {
@@ -581,11 +609,17 @@ pub fn encrypt_in_place(tde: &Tde, path: &Path, opts: &InPlaceOptions) -> Result
         Some("plain") => {}
         Some("open") if st["recovered"] == "in-place encryption" => return Ok(report("resumed", Some(&st))),
         Some("open") if opts.resume_only => return Ok(report("nothing-to-resume", Some(&st))),
-        Some("open") => return Err(Error::Config(format!("{}: not a plain SQLite database (already encrypted)", path.display()))),
+        Some("open") => {
+            return Err(Error::Config(format!("{}: not a plain SQLite database (already encrypted)", path.display())))
+        }
         other => {
             return Err(Error::Vfs(sqlite_vfs::VfsError::new(
                 sqlite_vfs::ErrorCode::Busy,
-                format!("{}: busy ({}): another connection holds the database; retry", path.display(), other.unwrap_or("?")),
+                format!(
+                    "{}: busy ({}): another connection holds the database; retry",
+                    path.display(),
+                    other.unwrap_or("?")
+                ),
             )))
         }
     }
@@ -597,14 +631,17 @@ pub fn encrypt_in_place(tde: &Tde, path: &Path, opts: &InPlaceOptions) -> Result
     let was_wal = {
         let plain = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI)?;
         plain.busy_timeout(busy)?;
-        plain.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())).map_err(|e| {
-            Error::Config(format!("{}: not a readable plain SQLite database ({e})", path.display()))
-        })?;
+        plain
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .map_err(|e| Error::Config(format!("{}: not a readable plain SQLite database ({e})", path.display())))?;
         let mode: String = plain.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if mode.eq_ignore_ascii_case("wal") {
             let m: String = plain.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
             if !m.eq_ignore_ascii_case("delete") {
-                return Err(Error::Config(format!("{}: cannot leave WAL mode (other connections?): {m}", path.display())));
+                return Err(Error::Config(format!(
+                    "{}: cannot leave WAL mode (other connections?): {m}",
+                    path.display()
+                )));
             }
             true
         } else {
@@ -616,11 +653,10 @@ pub fn encrypt_in_place(tde: &Tde, path: &Path, opts: &InPlaceOptions) -> Result
     conn.execute_batch("BEGIN EXCLUSIVE").map_err(sqlite_err)?;
     let args = json!({"key": opts.key, "chunk": opts.chunk, "busy_ms": busy.as_millis() as u64});
     let _ = take_last_open_error();
-    let r: std::result::Result<String, _> = conn.query_row(
-        &format!("PRAGMA tde_encrypt_in_place='{}'", args.to_string().replace('\'', "''")),
-        [],
-        |r| r.get(0),
-    );
+    let r: std::result::Result<String, _> =
+        conn.query_row(&format!("PRAGMA tde_encrypt_in_place='{}'", args.to_string().replace('\'', "''")), [], |r| {
+            r.get(0)
+        });
     let detail = take_last_open_error();
     let _ = conn.execute_batch("COMMIT");
     drop(conn);

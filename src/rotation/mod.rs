@@ -217,7 +217,14 @@ impl engine::SideFile for FsSide {
     fn write_at(&mut self, bytes: &[u8], off: u64) -> Result<()> {
         if self.file.is_none() {
             let existed = self.path.exists();
-            let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&self.path).map_err(|e| self.ctx(e))?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&self.path)
+                .map_err(|e| self.ctx(e))?;
             self.created |= !existed;
             self.file = Some(f);
         }
@@ -248,7 +255,13 @@ impl engine::SideFile for FsSide {
 /// EXCLUSIVE lock taken through `base` (waiting at most `wait`). `Ok(false)`: the lock is
 /// busy (another connection holds it: possibly the operation itself, still running).
 /// `Ok(true)`: nothing (more) to do. Locks go back to SQLite's own level afterwards.
-pub fn recover_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, _sqlite_level: LockLevel, wait: Duration) -> Result<bool> {
+pub fn recover_locked(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    _sqlite_level: LockLevel,
+    wait: Duration,
+) -> Result<bool> {
     match acquire(base, LockLevel::Exclusive, wait) {
         Ok(()) => {}
         Err(e) if e.code == ErrorCode::Busy => return Ok(false),
@@ -257,7 +270,8 @@ pub fn recover_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, _sqlite
     let r = (|| -> Result<()> {
         let region = read_region(base)?;
         let parsed = choose_slot(&region);
-        let torn_final = matches!(&parsed, Err(e) if *e != crate::format::HeaderError::PlainSqlite) && convert::state_file_valid(path);
+        let torn_final = matches!(&parsed, Err(e) if *e != crate::format::HeaderError::PlainSqlite)
+            && convert::state_file_valid(path);
         if convert::is_converting(&region) || torn_final {
             return match convert::recover(ctx, path, base)? {
                 Outcome::Done => Ok(()),

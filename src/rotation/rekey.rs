@@ -14,12 +14,20 @@ use crate::crypto::{key_check_value, Domain, XtsCipher};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::format::{choose_slot, Header, RekeyState};
 use crate::kms::EncryptionContext;
-use crate::vfs::database::{acquire, cache_key_of, is_journal_magic, kms_call, read_region, release, unlock, unwrap_key, Database};
+use crate::vfs::database::{
+    acquire, cache_key_of, is_journal_magic, kms_call, read_region, release, unlock, unwrap_key, Database,
+};
 use crate::vfs::TdeContext;
 use crate::{OpenOptions, Tde};
 
 /// Finish an interrupted rekey. The caller holds EXCLUSIVE on `base`.
-pub(crate) fn recover(ctx: &TdeContext, path: &str, base: &mut BaseFile, header: Header, slot: usize) -> Result<Outcome> {
+pub(crate) fn recover(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    header: Header,
+    slot: usize,
+) -> Result<Outcome> {
     let r = header.rekey.clone().expect("rekey state");
     let old = unwrap_key(ctx, path, &header.db_uuid, &header.key, &header.wrapped_dek, &header.kcv)?;
     let new = unwrap_key(ctx, path, &header.db_uuid, &r.key, &r.wrapped_dek, &r.kcv)?;
@@ -76,9 +84,14 @@ fn preflight_side_files(path: &str, old: &XtsCipher) -> Result<()> {
                 f.set_len(0)?;
                 f.sync_all()?;
             } else if is_journal_magic(&dec) {
-                return Err(Error::Config(format!("{path}: a hot rollback journal is present; open the database once to recover it, then retry")));
+                return Err(Error::Config(format!(
+                    "{path}: a hot rollback journal is present; open the database once to recover it, then retry"
+                )));
             } else {
-                return Err(Error::Config(format!("{path}: {} is not a journal of this database key; move it away, then retry", jpath.display())));
+                return Err(Error::Config(format!(
+                    "{path}: {} is not a journal of this database key; move it away, then retry",
+                    jpath.display()
+                )));
             }
         }
     }
@@ -101,7 +114,9 @@ pub(crate) fn pragma(
         return Err(Error::Config(format!("{path}: opened read-only: a rekey rewrites every page")));
     }
     let args: PragmaArgs = match value.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(v) if v.starts_with('{') => serde_json::from_str(v).map_err(|e| Error::Config(format!("tde_rekey: bad options {v:?}: {e}")))?,
+        Some(v) if v.starts_with('{') => {
+            serde_json::from_str(v).map_err(|e| Error::Config(format!("tde_rekey: bad options {v:?}: {e}")))?
+        }
         Some(v) => PragmaArgs { key: Some(v.to_string()), ..PragmaArgs::default() },
         None => PragmaArgs::default(),
     };
@@ -126,7 +141,13 @@ pub(crate) fn pragma(
     r
 }
 
-fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, db: &Arc<Database>, args: &PragmaArgs) -> Result<serde_json::Value> {
+fn run_locked(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    db: &Arc<Database>,
+    args: &PragmaArgs,
+) -> Result<serde_json::Value> {
     let started = Instant::now();
     let region = read_region(base)?;
     let (header, slot) = choose_slot(&region).map_err(|source| Error::Header { path: path.to_string(), source })?;
@@ -148,7 +169,8 @@ fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, db: &Arc<Databa
     let generated = kms_call(ctx, path, move |kms| kms.generate_data_key(&t, &context))?;
     let new_kcv = key_check_value(&generated.plaintext, &header.db_uuid);
     let new = Arc::new(XtsCipher::new(&generated.plaintext));
-    let state = RekeyState { key: generated.key.clone(), wrapped_dek: generated.wrapped.clone(), kcv: new_kcv, progress: 0 };
+    let state =
+        RekeyState { key: generated.key.clone(), wrapped_dek: generated.wrapped.clone(), kcv: new_kcv, progress: 0 };
     drop(generated); // wipes the plaintext DEK
     let previous = header.key.clone();
     let old_key = cache_key_of(&header);
@@ -164,7 +186,10 @@ fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, db: &Arc<Databa
         Ok(o) => o,
         Err(e) => {
             // The file may be between two keys: this connection must not read it any more.
-            db.block(sqlite_vfs::VfsError::new(sqlite_vfs::ErrorCode::Busy, format!("{path}: rekey failed half-way ({e}); reopen the database to finish it")));
+            db.block(sqlite_vfs::VfsError::new(
+                sqlite_vfs::ErrorCode::Busy,
+                format!("{path}: rekey failed half-way ({e}); reopen the database to finish it"),
+            ));
             return Err(e);
         }
     };
@@ -207,10 +232,14 @@ fn finish_report(
         Outcome::Interrupted => {
             db.block(sqlite_vfs::VfsError::new(
                 sqlite_vfs::ErrorCode::Busy,
-                format!("{path}: rekey interrupted; reopen the database (or run `sqlite-tde rekey --resume`) to finish it"),
+                format!(
+                    "{path}: rekey interrupted; reopen the database (or run `sqlite-tde rekey --resume`) to finish it"
+                ),
             ));
             let progress = header.rekey.as_ref().map(|r| r.progress).unwrap_or(0);
-            Ok(json!({ "status": "interrupted", "bytes": progress, "total": total, "seconds": started.elapsed().as_secs_f64() }))
+            Ok(
+                json!({ "status": "interrupted", "bytes": progress, "total": total, "seconds": started.elapsed().as_secs_f64() }),
+            )
         }
     }
 }
@@ -314,4 +343,3 @@ pub fn rekey(tde: &Tde, path: &Path, opts: &RekeyOptions) -> Result<RekeyReport>
         seconds: started.elapsed().as_secs_f64(),
     })
 }
-

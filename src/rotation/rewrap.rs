@@ -54,7 +54,13 @@ pub(crate) fn pragma(
     r
 }
 
-fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, db: &Arc<Database>, target: Option<&str>) -> Result<serde_json::Value> {
+fn run_locked(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    db: &Arc<Database>,
+    target: Option<&str>,
+) -> Result<serde_json::Value> {
     let region = read_region(base)?;
     let (h, slot) = choose_slot(&region).map_err(|source| Error::Header { path: path.to_string(), source })?;
     if h.rekey.is_some() {
@@ -63,7 +69,8 @@ fn run_locked(ctx: &TdeContext, path: &str, base: &mut BaseFile, db: &Arc<Databa
     let context = EncryptionContext::for_database(&h.db_uuid);
     let (key, wrapped, t) = (h.key.clone(), h.wrapped_dek.clone(), target.map(str::to_string));
     ctx.cache.note_kms_call();
-    let (new_wrapped, new_ref) = kms_call(ctx, path, move |kms| kms.rewrap_data_key(&key, &wrapped, &context, t.as_deref()))?;
+    let (new_wrapped, new_ref) =
+        kms_call(ctx, path, move |kms| kms.rewrap_data_key(&key, &wrapped, &context, t.as_deref()))?;
     let previous = h.key.clone();
     if new_ref == h.key {
         // Already wrapped under this key and version: nothing to rotate.
@@ -132,9 +139,8 @@ pub fn rewrap(tde: &Tde, path: &Path, opts: &RewrapOptions) -> Result<RewrapRepo
     conn.busy_timeout(opts.busy_timeout)?;
     let arg = json!({"key": opts.key, "busy_ms": opts.busy_timeout.as_millis() as u64}).to_string();
     let _ = take_last_open_error();
-    let text: String = conn
-        .query_row(&format!("PRAGMA tde_rewrap='{}'", arg.replace('\'', "''")), [], |r| r.get(0))
-        .map_err(take)?;
+    let text: String =
+        conn.query_row(&format!("PRAGMA tde_rewrap='{}'", arg.replace('\'', "''")), [], |r| r.get(0)).map_err(take)?;
     let v = parse_json(&text)?;
     Ok(RewrapReport {
         path: path.to_path_buf(),

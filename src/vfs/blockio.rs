@@ -387,12 +387,15 @@ pub(crate) mod tests {
         let mut model: Vec<u8> = Vec::new();
         let mut scratch = Vec::new();
         for op in ops {
-            let mut io = EncryptedIo { raw: &mut raw, cipher: &cipher, domain, data_offset: header, scratch: &mut scratch };
+            let mut io =
+                EncryptedIo { raw: &mut raw, cipher: &cipher, domain, data_offset: header, scratch: &mut scratch };
             match op {
                 Op::Write(o, d) => {
                     io.write(&d, o).unwrap();
                     let end = o as usize + d.len();
-                    if model.len() < end { model.resize(end, 0); }
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
                     model[o as usize..end].copy_from_slice(&d);
                 }
                 Op::Truncate(n) => {
@@ -404,7 +407,9 @@ pub(crate) mod tests {
                     let st = io.read(&mut got, o).unwrap();
                     let mut want = vec![0u8; n];
                     let avail = model.len().saturating_sub(o as usize).min(n);
-                    if avail > 0 { want[..avail].copy_from_slice(&model[o as usize..o as usize + avail]); }
+                    if avail > 0 {
+                        want[..avail].copy_from_slice(&model[o as usize..o as usize + avail]);
+                    }
                     prop_assert_eq!(st == ReadStatus::Full, avail == n, "read {} at {}, length {}", n, o, model.len());
                     prop_assert_eq!(got, want);
                 }
@@ -477,7 +482,13 @@ pub(crate) mod tests {
         let cipher = XtsCipher::new(&key);
         let mut raw = Counting(MemFile(vec![0; 8192]), 0);
         let mut scratch = Vec::new();
-        let mut io = EncryptedIo { raw: &mut raw, cipher: &cipher, domain: Domain::Database, data_offset: 8192, scratch: &mut scratch };
+        let mut io = EncryptedIo {
+            raw: &mut raw,
+            cipher: &cipher,
+            domain: Domain::Database,
+            data_offset: 8192,
+            scratch: &mut scratch,
+        };
         let page: Vec<u8> = (0..4096u32).map(|i| (i % 251 + 1) as u8).collect();
         for p in 0..4u64 {
             io.write(&page, p * 4096).unwrap();
@@ -502,7 +513,8 @@ pub(crate) mod tests {
         let cipher = XtsCipher::new(&key);
         let mut raw = MemFile::default();
         let mut scratch = Vec::new();
-        let mut io = EncryptedIo { raw: &mut raw, cipher: &cipher, domain: Domain::Wal, data_offset: 0, scratch: &mut scratch };
+        let mut io =
+            EncryptedIo { raw: &mut raw, cipher: &cipher, domain: Domain::Wal, data_offset: 0, scratch: &mut scratch };
         let marker = b"SECRET-MARKER-0123456789";
         for i in 0..50u64 {
             io.write(marker, i * 37).unwrap();

@@ -164,7 +164,8 @@ impl Database {
                 return Ok(false);
             }
         }
-        let (header, slot) = choose_slot(&region).map_err(|source| Error::Header { path: self.path.clone(), source })?;
+        let (header, slot) =
+            choose_slot(&region).map_err(|source| Error::Header { path: self.path.clone(), source })?;
         let current = self.header();
         if header.db_uuid != current.db_uuid {
             return Err(Error::Header {
@@ -297,7 +298,10 @@ where
         let _ = tx.send(r);
     });
     if let Err(e) = spawned {
-        return Err(Error::Kms { path: path.to_string(), source: KmsError::Unavailable(format!("cannot start a KMS call: {e}")) });
+        return Err(Error::Kms {
+            path: path.to_string(),
+            source: KmsError::Unavailable(format!("cannot start a KMS call: {e}")),
+        });
     }
     match rx.recv_timeout(timeout) {
         Ok(r) => r.map_err(|source| Error::Kms { path: path.to_string(), source }),
@@ -357,7 +361,13 @@ const RECOVERY_LOCK_WAIT: Duration = Duration::from_millis(200);
 /// Open an existing encrypted database file. An interrupted rekey or in-place encryption is
 /// finished first (under EXCLUSIVE, taken through `base`) unless `may_defer` and the lock is
 /// busy.
-pub fn open_existing(ctx: &TdeContext, path: &str, base: &mut BaseFile, read_only: bool, may_defer: bool) -> Result<Opened> {
+pub fn open_existing(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    read_only: bool,
+    may_defer: bool,
+) -> Result<Opened> {
     let mut attempts = 0;
     let mut recovered = None;
     loop {
@@ -381,7 +391,10 @@ pub fn open_existing(ctx: &TdeContext, path: &str, base: &mut BaseFile, read_onl
             Err(source) => {
                 // Power loss while an in-place encryption wrote the header region: its state
                 // file says what to write.
-                if !matches!(source, HeaderError::PlainSqlite) && !read_only && crate::rotation::convert::state_file_valid(path) {
+                if !matches!(source, HeaderError::PlainSqlite)
+                    && !read_only
+                    && crate::rotation::convert::state_file_valid(path)
+                {
                     recovered = Some("in-place encryption");
                     match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
                         true if attempts < 3 => continue,
@@ -511,13 +524,20 @@ pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> R
 /// Open an existing database. A header still being written by a creator in another process
 /// (it holds RESERVED while we may hold SHARED) can be seen half-written: retry briefly before
 /// calling it corrupt.
-pub fn open_existing_or_wait(ctx: &TdeContext, path: &str, base: &mut BaseFile, read_only: bool, may_defer: bool) -> Result<Opened> {
+pub fn open_existing_or_wait(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    read_only: bool,
+    may_defer: bool,
+) -> Result<Opened> {
     let mut tries = 0;
     loop {
         match open_existing(ctx, path, base, read_only, may_defer) {
-            Err(Error::Header { source: HeaderError::Truncated | HeaderError::Corrupt(_) | HeaderError::NotEncrypted, .. })
-                if tries < 20 && base.file_size()? <= HEADER_REGION_LEN as u64 =>
-            {
+            Err(Error::Header {
+                source: HeaderError::Truncated | HeaderError::Corrupt(_) | HeaderError::NotEncrypted,
+                ..
+            }) if tries < 20 && base.file_size()? <= HEADER_REGION_LEN as u64 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -535,7 +555,9 @@ pub fn acquire(base: &mut BaseFile, level: LockLevel, wait: Duration) -> std::re
     // and a long back-off would rarely find the gaps between their transactions.
     let pause = Duration::from_millis(1);
     loop {
-        let r = base.lock(LockLevel::Shared).and_then(|()| if level > LockLevel::Shared { base.lock(level) } else { Ok(()) });
+        let r =
+            base.lock(LockLevel::Shared)
+                .and_then(|()| if level > LockLevel::Shared { base.lock(level) } else { Ok(()) });
         match r {
             Ok(()) => return Ok(()),
             Err(e) if e.code == ErrorCode::Busy && Instant::now() < deadline => {
@@ -548,7 +570,10 @@ pub fn acquire(base: &mut BaseFile, level: LockLevel, wait: Duration) -> std::re
             Err(e) => {
                 let _ = base.unlock(LockLevel::None);
                 return Err(if e.code == ErrorCode::Busy {
-                    VfsError::new(ErrorCode::Busy, format!("database is locked (waited {} ms for {level:?})", wait.as_millis()))
+                    VfsError::new(
+                        ErrorCode::Busy,
+                        format!("database is locked (waited {} ms for {level:?})", wait.as_millis()),
+                    )
                 } else {
                     e
                 });

@@ -275,7 +275,9 @@ impl TdeFile {
         if self.kind != FileKind::MainDb {
             return Err(PragmaOutcome::NotFound);
         }
-        self.db.clone().ok_or_else(|| PragmaOutcome::Failed(format!("{pragma}: the database has no encryption header yet")))
+        self.db
+            .clone()
+            .ok_or_else(|| PragmaOutcome::Failed(format!("{pragma}: the database has no encryption header yet")))
     }
 
     fn pragma_rewrap(&mut self, value: Option<&str>) -> PragmaOutcome {
@@ -310,7 +312,15 @@ impl TdeFile {
             Ok(db) => db,
             Err(o) => return o,
         };
-        let r = crate::rotation::rekey::pragma(&self.ctx, &self.path, &mut self.base, &db, self.lock, self.read_only, value);
+        let r = crate::rotation::rekey::pragma(
+            &self.ctx,
+            &self.path,
+            &mut self.base,
+            &db,
+            self.lock,
+            self.read_only,
+            value,
+        );
         let out = json_outcome(r);
         let _ = self.sync_key();
         out
@@ -318,12 +328,15 @@ impl TdeFile {
 
     fn pragma_encrypt(&mut self, value: Option<&str>) -> PragmaOutcome {
         if self.kind != FileKind::MainDb || !self.convert {
-            return PragmaOutcome::Failed("tde_encrypt_in_place: only on a connection opened for in-place encryption".into());
+            return PragmaOutcome::Failed(
+                "tde_encrypt_in_place: only on a connection opened for in-place encryption".into(),
+            );
         }
         if !matches!(self.storage, Storage::Plain) {
             return PragmaOutcome::Failed("tde_encrypt_in_place: the database is already encrypted".into());
         }
-        let r = crate::rotation::convert::pragma(&self.ctx, &self.path, &mut self.base, self.lock, self.read_only, value);
+        let r =
+            crate::rotation::convert::pragma(&self.ctx, &self.path, &mut self.base, self.lock, self.read_only, value);
         match r {
             Ok((json, Some(db))) => {
                 self.adopt(db);
@@ -349,13 +362,15 @@ impl TdeFile {
         let context = crate::kms::EncryptionContext::for_database(&h.db_uuid);
         let (k, w) = (h.key.clone(), h.wrapped_dek.clone());
         self.ctx.cache.note_kms_call();
-        let r = database::kms_call(&self.ctx, &self.path, move |kms| kms.decrypt_data_key(&k, &w, &context)).and_then(|dek| {
-            if crate::crypto::kcv_matches(&crate::crypto::key_check_value(&dek, &h.db_uuid), &h.kcv) {
-                Ok(serde_json::json!({"status": "ok", "key_uri": h.key.uri, "key_version": h.key.version}))
-            } else {
-                Err(Error::WrongKey { path: self.path.clone() })
-            }
-        });
+        let r = database::kms_call(&self.ctx, &self.path, move |kms| kms.decrypt_data_key(&k, &w, &context)).and_then(
+            |dek| {
+                if crate::crypto::kcv_matches(&crate::crypto::key_check_value(&dek, &h.db_uuid), &h.kcv) {
+                    Ok(serde_json::json!({"status": "ok", "key_uri": h.key.uri, "key_version": h.key.version}))
+                } else {
+                    Err(Error::WrongKey { path: self.path.clone() })
+                }
+            },
+        );
         json_outcome(r)
     }
 
@@ -390,7 +405,12 @@ fn json_outcome(r: Result<serde_json::Value>) -> PragmaOutcome {
 }
 
 /// Open hook: classify, link, verify keys, and build the file.
-pub fn open(ctx: &Arc<TdeContext>, req: &OpenRequest<'_>, mut base: BaseFile, main_db: Option<&TdeFile>) -> Result<TdeFile> {
+pub fn open(
+    ctx: &Arc<TdeContext>,
+    req: &OpenRequest<'_>,
+    mut base: BaseFile,
+    main_db: Option<&TdeFile>,
+) -> Result<TdeFile> {
     let path = req.path.unwrap_or("(anonymous)").to_string();
     let read_only = req.flags.read_only();
     let mut convert = false;
@@ -413,7 +433,14 @@ pub fn open(ctx: &Arc<TdeContext>, req: &OpenRequest<'_>, mut base: BaseFile, ma
                     Opened::Ready(db) => {
                         let db = Arc::new(db);
                         let (_, cipher) = db.cipher();
-                        (Storage::Encrypted { cipher, domain: Domain::Database, data_offset: HEADER_REGION_LEN as u64 }, Some(db))
+                        (
+                            Storage::Encrypted {
+                                cipher,
+                                domain: Domain::Database,
+                                data_offset: HEADER_REGION_LEN as u64,
+                            },
+                            Some(db),
+                        )
                     }
                     Opened::Deferred => (pending(), None),
                 }
@@ -440,7 +467,14 @@ pub fn open(ctx: &Arc<TdeContext>, req: &OpenRequest<'_>, mut base: BaseFile, ma
         FileKind::SubJournal | FileKind::TempDb | FileKind::TempJournal | FileKind::TransientDb => {
             // Never outlives this connection: a random key that is never stored.
             let key = DataKey::generate().map_err(|e| Error::Config(e.to_string()))?;
-            (Storage::Encrypted { cipher: Arc::new(XtsCipher::new(&key)), domain: Domain::Temporary, data_offset: 0 }, None)
+            (
+                Storage::Encrypted {
+                    cipher: Arc::new(XtsCipher::new(&key)),
+                    domain: Domain::Temporary,
+                    data_offset: 0,
+                },
+                None,
+            )
         }
     };
     let generation = db.as_ref().map(|d| d.generation()).unwrap_or(0);

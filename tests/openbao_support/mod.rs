@@ -18,11 +18,7 @@ use sqlite_tde::kms::{Kms, KmsError};
 /// The `bao` binary: on `PATH`, else where `.ci/setup.d/openbao.sh` installs it.
 pub fn find_bao() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("bao"))
-                .collect::<Vec<_>>()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("bao")).collect::<Vec<_>>())
         .unwrap_or_default();
     let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/tools/bin/bao");
     on_path.into_iter().chain([installed]).find(|p| p.is_file())
@@ -43,11 +39,7 @@ pub fn require_bao(test: &str) -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A `bao server -dev` on 127.0.0.1 with a file audit device, in its own temp directory.
@@ -108,46 +100,23 @@ impl BaoServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        for var in [
-            "BAO_ADDR",
-            "BAO_TOKEN",
-            "VAULT_ADDR",
-            "VAULT_TOKEN",
-            "BAO_CACERT",
-            "VAULT_CACERT",
-        ] {
+        for var in ["BAO_ADDR", "BAO_TOKEN", "VAULT_ADDR", "VAULT_TOKEN", "BAO_CACERT", "VAULT_CACERT"] {
             cmd.env_remove(var);
         }
         if tls {
             std::fs::create_dir(dir.path().join("tls")).unwrap();
-            cmd.arg("-dev-tls").arg(format!(
-                "-dev-tls-cert-dir={}",
-                dir.path().join("tls").display()
-            ));
+            cmd.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", dir.path().join("tls").display()));
         }
         let child = cmd.spawn().expect("spawn bao server");
         let watchdog = spawn_watchdog(child.id());
         let ca_cert = tls.then(|| dir.path().join("tls/vault-ca.pem"));
-        let mut server = BaoServer {
-            child: Some(child),
-            watchdog: Some(watchdog),
-            dir,
-            port,
-            root_token,
-            tls,
-            audit_log,
-            ca_cert,
-        };
+        let mut server =
+            BaoServer { child: Some(child), watchdog: Some(watchdog), dir, port, root_token, tls, audit_log, ca_cert };
         if !server.wait_ready() {
             server.stop();
-            return Err(
-                std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default(),
-            );
+            return Err(std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default());
         }
-        server
-            .root()
-            .post("sys/mounts/transit", json!({ "type": "transit" }))
-            .unwrap();
+        server.root().post("sys/mounts/transit", json!({ "type": "transit" })).unwrap();
         Ok(server)
     }
 
@@ -175,20 +144,12 @@ impl BaoServer {
 
     /// `http(s)://127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
-        format!(
-            "{}://127.0.0.1:{}",
-            if self.tls { "https" } else { "http" },
-            self.port
-        )
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
     }
 
     /// The sqlite-tde key URI of transit key `key`.
     pub fn uri(&self, key: &str) -> String {
-        format!(
-            "openbao+{}://127.0.0.1:{}/transit/{key}",
-            if self.tls { "https" } else { "http" },
-            self.port
-        )
+        format!("openbao+{}://127.0.0.1:{}/transit/{key}", if self.tls { "https" } else { "http" }, self.port)
     }
 
     /// API client with the root token.
@@ -203,22 +164,12 @@ impl BaoServer {
 
     /// Create an `aes256-gcm96` transit key.
     pub fn create_key(&self, name: &str) {
-        self.root()
-            .post(
-                &format!("transit/keys/{name}"),
-                json!({ "type": "aes256-gcm96" }),
-            )
-            .unwrap();
+        self.root().post(&format!("transit/keys/{name}"), json!({ "type": "aes256-gcm96" })).unwrap();
     }
 
     /// Write an ACL policy.
     pub fn policy(&self, name: &str, hcl: &str) {
-        self.root()
-            .post(
-                &format!("sys/policies/acl/{name}"),
-                json!({ "policy": hcl }),
-            )
-            .unwrap();
+        self.root().post(&format!("sys/policies/acl/{name}"), json!({ "policy": hcl })).unwrap();
     }
 
     /// A token with exactly these policies (no default policy); returns (token, accessor).
@@ -230,17 +181,12 @@ impl BaoServer {
                 json!({ "policies": policies, "no_default_policy": true, "display_name": display_name, "ttl": "1h" }),
             )
             .unwrap();
-        (
-            v["auth"]["client_token"].as_str().unwrap().to_string(),
-            v["auth"]["accessor"].as_str().unwrap().to_string(),
-        )
+        (v["auth"]["client_token"].as_str().unwrap().to_string(), v["auth"]["accessor"].as_str().unwrap().to_string())
     }
 
     /// Revoke a token (and its children).
     pub fn revoke(&self, token: &str) {
-        self.root()
-            .post("auth/token/revoke", json!({ "token": token }))
-            .unwrap();
+        self.root().post("auth/token/revoke", json!({ "token": token })).unwrap();
     }
 
     /// Parsed audit log entries.
@@ -271,9 +217,7 @@ fn spawn_watchdog(server_pid: u32) -> Child {
     let me = std::process::id();
     Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {server_pid} 2>/dev/null"
-        ))
+        .arg(format!("while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {server_pid} 2>/dev/null"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -312,16 +256,10 @@ impl Api {
             .timeout_global(Some(Duration::from_secs(10)))
             .tls_config(tls.build())
             .build();
-        Api {
-            agent: ureq::Agent::new_with_config(config),
-            addr: addr.to_string(),
-            token: token.map(str::to_string),
-        }
+        Api { agent: ureq::Agent::new_with_config(config), addr: addr.to_string(), token: token.map(str::to_string) }
     }
 
-    fn finish(
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, (u16, String)> {
+    fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, (u16, String)> {
         let mut resp = resp.map_err(|e| (0, e.to_string()))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
@@ -381,27 +319,19 @@ pub fn keyadmin_policy(key: &str) -> String {
 /// Read and decode the current header of a database file.
 pub fn read_header(path: &Path) -> (Header, usize) {
     let mut region = vec![0u8; HEADER_REGION_LEN];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact(&mut region)
-        .unwrap();
+    std::fs::File::open(path).unwrap().read_exact(&mut region).unwrap();
     choose_slot(&region).unwrap()
 }
 
 /// What `sqlite-tde rewrap FILE` will do: rewrap the DEK of the newest valid header slot with
 /// the KMS, then write the result (sequence + 1) into the *other* slot and fsync, so a crash
 /// leaves either the old or the new header valid. Returns (old, new).
-pub fn rewrap_file(
-    path: &Path,
-    kms: &dyn Kms,
-    target: Option<&str>,
-) -> Result<(Header, Header), KmsError> {
+pub fn rewrap_file(path: &Path, kms: &dyn Kms, target: Option<&str>) -> Result<(Header, Header), KmsError> {
     let (current, slot) = read_header(path);
     let new = rewrap_header(kms, &current, target)?;
     let image = new.encode().unwrap();
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(((1 - slot) * SLOT_LEN) as u64))
-        .unwrap();
+    f.seek(SeekFrom::Start(((1 - slot) * SLOT_LEN) as u64)).unwrap();
     f.write_all(&image).unwrap();
     f.sync_all().unwrap();
     Ok((current, new))

@@ -86,7 +86,12 @@ struct Entry {
 enum Fate {
     Apply(Entry),
     /// Random bytes over whole sectors `first..=last`.
-    Trash { path: String, first: u64, last: u64, bytes: Vec<u8> },
+    Trash {
+        path: String,
+        first: u64,
+        last: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Default)]
@@ -221,7 +226,13 @@ impl Session {
                 r &= 1; // a truncate is applied or lost, never torn (test6.c)
             }
             if self.trace {
-                let fate = if r & 6 == 6 { "TORN" } else if r & 1 == 1 { "dropped" } else { "applied" };
+                let fate = if r & 6 == 6 {
+                    "TORN"
+                } else if r & 1 == 1 {
+                    "dropped"
+                } else {
+                    "applied"
+                };
                 let what = match &e.op {
                     Op::Write { off, data } => format!("write {}@{off}", data.len()),
                     Op::Truncate(n) => format!("truncate {n}"),

@@ -10,7 +10,10 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use sqlite_vfs::{BaseFile, ErrorCode, FileKind, OpenRequest, ReadStatus, RegisterOptions, Shim, ShimFile, SyncFlags, VfsError, VfsResult};
+use sqlite_vfs::{
+    BaseFile, ErrorCode, FileKind, OpenRequest, ReadStatus, RegisterOptions, Shim, ShimFile, SyncFlags, VfsError,
+    VfsResult,
+};
 
 pub const FAULT_VFS: &str = "reliability-fault";
 

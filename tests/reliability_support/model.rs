@@ -99,9 +99,7 @@ pub fn powerloss_workload(seed: u64, n: usize) -> Workload {
         } as usize;
         format!("x'{}'", hex::encode(rng.bytes(n)))
     };
-    let mut first = String::from(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB, w TEXT); CREATE INDEX t_w ON t(w);",
-    );
+    let mut first = String::from("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB, w TEXT); CREATE INDEX t_w ON t(w);");
     for _ in 0..6 {
         let b = blob(&mut rng);
         first.push_str(&format!("INSERT INTO t VALUES({next_id}, {b}, 'w{}');", rng.next() % 1000));

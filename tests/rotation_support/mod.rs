@@ -38,8 +38,16 @@ pub fn populate(c: &Connection, rows: usize) {
     let tx = c.unchecked_transaction().unwrap();
     for i in 0..rows {
         let blob: Vec<u8> = (0..(100 + (i * 37) % 900)).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
-        tx.execute("INSERT INTO items(name, payload) VALUES(?1, ?2)", rusqlite::params![format!("name-{:06}", (i * 7919) % rows), blob]).unwrap();
-        tx.execute("INSERT INTO kv(k, v) VALUES(?1, ?2)", rusqlite::params![format!("key-{i}"), format!("value-{}", i * i)]).unwrap();
+        tx.execute(
+            "INSERT INTO items(name, payload) VALUES(?1, ?2)",
+            rusqlite::params![format!("name-{:06}", (i * 7919) % rows), blob],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO kv(k, v) VALUES(?1, ?2)",
+            rusqlite::params![format!("key-{i}"), format!("value-{}", i * i)],
+        )
+        .unwrap();
     }
     tx.commit().unwrap();
 }

@@ -44,10 +44,7 @@ pub fn passthrough(tag: &str, config: PassThroughConfig) -> Vfs {
 pub fn tempdir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new()
-            .prefix("sqlite-vfs-")
-            .tempdir_in(shm)
-        {
+        if let Ok(d) = tempfile::Builder::new().prefix("sqlite-vfs-").tempdir_in(shm) {
             return d;
         }
     }
@@ -86,26 +83,20 @@ pub fn rows(conn: &Connection, sql: &str) -> Rows {
 
 /// A single value.
 pub fn one<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
-    conn.query_row(sql, [], |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Every row of every table of schema `db`, in a stable order, plus an integrity check.
 pub fn dump(conn: &Connection, db: &str) -> Vec<(String, Rows)> {
-    let mut out = vec![(
-        "integrity".to_owned(),
-        rows(conn, &format!("PRAGMA {db}.integrity_check")),
-    )];
-    let tables: Vec<String> = rows(
-        conn,
-        &format!("SELECT name FROM {db}.sqlite_schema WHERE type='table' ORDER BY name"),
-    )
-    .into_iter()
-    .map(|r| match &r[0] {
-        Value::Text(t) => t.clone(),
-        v => panic!("{v:?}"),
-    })
-    .collect();
+    let mut out = vec![("integrity".to_owned(), rows(conn, &format!("PRAGMA {db}.integrity_check")))];
+    let tables: Vec<String> =
+        rows(conn, &format!("SELECT name FROM {db}.sqlite_schema WHERE type='table' ORDER BY name"))
+            .into_iter()
+            .map(|r| match &r[0] {
+                Value::Text(t) => t.clone(),
+                v => panic!("{v:?}"),
+            })
+            .collect();
     for t in tables {
         let r = rows(conn, &format!("SELECT * FROM {db}.\"{t}\" ORDER BY 1, 2"));
         out.push((t, r));
@@ -148,18 +139,14 @@ where
     if db.exists() {
         let reopened = dump(&open(&db, None), "main");
         let original = dump(&open(&b.path().join("main.db"), None), "main");
-        assert_eq!(
-            reopened, original,
-            "pass-through file differs when read by plain SQLite"
-        );
+        assert_eq!(reopened, original, "pass-through file differs when read by plain SQLite");
     }
 }
 
 /// Statistics invariants every workload must satisfy: each journal/WAL open was linked to its
 /// main database, and every opened file was closed.
 pub fn assert_links(stats: &Stats) {
-    let linkable = stats.opens_of(sqlite_vfs::FileKind::MainJournal)
-        + stats.opens_of(sqlite_vfs::FileKind::Wal);
+    let linkable = stats.opens_of(sqlite_vfs::FileKind::MainJournal) + stats.opens_of(sqlite_vfs::FileKind::Wal);
     assert_eq!(stats.unlinked_opens, 0, "{}", stats.summary());
     assert_eq!(stats.mismatched_links, 0, "{}", stats.summary());
     assert_eq!(stats.linked_opens, linkable, "{}", stats.summary());

@@ -35,12 +35,7 @@ pub(crate) enum Failure {
     /// AppRole login was refused.
     Login { status: u16, errors: Vec<String> },
     /// No usable answer: connection, timeout or TLS failure.
-    Transport {
-        detail: String,
-        attempts: u32,
-        elapsed: Duration,
-        retryable: bool,
-    },
+    Transport { detail: String, attempts: u32, elapsed: Duration, retryable: bool },
     /// Local problem before any request (e.g. the token file cannot be read).
     Local(KmsError),
 }
@@ -101,9 +96,9 @@ struct LoginAuth {
 }
 
 fn read_pem(path: &std::path::Path, what: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    std::fs::read(path).map(Zeroizing::new).map_err(|e| {
-        KmsError::InvalidRequest(format!("cannot read {what} {}: {e}", path.display()))
-    })
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| KmsError::InvalidRequest(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 fn certificates(pem: &[u8], path: &std::path::Path) -> Result<Vec<Certificate<'static>>, KmsError> {
@@ -112,19 +107,11 @@ fn certificates(pem: &[u8], path: &std::path::Path) -> Result<Vec<Certificate<'s
         match item {
             Ok(PemItem::Certificate(c)) => certs.push(c),
             Ok(_) => {}
-            Err(e) => {
-                return Err(KmsError::InvalidRequest(format!(
-                    "bad PEM in {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(KmsError::InvalidRequest(format!("bad PEM in {}: {e}", path.display()))),
         }
     }
     if certs.is_empty() {
-        return Err(KmsError::InvalidRequest(format!(
-            "no certificate in {}",
-            path.display()
-        )));
+        return Err(KmsError::InvalidRequest(format!("no certificate in {}", path.display())));
     }
     Ok(certs)
 }
@@ -138,9 +125,8 @@ fn tls_config(config: &OpenBaoConfig) -> Result<TlsConfig, KmsError> {
     if let Some((cert, key)) = &config.client_cert {
         let chain = certificates(&read_pem(cert, "the client certificate")?, cert)?;
         let key_pem = read_pem(key, "the client key")?;
-        let key = PrivateKey::from_pem(&key_pem).map_err(|e| {
-            KmsError::InvalidRequest(format!("bad client key {}: {e}", key.display()))
-        })?;
+        let key = PrivateKey::from_pem(&key_pem)
+            .map_err(|e| KmsError::InvalidRequest(format!("bad client key {}: {e}", key.display())))?;
         tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
     }
     Ok(tls.build())
@@ -149,9 +135,7 @@ fn tls_config(config: &OpenBaoConfig) -> Result<TlsConfig, KmsError> {
 /// First error message of an error body, or the raw text.
 pub(crate) fn parse_errors(body: &[u8]) -> Vec<String> {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) if !b.errors.is_empty() => {
-            b.errors.into_iter().map(|e| e.trim().to_string()).collect()
-        }
+        Ok(b) if !b.errors.is_empty() => b.errors.into_iter().map(|e| e.trim().to_string()).collect(),
         _ => {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
@@ -172,13 +156,7 @@ fn retryable_status(status: u16) -> bool {
 
 fn describe_transport(e: &ureq::Error, timeout: Duration) -> (String, bool) {
     match e {
-        ureq::Error::Timeout(_) => (
-            format!(
-                "no answer within {} ms ({ENV_TIMEOUT_MS})",
-                timeout.as_millis()
-            ),
-            true,
-        ),
+        ureq::Error::Timeout(_) => (format!("no answer within {} ms ({ENV_TIMEOUT_MS})", timeout.as_millis()), true),
         ureq::Error::Io(io) => {
             let retryable = matches!(
                 io.kind(),
@@ -196,10 +174,7 @@ fn describe_transport(e: &ureq::Error, timeout: Duration) -> (String, bool) {
                     "connection refused (is the server running and listening there?)".to_string()
                 }
                 ErrorKind::TimedOut | ErrorKind::WouldBlock => {
-                    format!(
-                        "no answer within {} ms ({ENV_TIMEOUT_MS})",
-                        timeout.as_millis()
-                    )
+                    format!("no answer within {} ms ({ENV_TIMEOUT_MS})", timeout.as_millis())
                 }
                 // rustls reports handshake failures through the stream as InvalidData.
                 ErrorKind::InvalidData if io.to_string().contains("certificate") => {
@@ -214,10 +189,9 @@ fn describe_transport(e: &ureq::Error, timeout: Duration) -> (String, bool) {
         }
         ureq::Error::ConnectionFailed => ("connection failed".into(), true),
         ureq::Error::HostNotFound => ("host name not found".into(), false),
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => (
-            format!("TLS failure: {e} (for a private CA set BAO_CACERT to its PEM file)"),
-            false,
-        ),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => {
+            (format!("TLS failure: {e} (for a private CA set BAO_CACERT to its PEM file)"), false)
+        }
         other => (other.to_string(), false),
     }
 }
@@ -257,11 +231,7 @@ impl Client {
 
     /// Settings that bound a call, for "unreachable" messages.
     pub(crate) fn budget(&self) -> String {
-        format!(
-            "{ENV_TIMEOUT_MS}={}, {ENV_RETRIES}={}",
-            self.timeout.as_millis(),
-            self.retries
-        )
+        format!("{ENV_TIMEOUT_MS}={}, {ENV_RETRIES}={}", self.timeout.as_millis(), self.retries)
     }
 
     /// `POST /v1/PATH` with a JSON body; returns the response body of a 2xx answer.
@@ -274,19 +244,13 @@ impl Client {
         self.authenticated(path, None)
     }
 
-    fn authenticated(
-        &self,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    fn authenticated(&self, path: &str, body: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, Failure> {
         let token = self.token()?;
         match self.send_with_retries(path, body, Some(&token)) {
             // A login token can be revoked or expire early (max TTL, secret ID rotation): log
             // in once more before reporting the denial. A static token is what the operator
             // gave; retrying it cannot help.
-            Err(Failure::Status { status: 403, .. })
-                if matches!(self.credentials, Credentials::AppRole { .. }) =>
-            {
+            Err(Failure::Status { status: 403, .. }) if matches!(self.credentials, Credentials::AppRole { .. }) => {
                 *self.login.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let token = self.token()?;
                 self.send_with_retries(path, body, Some(&token))
@@ -299,41 +263,28 @@ impl Client {
     fn token(&self) -> Result<SecretString, Failure> {
         match &self.credentials {
             Credentials::Token { token, .. } => token.load("token").map_err(Failure::Local),
-            Credentials::AppRole {
-                mount,
-                role_id,
-                secret_id,
-            } => {
+            Credentials::AppRole { mount, role_id, secret_id } => {
                 let mut slot = self.login.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(t) = slot.as_ref() {
                     if t.refresh_at.is_none_or(|at| Instant::now() < at) {
                         return Ok(t.token.clone());
                     }
                 }
-                let secret_id = secret_id
-                    .load("AppRole secret ID")
-                    .map_err(Failure::Local)?;
+                let secret_id = secret_id.load("AppRole secret ID").map_err(Failure::Local)?;
                 #[derive(serde::Serialize)]
                 struct Login<'a> {
                     role_id: &'a str,
                     secret_id: &'a str,
                 }
                 let mut body = Zeroizing::new(Vec::with_capacity(1024));
-                let login = Login {
-                    role_id,
-                    secret_id: secret_id.expose_secret(),
-                };
+                let login = Login { role_id, secret_id: secret_id.expose_secret() };
                 serde_json::to_writer(&mut *body, &login)
                     .map_err(|e| Failure::Local(KmsError::InvalidRequest(e.to_string())))?;
-                let answer =
-                    match self.send_with_retries(&format!("auth/{mount}/login"), Some(&body), None)
-                    {
-                        Ok(a) => a,
-                        Err(Failure::Status { status, errors }) => {
-                            return Err(Failure::Login { status, errors })
-                        }
-                        Err(other) => return Err(other),
-                    };
+                let answer = match self.send_with_retries(&format!("auth/{mount}/login"), Some(&body), None) {
+                    Ok(a) => a,
+                    Err(Failure::Status { status, errors }) => return Err(Failure::Login { status, errors }),
+                    Err(other) => return Err(other),
+                };
                 let parsed: LoginBody = serde_json::from_slice(&answer).map_err(|e| {
                     Failure::Local(KmsError::Unavailable(format!(
                         "unexpected AppRole login answer from {}: {e}",
@@ -341,10 +292,7 @@ impl Client {
                     )))
                 })?;
                 let auth = parsed.auth.ok_or_else(|| {
-                    Failure::Local(KmsError::Unavailable(format!(
-                        "AppRole login at {} returned no token",
-                        self.base
-                    )))
+                    Failure::Local(KmsError::Unavailable(format!("AppRole login at {} returned no token", self.base)))
                 })?;
                 // Log in again after two thirds of the lease, well before the server expires
                 // the token under a running application.
@@ -353,10 +301,7 @@ impl Client {
                 // `to_string` allocates exactly, so the conversion to a boxed str does not
                 // reallocate; the parsed copy is wiped when `auth` drops.
                 let token = SecretString::from(auth.client_token.0.to_string());
-                *slot = Some(LoginToken {
-                    token: token.clone(),
-                    refresh_at,
-                });
+                *slot = Some(LoginToken { token: token.clone(), refresh_at });
                 Ok(token)
             }
         }
@@ -372,9 +317,7 @@ impl Client {
         let token_header = match token {
             Some(t) => {
                 let mut v = HeaderValue::from_str(t.expose_secret()).map_err(|_| {
-                    ureq::Error::BadUri(
-                        "the token contains characters not allowed in an HTTP header".into(),
-                    )
+                    ureq::Error::BadUri("the token contains characters not allowed in an HTTP header".into())
                 })?;
                 // Keeps the value out of any header dump (http's Debug prints "Sensitive").
                 v.set_sensitive(true);
@@ -384,11 +327,7 @@ impl Client {
         };
         let mut response = match body {
             Some(b) => {
-                let mut req = self
-                    .agent
-                    .post(&url)
-                    .header("X-Vault-Request", "true")
-                    .content_type("application/json");
+                let mut req = self.agent.post(&url).header("X-Vault-Request", "true").content_type("application/json");
                 if let Some(v) = token_header {
                     req = req.header("X-Vault-Token", v);
                 }
@@ -412,13 +351,7 @@ impl Client {
         // Reserved up front so a body holding a data key is never reallocated (a reallocation
         // would free a copy without wiping it).
         let mut body = Zeroizing::new(Vec::with_capacity(BODY_RESERVE));
-        response
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY)
-            .reader()
-            .read_to_end(&mut body)
-            .map_err(ureq::Error::Io)?;
+        response.body_mut().with_config().limit(MAX_BODY).reader().read_to_end(&mut body).map_err(ureq::Error::Io)?;
         Ok((status, body))
     }
 
@@ -463,12 +396,8 @@ impl Client {
 /// Exponential backoff with jitter (50-100 % of the nominal delay), so a fleet that lost the
 /// KMS at the same moment does not retry in lockstep.
 fn backoff(attempt: u32) -> Duration {
-    let nominal = BACKOFF_START
-        .saturating_mul(1 << (attempt - 1).min(8))
-        .min(BACKOFF_MAX);
-    let r = crate::crypto::random_array::<1>()
-        .map(|b| b[0])
-        .unwrap_or(255);
+    let nominal = BACKOFF_START.saturating_mul(1 << (attempt - 1).min(8)).min(BACKOFF_MAX);
+    let r = crate::crypto::random_array::<1>().map(|b| b[0]).unwrap_or(255);
     nominal / 2 + nominal / 2 * u32::from(r) / 255
 }
 
@@ -526,11 +455,7 @@ mod tests {
 
     #[test]
     fn retries_5xx_then_succeeds() {
-        let (uri, hits) = canned(vec![
-            (503, r#"{"errors":["sealed"]}"#),
-            (500, "{}"),
-            (200, r#"{"data":{}}"#),
-        ]);
+        let (uri, hits) = canned(vec![(503, r#"{"errors":["sealed"]}"#), (500, "{}"), (200, r#"{"data":{}}"#)]);
         let c = client(&uri, 2, 2000);
         let body = c.post("transit/decrypt/k", b"{}").unwrap();
         assert_eq!(&body[..], br#"{"data":{}}"#);
@@ -542,10 +467,7 @@ mod tests {
         let (uri, hits) = canned(vec![(502, "bad gateway"); 5]);
         let c = client(&uri, 1, 2000);
         match c.post("transit/decrypt/k", b"{}") {
-            Err(Failure::Status {
-                status: 502,
-                errors,
-            }) => assert_eq!(errors, vec!["bad gateway".to_string()]),
+            Err(Failure::Status { status: 502, errors }) => assert_eq!(errors, vec!["bad gateway".to_string()]),
             other => panic!("{other:?}"),
         }
         assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -555,10 +477,7 @@ mod tests {
     fn client_errors_are_not_retried() {
         let (uri, hits) = canned(vec![(403, r#"{"errors":["permission denied"]}"#); 3]);
         let c = client(&uri, 2, 2000);
-        assert!(matches!(
-            c.post("transit/decrypt/k", b"{}"),
-            Err(Failure::Status { status: 403, .. })
-        ));
+        assert!(matches!(c.post("transit/decrypt/k", b"{}"), Err(Failure::Status { status: 403, .. })));
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 
@@ -580,47 +499,27 @@ mod tests {
         let c = client(&format!("openbao+http://{addr}/transit/k"), 1, 200);
         let t = Instant::now();
         match c.post("transit/decrypt/k", b"{}") {
-            Err(Failure::Transport {
-                attempts: 2,
-                detail,
-                ..
-            }) => assert!(detail.contains("no answer within 200 ms"), "{detail}"),
+            Err(Failure::Transport { attempts: 2, detail, .. }) => {
+                assert!(detail.contains("no answer within 200 ms"), "{detail}")
+            }
             other => panic!("{other:?}"),
         }
         // Two attempts of 200 ms and one backoff of at most 100 ms.
-        assert!(
-            t.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
     }
 
     #[test]
     fn refused_connections_fail_fast() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let c = client(
-            &format!("openbao+http://127.0.0.1:{port}/transit/k"),
-            2,
-            2000,
-        );
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = client(&format!("openbao+http://127.0.0.1:{port}/transit/k"), 2, 2000);
         let t = Instant::now();
         match c.post("transit/decrypt/k", b"{}") {
-            Err(Failure::Transport {
-                attempts: 3,
-                detail,
-                ..
-            }) => assert!(detail.contains("connection refused"), "{detail}"),
+            Err(Failure::Transport { attempts: 3, detail, .. }) => {
+                assert!(detail.contains("connection refused"), "{detail}")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(
-            t.elapsed() < Duration::from_millis(1000),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -71,17 +71,11 @@ impl Secret {
             Secret::Value(v) => Ok(v.clone()),
             Secret::File(p) => {
                 let raw = Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
-                    KmsError::InvalidRequest(format!(
-                        "cannot read the {what} file {}: {e}",
-                        p.display()
-                    ))
+                    KmsError::InvalidRequest(format!("cannot read the {what} file {}: {e}", p.display()))
                 })?);
                 let trimmed = raw.trim();
                 if trimmed.is_empty() {
-                    return Err(KmsError::InvalidRequest(format!(
-                        "the {what} file {} is empty",
-                        p.display()
-                    )));
+                    return Err(KmsError::InvalidRequest(format!("the {what} file {} is empty", p.display())));
                 }
                 Ok(SecretString::from(trimmed.to_string()))
             }
@@ -105,20 +99,13 @@ pub enum Credentials {
     Token { token: Secret, source: String },
     /// AppRole login (`POST /v1/auth/MOUNT/login`); the token it returns is kept in memory
     /// and renewed by logging in again shortly before its TTL runs out, or after a 403.
-    AppRole {
-        mount: String,
-        role_id: String,
-        secret_id: Secret,
-    },
+    AppRole { mount: String, role_id: String, secret_id: Secret },
 }
 
 impl Credentials {
     /// A token given by the embedding application.
     pub fn token(token: impl Into<String>) -> Credentials {
-        Credentials::Token {
-            token: Secret::value(token),
-            source: "the embedding application".into(),
-        }
+        Credentials::Token { token: Secret::value(token), source: "the embedding application".into() }
     }
 
     /// Who we are, for "access denied" messages (never the secret).
@@ -136,14 +123,10 @@ impl Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credentials::Token { token, source } => f
-                .debug_struct("Token")
-                .field("token", token)
-                .field("source", source)
-                .finish(),
-            Credentials::AppRole {
-                mount, secret_id, ..
-            } => f
+            Credentials::Token { token, source } => {
+                f.debug_struct("Token").field("token", token).field("source", source).finish()
+            }
+            Credentials::AppRole { mount, secret_id, .. } => f
                 .debug_struct("AppRole")
                 .field("mount", mount)
                 .field("role_id", &"[REDACTED]")
@@ -214,16 +197,11 @@ impl OpenBaoConfig {
     /// Configuration from any variable lookup (the environment, or a map in tests). Empty
     /// values count as unset. Exactly one kind of credentials must be given: a token
     /// (`BAO_TOKEN`, else `VAULT_TOKEN`), a token file, or an AppRole.
-    pub fn from_lookup(
-        uri: &str,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<OpenBaoConfig, KmsError> {
+    pub fn from_lookup(uri: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<OpenBaoConfig, KmsError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let first = |names: &[&str]| names.iter().find_map(|n| get(n));
 
-        let token_env = [ENV_BAO_TOKEN, ENV_VAULT_TOKEN]
-            .into_iter()
-            .find(|n| get(n).is_some());
+        let token_env = [ENV_BAO_TOKEN, ENV_VAULT_TOKEN].into_iter().find(|n| get(n).is_some());
         let token_file = get(ENV_TOKEN_FILE);
         let role_id = get(ENV_ROLE_ID);
         let kinds = [token_env.is_some(), token_file.is_some(), role_id.is_some()];
@@ -234,18 +212,10 @@ impl OpenBaoConfig {
         }
         let credentials = if let Some(name) = token_env {
             // Held in a zeroizing secret from here on; the environment copy is the OS's.
-            let token = Secret::Value(SecretString::from(
-                get(name).unwrap_or_default().trim().to_string(),
-            ));
-            Credentials::Token {
-                token,
-                source: format!("${name}"),
-            }
+            let token = Secret::Value(SecretString::from(get(name).unwrap_or_default().trim().to_string()));
+            Credentials::Token { token, source: format!("${name}") }
         } else if let Some(path) = token_file {
-            Credentials::Token {
-                token: Secret::File(PathBuf::from(&path)),
-                source: format!("file {path}"),
-            }
+            Credentials::Token { token: Secret::File(PathBuf::from(&path)), source: format!("file {path}") }
         } else if let Some(role_id) = role_id {
             let secret_id = match (get(ENV_SECRET_ID), get(ENV_SECRET_ID_FILE)) {
                 (Some(v), None) => Secret::Value(SecretString::from(v)),
@@ -263,11 +233,7 @@ impl OpenBaoConfig {
             };
             let mount = get(ENV_APPROLE_MOUNT).unwrap_or_else(|| "approle".into());
             let mount = mount.trim_matches('/').to_string();
-            Credentials::AppRole {
-                mount,
-                role_id: role_id.trim().to_string(),
-                secret_id,
-            }
+            Credentials::AppRole { mount, role_id: role_id.trim().to_string(), secret_id }
         } else {
             return Err(KmsError::InvalidRequest(format!(
                 "no OpenBao credentials: set {ENV_BAO_TOKEN} (or {ENV_VAULT_TOKEN}), {ENV_TOKEN_FILE}, or {ENV_ROLE_ID} with {ENV_SECRET_ID}/{ENV_SECRET_ID_FILE}"
@@ -284,23 +250,13 @@ impl OpenBaoConfig {
             config.timeout = Duration::from_millis(ms);
         }
         if let Some(r) = get(ENV_RETRIES) {
-            let r: u32 = r
-                .trim()
-                .parse()
-                .ok()
-                .filter(|&r| r <= MAX_RETRIES)
-                .ok_or_else(|| {
-                    KmsError::InvalidRequest(format!(
-                        "{ENV_RETRIES} must be a number from 0 to {MAX_RETRIES}, not '{r}'"
-                    ))
-                })?;
+            let r: u32 = r.trim().parse().ok().filter(|&r| r <= MAX_RETRIES).ok_or_else(|| {
+                KmsError::InvalidRequest(format!("{ENV_RETRIES} must be a number from 0 to {MAX_RETRIES}, not '{r}'"))
+            })?;
             config.retries = r;
         }
         config.ca_cert = first(&[ENV_CACERT, "VAULT_CACERT"]).map(PathBuf::from);
-        match (
-            first(&[ENV_CLIENT_CERT, "VAULT_CLIENT_CERT"]),
-            first(&[ENV_CLIENT_KEY, "VAULT_CLIENT_KEY"]),
-        ) {
+        match (first(&[ENV_CLIENT_CERT, "VAULT_CLIENT_CERT"]), first(&[ENV_CLIENT_KEY, "VAULT_CLIENT_KEY"])) {
             (Some(c), Some(k)) => config.client_cert = Some((PathBuf::from(c), PathBuf::from(k))),
             (None, None) => {}
             _ => {
@@ -310,13 +266,12 @@ impl OpenBaoConfig {
             }
         }
         config.namespace = first(&[ENV_NAMESPACE, "VAULT_NAMESPACE"]);
-        if first(&["BAO_SKIP_VERIFY", "VAULT_SKIP_VERIFY"])
-            .is_some_and(|v| v != "0" && v != "false")
-        {
+        if first(&["BAO_SKIP_VERIFY", "VAULT_SKIP_VERIFY"]).is_some_and(|v| v != "0" && v != "false") {
             // Refused rather than ignored: an operator who sets it believes verification is
             // off, and turning it off would hand the token and every DEK to any interceptor.
             return Err(KmsError::InvalidRequest(
-                "BAO_SKIP_VERIFY/VAULT_SKIP_VERIFY is not supported: give the server's CA with BAO_CACERT instead".into(),
+                "BAO_SKIP_VERIFY/VAULT_SKIP_VERIFY is not supported: give the server's CA with BAO_CACERT instead"
+                    .into(),
             ));
         }
         Ok(config)
@@ -334,10 +289,7 @@ mod tests {
     const URI: &str = "openbao+http://127.0.0.1:8200/transit/db";
 
     fn cfg(vars: &[(&str, &str)]) -> Result<OpenBaoConfig, KmsError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         OpenBaoConfig::from_lookup(URI, |n| map.get(n).cloned())
     }
 
@@ -345,64 +297,37 @@ mod tests {
     fn token_sources_and_precedence() {
         let c = cfg(&[("BAO_TOKEN", " s.abc \n"), ("VAULT_TOKEN", "other")]).unwrap();
         match &c.credentials {
-            Credentials::Token {
-                token: Secret::Value(v),
-                source,
-            } => {
+            Credentials::Token { token: Secret::Value(v), source } => {
                 assert_eq!(v.expose_secret(), "s.abc");
                 assert_eq!(source, "$BAO_TOKEN");
             }
             other => panic!("{other:?}"),
         }
         let c = cfg(&[("VAULT_TOKEN", "v")]).unwrap();
-        assert!(
-            matches!(&c.credentials, Credentials::Token { source, .. } if source == "$VAULT_TOKEN")
-        );
+        assert!(matches!(&c.credentials, Credentials::Token { source, .. } if source == "$VAULT_TOKEN"));
         let c = cfg(&[(ENV_TOKEN_FILE, "/run/bao/token")]).unwrap();
-        assert!(matches!(
-            &c.credentials,
-            Credentials::Token {
-                token: Secret::File(_),
-                ..
-            }
-        ));
+        assert!(matches!(&c.credentials, Credentials::Token { token: Secret::File(_), .. }));
         // Empty counts as unset.
         assert!(cfg(&[("BAO_TOKEN", ""), (ENV_TOKEN_FILE, "/t")]).is_ok());
         assert!(cfg(&[("BAO_TOKEN", "x"), (ENV_TOKEN_FILE, "/t")]).is_err());
-        assert!(cfg(&[])
-            .unwrap_err()
-            .to_string()
-            .contains("no OpenBao credentials"));
+        assert!(cfg(&[]).unwrap_err().to_string().contains("no OpenBao credentials"));
     }
 
     #[test]
     fn approle_and_limits() {
-        let c = cfg(&[
-            (ENV_ROLE_ID, "role-1234567890"),
-            (ENV_SECRET_ID, "sec"),
-            (ENV_APPROLE_MOUNT, "/auth-x/"),
-        ])
-        .unwrap();
+        let c =
+            cfg(&[(ENV_ROLE_ID, "role-1234567890"), (ENV_SECRET_ID, "sec"), (ENV_APPROLE_MOUNT, "/auth-x/")]).unwrap();
         match &c.credentials {
-            Credentials::AppRole { mount, role_id, .. } => assert_eq!(
-                (mount.as_str(), role_id.as_str()),
-                ("auth-x", "role-1234567890")
-            ),
+            Credentials::AppRole { mount, role_id, .. } => {
+                assert_eq!((mount.as_str(), role_id.as_str()), ("auth-x", "role-1234567890"))
+            }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            c.credentials.principal(),
-            "AppRole role-123... (auth/auth-x)"
-        );
+        assert_eq!(c.credentials.principal(), "AppRole role-123... (auth/auth-x)");
         assert!(cfg(&[(ENV_ROLE_ID, "r")]).is_err());
         assert!(cfg(&[(ENV_ROLE_ID, "r"), (ENV_SECRET_ID, "s"), ("BAO_TOKEN", "t")]).is_err());
 
-        let c = cfg(&[
-            ("BAO_TOKEN", "t"),
-            (ENV_TIMEOUT_MS, "250"),
-            (ENV_RETRIES, "0"),
-        ])
-        .unwrap();
+        let c = cfg(&[("BAO_TOKEN", "t"), (ENV_TIMEOUT_MS, "250"), (ENV_RETRIES, "0")]).unwrap();
         assert_eq!((c.timeout, c.retries), (Duration::from_millis(250), 0));
         assert!(cfg(&[("BAO_TOKEN", "t"), (ENV_TIMEOUT_MS, "0")]).is_err());
         assert!(cfg(&[("BAO_TOKEN", "t"), (ENV_RETRIES, "1000")]).is_err());
@@ -415,15 +340,8 @@ mod tests {
         let c = cfg(&[("BAO_TOKEN", "s.supersecret")]).unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("supersecret"), "{shown}");
-        let c = cfg(&[
-            (ENV_ROLE_ID, "role-id-value"),
-            (ENV_SECRET_ID, "secret-id-value"),
-        ])
-        .unwrap();
+        let c = cfg(&[(ENV_ROLE_ID, "role-id-value"), (ENV_SECRET_ID, "secret-id-value")]).unwrap();
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("secret-id-value") && !shown.contains("role-id-value"),
-            "{shown}"
-        );
+        assert!(!shown.contains("secret-id-value") && !shown.contains("role-id-value"), "{shown}");
     }
 }

@@ -36,10 +36,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use config::{
-    Credentials, OpenBaoConfig, Secret, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ENV_APPROLE_MOUNT,
-    ENV_BAO_TOKEN, ENV_CACERT, ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_NAMESPACE, ENV_RETRIES,
-    ENV_ROLE_ID, ENV_SECRET_ID, ENV_SECRET_ID_FILE, ENV_TIMEOUT_MS, ENV_TOKEN_FILE,
-    ENV_VAULT_TOKEN, MAX_RETRIES,
+    Credentials, OpenBaoConfig, Secret, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ENV_APPROLE_MOUNT, ENV_BAO_TOKEN, ENV_CACERT,
+    ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_NAMESPACE, ENV_RETRIES, ENV_ROLE_ID, ENV_SECRET_ID, ENV_SECRET_ID_FILE,
+    ENV_TIMEOUT_MS, ENV_TOKEN_FILE, ENV_VAULT_TOKEN, MAX_RETRIES,
 };
 pub use rewrap::rewrap_header;
 pub use uri::{is_openbao_uri, TransitKeyUri, DEFAULT_PORT, PROVIDER_HTTP, PROVIDER_HTTPS};
@@ -166,10 +165,7 @@ pub fn ciphertext_version(ciphertext: &str) -> Option<u32> {
     let prefix = parts.next()?;
     let version = parts.next()?.strip_prefix('v')?;
     parts.next()?;
-    if prefix.is_empty()
-        || !prefix.bytes().all(|b| b.is_ascii_lowercase())
-        || version.starts_with('0')
-    {
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase()) || version.starts_with('0') {
         return None;
     }
     version.parse().ok().filter(|&v| v > 0)
@@ -187,9 +183,8 @@ fn associated_data(context: &EncryptionContext) -> String {
 /// decoder never reallocates and leaves stray copies).
 fn decode_secret(b64: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
     let mut out = Zeroizing::new(Vec::with_capacity(b64.len()));
-    B64.decode_vec(b64.trim(), &mut out).map_err(|_| {
-        KmsError::Unavailable("the server returned a data key that is not valid base64".into())
-    })?;
+    B64.decode_vec(b64.trim(), &mut out)
+        .map_err(|_| KmsError::Unavailable("the server returned a data key that is not valid base64".into()))?;
     Ok(out)
 }
 
@@ -208,10 +203,7 @@ impl OpenBaoKms {
     /// A provider for `config` (no network traffic until the first KMS call).
     pub fn new(config: OpenBaoConfig) -> Result<OpenBaoKms, KmsError> {
         let key = config.key.clone();
-        Ok(OpenBaoKms {
-            key,
-            client: Client::new(config)?,
-        })
+        Ok(OpenBaoKms { key, client: Client::new(config)? })
     }
 
     /// A provider for the key `uri`, configured from the environment
@@ -249,11 +241,9 @@ impl OpenBaoKms {
                 self.key.key()
             )));
         }
-        self.key.relative(key).ok_or_else(|| {
-            KmsError::InvalidRequest(format!(
-                "invalid transit key name '{key}' (NAME or MOUNT/NAME)"
-            ))
-        })
+        self.key
+            .relative(key)
+            .ok_or_else(|| KmsError::InvalidRequest(format!("invalid transit key name '{key}' (NAME or MOUNT/NAME)")))
     }
 
     /// Send one request and map failures to [`KmsError`]s naming the key and the action.
@@ -281,26 +271,15 @@ impl OpenBaoKms {
         version: Option<u32>,
     ) -> KmsError {
         let uri = key.to_string();
-        let version_text = version
-            .map(|v| format!("version {v}"))
-            .unwrap_or_else(|| "this version".into());
+        let version_text = version.map(|v| format!("version {v}")).unwrap_or_else(|| "this version".into());
         match failure {
             Failure::Local(e) => e,
             Failure::Login { status, errors } => KmsError::AccessDenied {
                 principal: self.client.principal(),
-                action: format!(
-                    "log in to {} ({status}: {})",
-                    self.client.base(),
-                    errors.join("; ")
-                ),
+                action: format!("log in to {} ({status}: {})", self.client.base(), errors.join("; ")),
                 key: uri,
             },
-            Failure::Transport {
-                detail,
-                attempts,
-                elapsed,
-                retryable,
-            } => {
+            Failure::Transport { detail, attempts, elapsed, retryable } => {
                 let tries = if retryable {
                     format!(
                         "; gave up after {attempts} attempt(s) in {:.1} s ({})",
@@ -385,29 +364,16 @@ impl OpenBaoKms {
         body: &[u8],
     ) -> Result<T, KmsError> {
         let answer: Answer<T> = serde_json::from_slice(body).map_err(|e| {
-            KmsError::Unavailable(format!(
-                "unexpected answer from {} to {}: {e}",
-                self.client.base(),
-                action.verb()
-            ))
+            KmsError::Unavailable(format!("unexpected answer from {} to {}: {e}", self.client.base(), action.verb()))
         })?;
-        if let Some(w) = answer
-            .warnings
-            .iter()
-            .flatten()
-            .find(|w| w.contains("associated_data"))
-        {
+        if let Some(w) = answer.warnings.iter().flatten().find(|w| w.contains("associated_data")) {
             return Err(KmsError::NotUsable {
                 key: key.to_string(),
                 reason: format!("the server ignored associated_data ({w}); upgrade it, or use an AEAD key type such as aes256-gcm96"),
             });
         }
         answer.data.ok_or_else(|| {
-            KmsError::Unavailable(format!(
-                "answer from {} to {} has no data",
-                self.client.base(),
-                action.verb()
-            ))
+            KmsError::Unavailable(format!("answer from {} to {} has no data", self.client.base(), action.verb()))
         })
     }
 
@@ -427,10 +393,7 @@ impl OpenBaoKms {
                 ),
             });
         }
-        Ok(KeyRef {
-            uri: key.to_string(),
-            version,
-        })
+        Ok(KeyRef { uri: key.to_string(), version })
     }
 
     /// Where a header's key reference routes on the configured server.
@@ -443,9 +406,7 @@ impl OpenBaoKms {
             )));
         }
         let recorded = TransitKeyUri::parse(&key_ref.uri)?;
-        Ok(self
-            .key
-            .with_mount_and_key(recorded.mount(), recorded.key()))
+        Ok(self.key.with_mount_and_key(recorded.mount(), recorded.key()))
     }
 
     fn decrypt(
@@ -455,17 +416,12 @@ impl OpenBaoKms {
         context: &EncryptionContext,
     ) -> Result<(TransitKeyUri, DataKey), KmsError> {
         let key = self.route(key_ref)?;
-        let ciphertext = std::str::from_utf8(wrapped).map_err(|_| KmsError::InvalidCiphertext {
-            key: key_ref.uri.clone(),
-        })?;
+        let ciphertext =
+            std::str::from_utf8(wrapped).map_err(|_| KmsError::InvalidCiphertext { key: key_ref.uri.clone() })?;
         match ciphertext_version(ciphertext) {
             Some(v) if v == key_ref.version => {}
             // The header's version and the ciphertext disagree: the header was edited.
-            _ => {
-                return Err(KmsError::InvalidCiphertext {
-                    key: key_ref.uri.clone(),
-                })
-            }
+            _ => return Err(KmsError::InvalidCiphertext { key: key_ref.uri.clone() }),
         }
         let body = serde_json::to_vec(&serde_json::json!({
             "ciphertext": ciphertext,
@@ -488,12 +444,7 @@ impl OpenBaoKms {
     /// Create an `aes256-gcm96` transit key (an administrator's operation).
     pub fn create_key(&self, key: &str) -> Result<TransitKeyInfo, KmsError> {
         let key_uri = self.resolve_key(key)?;
-        self.call(
-            &key_uri,
-            Action::CreateKey,
-            Some(br#"{"type":"aes256-gcm96"}"#),
-            None,
-        )?;
+        self.call(&key_uri, Action::CreateKey, Some(br#"{"type":"aes256-gcm96"}"#), None)?;
         self.key_info(key)
     }
 
@@ -506,11 +457,7 @@ impl OpenBaoKms {
     }
 
     /// Retire versions below `version`: DEKs wrapped by them no longer unwrap (rewrap first).
-    pub fn set_min_decryption_version(
-        &self,
-        key: &str,
-        version: u32,
-    ) -> Result<TransitKeyInfo, KmsError> {
+    pub fn set_min_decryption_version(&self, key: &str, version: u32) -> Result<TransitKeyInfo, KmsError> {
         let key_uri = self.resolve_key(key)?;
         let body = serde_json::to_vec(&serde_json::json!({ "min_decryption_version": version }))
             .map_err(|e| KmsError::InvalidRequest(e.to_string()))?;
@@ -538,11 +485,7 @@ impl Kms for OpenBaoKms {
         self.key.provider()
     }
 
-    fn generate_data_key(
-        &self,
-        key: &str,
-        context: &EncryptionContext,
-    ) -> Result<GeneratedDataKey, KmsError> {
+    fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
         let key = self.resolve_key(key)?;
         let body = serde_json::to_vec(&serde_json::json!({
             "bits": DATA_KEY_LEN * 8,
@@ -553,11 +496,7 @@ impl Kms for OpenBaoKms {
         let data: DataKeyData = self.data(&key, Action::DataKey, &answer)?;
         let plaintext = data_key(&data.plaintext)?;
         let key_ref = self.key_ref(&key, &data.ciphertext)?;
-        Ok(GeneratedDataKey {
-            plaintext,
-            wrapped: data.ciphertext.into_bytes(),
-            key: key_ref,
-        })
+        Ok(GeneratedDataKey { plaintext, wrapped: data.ciphertext.into_bytes(), key: key_ref })
     }
 
     fn decrypt_data_key(
@@ -594,10 +533,7 @@ impl Kms for OpenBaoKms {
         let mut body = Zeroizing::new(Vec::with_capacity(1024));
         serde_json::to_writer(
             &mut *body,
-            &EncryptRequest {
-                plaintext: &plaintext,
-                associated_data: associated_data(context),
-            },
+            &EncryptRequest { plaintext: &plaintext, associated_data: associated_data(context) },
         )
         .map_err(|e| KmsError::InvalidRequest(e.to_string()))?;
         let answer = self.call(&target, Action::Encrypt, Some(&body), None)?;
@@ -626,40 +562,23 @@ mod tests {
     fn associated_data_is_readable_json() {
         let ctx = EncryptionContext::for_database(&[0x11; 16]);
         let ad = B64.decode(associated_data(&ctx)).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&ad).unwrap(),
-            r#"{"sqlite-tde:db":"11111111-1111-1111-1111-111111111111"}"#
-        );
+        assert_eq!(std::str::from_utf8(&ad).unwrap(), r#"{"sqlite-tde:db":"11111111-1111-1111-1111-111111111111"}"#);
     }
 
     #[test]
     fn key_resolution() {
         let kms = OpenBaoKms::new(
-            OpenBaoConfig::new(
-                "openbao+http://127.0.0.1:8200/transit/app",
-                Credentials::token("t"),
-            )
-            .unwrap(),
+            OpenBaoConfig::new("openbao+http://127.0.0.1:8200/transit/app", Credentials::token("t")).unwrap(),
         )
         .unwrap();
         assert_eq!(
             kms.resolve_key(DEFAULT_KEY_ALIAS).unwrap().to_string(),
             "openbao+http://127.0.0.1:8200/transit/app"
         );
-        assert_eq!(
-            kms.resolve_key("other").unwrap().to_string(),
-            "openbao+http://127.0.0.1:8200/transit/other"
-        );
-        assert_eq!(
-            kms.resolve_key("tr2/k").unwrap().to_string(),
-            "openbao+http://127.0.0.1:8200/tr2/k"
-        );
-        assert!(kms
-            .resolve_key("openbao+http://127.0.0.1:8200/transit/x")
-            .is_ok());
-        assert!(kms
-            .resolve_key("openbao+http://10.0.0.1:8200/transit/x")
-            .is_err());
+        assert_eq!(kms.resolve_key("other").unwrap().to_string(), "openbao+http://127.0.0.1:8200/transit/other");
+        assert_eq!(kms.resolve_key("tr2/k").unwrap().to_string(), "openbao+http://127.0.0.1:8200/tr2/k");
+        assert!(kms.resolve_key("openbao+http://127.0.0.1:8200/transit/x").is_ok());
+        assert!(kms.resolve_key("openbao+http://10.0.0.1:8200/transit/x").is_err());
         assert!(kms.resolve_key("alias/app").is_err());
         assert!(kms.resolve_key("bad name").is_err());
         assert_eq!(kms.provider(), PROVIDER_HTTP);
@@ -668,33 +587,15 @@ mod tests {
     #[test]
     fn foreign_providers_are_refused_without_network() {
         let kms = OpenBaoKms::new(
-            OpenBaoConfig::new(
-                "openbao+http://127.0.0.1:1/transit/app",
-                Credentials::token("t"),
-            )
-            .unwrap(),
+            OpenBaoConfig::new("openbao+http://127.0.0.1:1/transit/app", Credentials::token("t")).unwrap(),
         )
         .unwrap();
         let ctx = EncryptionContext::for_database(&[1; 16]);
-        let err = kms
-            .decrypt_data_key(
-                &KeyRef {
-                    uri: "local:abc".into(),
-                    version: 1,
-                },
-                b"x",
-                &ctx,
-            )
-            .unwrap_err();
+        let err = kms.decrypt_data_key(&KeyRef { uri: "local:abc".into(), version: 1 }, b"x", &ctx).unwrap_err();
         assert!(err.to_string().contains("provider 'local'"), "{err}");
         // The header's version must match the ciphertext's.
-        let key_ref = KeyRef {
-            uri: "openbao+http://127.0.0.1:1/transit/app".into(),
-            version: 2,
-        };
-        let err = kms
-            .decrypt_data_key(&key_ref, b"vault:v1:AAAA", &ctx)
-            .unwrap_err();
+        let key_ref = KeyRef { uri: "openbao+http://127.0.0.1:1/transit/app".into(), version: 2 };
+        let err = kms.decrypt_data_key(&key_ref, b"vault:v1:AAAA", &ctx).unwrap_err();
         assert!(matches!(err, KmsError::InvalidCiphertext { .. }), "{err}");
     }
 }

@@ -12,31 +12,15 @@ use crate::format::{Header, RekeyState};
 /// The DEK and its key-check value are unchanged, so open connections and cached ciphers stay
 /// valid; only the wrapped DEK and the key reference change. A rekey in progress has two
 /// wrapped DEKs; both are rewrapped.
-pub fn rewrap_header(
-    kms: &dyn Kms,
-    current: &Header,
-    target: Option<&str>,
-) -> Result<Header, KmsError> {
+pub fn rewrap_header(kms: &dyn Kms, current: &Header, target: Option<&str>) -> Result<Header, KmsError> {
     let context = EncryptionContext::for_database(&current.db_uuid);
-    let (wrapped_dek, key) =
-        kms.rewrap_data_key(&current.key, &current.wrapped_dek, &context, target)?;
+    let (wrapped_dek, key) = kms.rewrap_data_key(&current.key, &current.wrapped_dek, &context, target)?;
     let rekey = match &current.rekey {
         Some(r) => {
             let (wrapped, key) = kms.rewrap_data_key(&r.key, &r.wrapped_dek, &context, target)?;
-            Some(RekeyState {
-                key,
-                wrapped_dek: wrapped,
-                kcv: r.kcv,
-                progress: r.progress,
-            })
+            Some(RekeyState { key, wrapped_dek: wrapped, kcv: r.kcv, progress: r.progress })
         }
         None => None,
     };
-    Ok(Header {
-        sequence: current.sequence + 1,
-        key,
-        wrapped_dek,
-        rekey,
-        ..current.clone()
-    })
+    Ok(Header { sequence: current.sequence + 1, key, wrapped_dek, rekey, ..current.clone() })
 }

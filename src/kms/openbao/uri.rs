@@ -51,20 +51,11 @@ pub(crate) fn valid_key_name(name: &str) -> bool {
 }
 
 fn valid_mount_segment(seg: &str) -> bool {
-    !seg.is_empty()
-        && seg != "."
-        && seg != ".."
-        && seg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    !host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
 }
 
 impl TransitKeyUri {
@@ -82,9 +73,7 @@ impl TransitKeyUri {
         if rest.contains(['?', '#']) {
             return Err(invalid(uri, "queries and fragments are not allowed"));
         }
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or_else(|| invalid(uri, "missing /MOUNT/KEY"))?;
+        let (authority, path) = rest.split_once('/').ok_or_else(|| invalid(uri, "missing /MOUNT/KEY"))?;
         if authority.contains('@') {
             return Err(invalid(
                 uri,
@@ -92,18 +81,13 @@ impl TransitKeyUri {
             ));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| invalid(uri, "unterminated IPv6 address"))?;
+            let (h, after) = v6.split_once(']').ok_or_else(|| invalid(uri, "unterminated IPv6 address"))?;
             if h.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(invalid(uri, "bad IPv6 address"));
             }
             let port = match after {
                 "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| invalid(uri, "garbage after IPv6 address"))?,
-                ),
+                p => Some(p.strip_prefix(':').ok_or_else(|| invalid(uri, "garbage after IPv6 address"))?),
             };
             (h.to_string(), port)
         } else {
@@ -117,21 +101,18 @@ impl TransitKeyUri {
         }
         let port = match port {
             None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| invalid(uri, "bad port"))?,
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| invalid(uri, "bad port"))?,
         };
         let path = path.trim_end_matches('/');
-        let (mount, key) = path
-            .rsplit_once('/')
-            .ok_or_else(|| invalid(uri, "missing the mount or the key name"))?;
+        let (mount, key) = path.rsplit_once('/').ok_or_else(|| invalid(uri, "missing the mount or the key name"))?;
         if !mount.split('/').all(valid_mount_segment) {
             return Err(invalid(uri, "bad mount path"));
         }
         if !valid_key_name(key) {
-            return Err(invalid(uri, "bad key name (letters, digits, _ - . ; starting and ending with a letter, digit or _)"));
+            return Err(invalid(
+                uri,
+                "bad key name (letters, digits, _ - . ; starting and ending with a letter, digit or _)",
+            ));
         }
         let parsed = TransitKeyUri {
             tls,
@@ -142,10 +123,7 @@ impl TransitKeyUri {
         };
         let canonical = parsed.to_string();
         if canonical.len() > KEY_REF_MAX {
-            return Err(invalid(
-                uri,
-                &format!("longer than the {KEY_REF_MAX} bytes a database header can record"),
-            ));
+            return Err(invalid(uri, &format!("longer than the {KEY_REF_MAX} bytes a database header can record")));
         }
         Ok(parsed)
     }
@@ -190,11 +168,7 @@ impl TransitKeyUri {
 
     /// Same server, another mount and key.
     pub fn with_mount_and_key(&self, mount: &str, key: &str) -> TransitKeyUri {
-        TransitKeyUri {
-            mount: mount.to_string(),
-            key: key.to_string(),
-            ..self.clone()
-        }
+        TransitKeyUri { mount: mount.to_string(), key: key.to_string(), ..self.clone() }
     }
 
     /// Same server and mount, another key (`key` must be a valid name).
@@ -226,14 +200,7 @@ impl TransitKeyUri {
 
 impl fmt::Display for TransitKeyUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}/{}/{}",
-            self.provider(),
-            self.authority(),
-            self.mount,
-            self.key
-        )
+        write!(f, "{}://{}/{}/{}", self.provider(), self.authority(), self.mount, self.key)
     }
 }
 
@@ -247,17 +214,10 @@ mod tests {
         assert_eq!((u.tls(), u.mount(), u.key()), (false, "transit", "app-db"));
         assert_eq!(u.base_url(), "http://127.0.0.1:8200");
         assert_eq!(u.op_path("decrypt"), "transit/decrypt/app-db");
-        assert_eq!(
-            u.to_string(),
-            "openbao+http://127.0.0.1:8200/transit/app-db"
-        );
+        assert_eq!(u.to_string(), "openbao+http://127.0.0.1:8200/transit/app-db");
 
-        let u =
-            TransitKeyUri::parse("openbao+https://KMS.example.com/secrets/transit/k_1/").unwrap();
-        assert_eq!(
-            u.to_string(),
-            "openbao+https://kms.example.com:8200/secrets/transit/k_1"
-        );
+        let u = TransitKeyUri::parse("openbao+https://KMS.example.com/secrets/transit/k_1/").unwrap();
+        assert_eq!(u.to_string(), "openbao+https://kms.example.com:8200/secrets/transit/k_1");
         assert_eq!(u.provider(), PROVIDER_HTTPS);
         assert_eq!(u.mount(), "secrets/transit");
 
