@@ -26,17 +26,21 @@
 //! second time (another `.load`, another connection) registers nothing new; with the default
 //! flag it makes the already registered `tde` the default VFS.
 //!
-//! This is the only place of the crate with `unsafe` code besides `vfs::register_with_api`: the
-//! entry points receive raw pointers from C.
+//! The crate denies `unsafe` code; here only the two entry points and their shared body `init`
+//! are allowed it, because they receive raw pointers from C. Everything else is safe code.
 
 use std::ffi::{c_char, c_int};
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use rusqlite::ffi::{sqlite3, sqlite3_api_routines};
 use sqlite_vfs::api::SqliteApi;
 
-use crate::connection::kms_from_env;
+use crate::connection::{kms_from_env, ENV_KMS};
+use crate::keycache::keystore_file_probe;
+use crate::kms::local::default_keystore_dir;
 use crate::vfs::{VfsConfig, VFS_NAME};
 
 /// `SQLITE_OK_LOAD_PERMANENTLY`: the extension stays loaded after the connection that loaded
@@ -92,12 +96,24 @@ fn wants_default(mode: DefaultVfs) -> Result<bool, String> {
 }
 
 /// The VFS configuration a load registers: the KMS the environment selects, everything else
-/// at its defaults (name `tde`, over the default VFS at load time).
+/// at its defaults (name `tde`, over the default VFS at load time), as `Tde::builder().register()`
+/// does for Rust programs.
 fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
     let kms = kms_from_env(None).map_err(|e| e.to_string())?;
     let mut config = VfsConfig::new(kms);
     config.make_default = make_default;
+    // The embedded KMS: cached data keys are revalidated as soon as its keystore file changes
+    // (a key disabled by `sqlite-tde kms` takes effect in long-lived clients too).
+    config.epoch_probe = local_keystore_dir().map(|d| keystore_file_probe(d.join("keystore.json")));
     Ok(config)
+}
+
+/// The keystore directory when `SQLITE_TDE_KMS` selects the embedded KMS (the same rule as
+/// `kms_from_env`).
+fn local_keystore_dir() -> Option<PathBuf> {
+    let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
+    let rest = spec.strip_prefix("local:").or((spec == "local").then_some(""))?;
+    Some(if rest.is_empty() { default_keystore_dir() } else { PathBuf::from(rest) })
 }
 
 /// Shared body of the entry points.
@@ -113,13 +129,14 @@ unsafe fn init(pz_err_msg: *mut *mut c_char, p_api: *const sqlite3_api_routines,
     // SAFETY: the caller's contract; `from_routines` checks null and the host version itself.
     let api = match catch_unwind(|| unsafe { SqliteApi::from_routines(p_api) }) {
         Ok(Ok(api)) => api,
+        // Without a usable table there is no allocator for *pzErrMsg; stderr is all we have
+        // (written without `eprintln!`, which would panic, and abort, if stderr is closed).
         Ok(Err(e)) => {
-            // Without a usable table there is no allocator for *pzErrMsg; stderr is all we have.
-            eprintln!("sqlite-tde: cannot load the extension: {}", e.message);
+            let _ = writeln!(std::io::stderr(), "sqlite-tde: cannot load the extension: {}", e.message);
             return SQLITE_ERROR;
         }
         Err(_) => {
-            eprintln!("sqlite-tde: cannot load the extension: panic while reading the API table");
+            let _ = writeln!(std::io::stderr(), "sqlite-tde: cannot load the extension: panic reading the API table");
             return SQLITE_ERROR;
         }
     };

@@ -14,10 +14,10 @@ pub use error::{Error, Result};
 pub mod connection;
 
 pub use connection::{OpenOptions, Tde, TdeBuilder};
+/// Benchmark measurements behind `sqlite-tde bench` (docs/PERFORMANCE.md).
 pub mod bench;
 pub mod cli;
-/// Loadable-extension entry points (`libtde.so`, built by the `ext/` crate); the only
-/// `unsafe` code of this crate apart from `vfs::register_with_api`.
+/// SQLite loadable-extension entry points (`libtde.so`, built by the `ext/` crate).
 pub mod ext;
 pub mod inspect;
 /// Reading encrypted databases without SQLite or the VFS (backup tools, `verify`).

@@ -303,7 +303,6 @@ fn sqlite3(shell: &str, env: &[(&str, &str)], args: &[&str], script: &str) -> Ou
 /// URI `key=`: create, write, reopen, read; the shell without the extension cannot read the
 /// file, and loading the library twice is harmless.
 #[test]
-#[ignore = "not yet verified in CI: the nested cargo build of the extension may wait on the outer cargo's build-directory lock; run with `cargo build -p sqlite-tde-ext` first, then `cargo test --test extension -- --ignored`"]
 fn sqlite3_shell_uri_key() {
     let Some(sh) = shell() else { return };
     let env = Env::new();
@@ -348,7 +347,6 @@ fn sqlite3_shell_uri_key() {
 /// creates its header at once. Loaded with the default-VFS flag from the environment, plain
 /// file names are encrypted too.
 #[test]
-#[ignore = "not yet verified in CI: the nested cargo build of the extension may wait on the outer cargo's build-directory lock; run with `cargo build -p sqlite-tde-ext` first, then `cargo test --test extension -- --ignored`"]
 fn sqlite3_shell_pragma_tde_key_and_default_vfs() {
     let Some(sh) = shell() else { return };
     let env = Env::new();
@@ -391,7 +389,6 @@ fn sqlite3_shell_pragma_tde_key_and_default_vfs() {
 
 /// Keys that do not work fail with an error naming the problem, and leave no plaintext.
 #[test]
-#[ignore = "not yet verified in CI: the nested cargo build of the extension may wait on the outer cargo's build-directory lock; run with `cargo build -p sqlite-tde-ext` first, then `cargo test --test extension -- --ignored`"]
 fn sqlite3_shell_wrong_or_unknown_key_is_refused() {
     let Some(sh) = shell() else { return };
     let env = Env::new();
@@ -473,7 +470,6 @@ fn py(env: &[(&str, &str)], script: &str, db: &Path, marker: &str) -> Output {
 /// `SQLITE_TDE_KEY` names the key; WAL mode; the WAL is checked for plaintext while the writer
 /// still holds it open.
 #[test]
-#[ignore = "not yet verified in CI: the nested cargo build of the extension may wait on the outer cargo's build-directory lock; run with `cargo build -p sqlite-tde-ext` first, then `cargo test --test extension -- --ignored`"]
 fn python_env_key_wal() {
     let Some(_) = python() else { return };
     let env = Env::new();
@@ -525,6 +521,52 @@ except sqlite3.DatabaseError as e:
     assert!(out.contains("ERROR authorization denied"), "{out}");
 }
 
+/// A key disabled with `sqlite-tde kms disable` while a client process runs: its next open
+/// of the database is refused although the data key is still cached, and works again after
+/// `kms enable`.
+#[test]
+fn python_disabled_key_takes_effect_in_a_running_process() {
+    let Some(_) = python() else { return };
+    let env = Env::new();
+    env.create_key(ALIAS);
+    let db = env.db("revoke.db");
+    let marker = "python-revoke-marker";
+    let script = format!(
+        r#"
+import subprocess
+cli = sys.argv[4]
+def kms(*args):
+    subprocess.run([cli, "--keystore", os.environ["SQLITE_TDE_KEYSTORE"], "kms", *args], check=True, capture_output=True)
+def count():
+    try:
+        conn = sqlite3.connect("file:" + db + "?vfs=tde", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        return "ERROR " + str(e)
+conn = sqlite3.connect("file:" + db + "?vfs=tde&key={ALIAS}", uri=True)
+conn.execute("CREATE TABLE t(v)")
+conn.executemany("INSERT INTO t VALUES (?)", [(f"{{marker}}-{{i}}",) for i in range(50)])
+conn.commit()
+conn.close()
+print("BEFORE", count())
+kms("disable", "{ALIAS}")
+print("DISABLED", count())
+kms("enable", "{ALIAS}")
+print("ENABLED", count())
+"#
+    );
+    let mut c = command(PYTHON, &[("SQLITE_TDE_KEYSTORE", env.keystore())]);
+    c.arg("-").arg(extension()).arg(&db).arg(marker).arg(env!("CARGO_BIN_EXE_sqlite-tde"));
+    let out = ok(run(c, &format!("{PY_PRELUDE}{script}")), "python disable/enable");
+    assert!(out.contains("BEFORE 50"), "{out}");
+    assert!(out.contains("DISABLED ERROR authorization denied"), "{out}");
+    assert!(out.contains("ENABLED 50"), "{out}");
+    env.assert_no_plaintext(marker);
+}
+
 // ------------------------------------------------------------------------------------------
 // Node.js with better-sqlite3 v12 (bundles its own SQLite, built without URI support)
 // ------------------------------------------------------------------------------------------
@@ -570,7 +612,6 @@ fn node(modules: &Path, env: &[(&str, &str)], script: &str, db: &Path, marker: &
 
 /// `PRAGMA tde_key` (through `db.pragma`) names the key; reopened in a new process.
 #[test]
-#[ignore = "not yet verified in CI: the nested cargo build of the extension may wait on the outer cargo's build-directory lock; run with `cargo build -p sqlite-tde-ext` first, then `cargo test --test extension -- --ignored`"]
 fn node_better_sqlite3_pragma_key() {
     let Some(modules) = node_modules() else { return };
     let env = Env::new();

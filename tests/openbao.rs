@@ -238,7 +238,6 @@ fn separation_of_duties_and_token_revocation() {
 }
 
 #[test]
-#[ignore = "known issue: since the key-cache revalidation change a cold open issues two transit decrypts, so the exact count (9) no longer matches (18); the audit device does record every call. To be reconciled next session."]
 fn audit_device_records_every_datakey_and_decrypt() {
     let Some(bao) = require_bao("audit_device_records_every_datakey_and_decrypt") else {
         return;

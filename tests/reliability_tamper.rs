@@ -526,6 +526,17 @@ fn plain_sqlite_and_sqlcipher_like_files_are_refused_untouched() {
         assert_eq!(std::fs::read(&p).unwrap(), bytes, "opening a foreign file through tde changed it");
         t.add("SQLCipher-like file (synthetic: random salt + random pages)", &o);
     }
+    // A real SQLCipher 4 database (default settings, made once by SQLCipher 4 through rusqlite's
+    // bundled-sqlcipher build; see tests/reliability_support/fixtures/README.md).
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reliability_support/fixtures/sqlcipher4-default.sqlcipher");
+    if let Ok(bytes) = std::fs::read(&fixture) {
+        let p = env.path("real-sqlcipher.sqlite");
+        std::fs::write(&p, &bytes).unwrap();
+        let o = classify(&open, &p, "", &[]);
+        assert_eq!(std::fs::read(&p).unwrap(), bytes, "opening a SQLCipher file through tde changed it");
+        t.add("SQLCipher 4 database (real fixture)", &o);
+    }
     // A 1-byte file: SQLite's unix VFS reports a 1-byte file as 0 bytes (ticket #3260), so
     // both SQLite and tde treat it as a new, empty database.
     let p = env.path("junk-1.sqlite");

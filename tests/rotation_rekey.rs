@@ -180,7 +180,9 @@ fn crash_matrix(mode: &str) {
             }
             let per_chunk = matches!(
                 step,
-                Step::JournalWritten
+                Step::JournalDataWritten
+                    | Step::JournalDataSynced
+                    | Step::JournalWritten
                     | Step::JournalSynced
                     | Step::DataHalfWritten
                     | Step::DataWritten

@@ -229,18 +229,18 @@ fn main() {
         "plain SQLite vs sqlite-tde vs SQLCipher {sqlcipher_version} (SQLite {sqlite_version}, {}), {rows} rows, {rounds} rounds; median [min-max] of per-round ratios",
         openssl::version::version()
     );
-    println!("{:<7} {:<5} {:<7} {:>22} {:>20} {:>20} {:>20} {:>20}", "journal", "sync", "metric", "plain /s (wall)", "tde/plain cpu", "tde/plain wall", "sqlcipher/plain cpu", "sqlcipher/plain wall");
+    println!("{:<7} {:<5} {:<7} {:>26} {:>20} {:>20} {:>20} {:>20}", "journal", "sync", "metric", "plain /s (wall)", "tde/plain cpu", "tde/plain wall", "sqlcipher/plain cpu", "sqlcipher/plain wall");
     for r in &sql {
         let f = |k: &str| -> String {
             let s: Stats = serde_json::from_value(r[k].clone()).unwrap_or(Stats::of(&[]));
-            s.fmt(2)
+            s.fmt(if k == "plain_per_s" { 0 } else { 2 })
         };
         println!(
-            "{:<7} {:<5} {:<7} {:>22} {:>20} {:>20} {:>20} {:>20}",
+            "{:<7} {:<5} {:<7} {:>26} {:>20} {:>20} {:>20} {:>20}",
             r["journal_mode"].as_str().unwrap(),
             r["synchronous"].as_str().unwrap(),
             r["metric"].as_str().unwrap(),
-            f("plain_per_s").replace(".00", ""),
+            f("plain_per_s"),
             f("tde_vs_plain_cpu"),
             f("tde_vs_plain_wall"),
             f("sqlcipher_vs_plain_cpu"),
@@ -264,7 +264,7 @@ fn main() {
         };
         println!(
             "{:>6} {:>20} {:>20} {:>20} {:>20} {:>9.2} {:>9.2}",
-            r["page_size"],
+            r["page_size"].to_string(),
             f("tde_encrypt_gbps"),
             f("tde_decrypt_gbps"),
             f("openssl_encrypt_gbps"),

@@ -12,7 +12,18 @@ use std::io;
 /// key material (expanded cipher keys), ideally allocated page-aligned so that nothing else
 /// shares the pages. An empty slice is a no-op.
 pub fn exclude_from_core_dumps(bytes: &[u8]) -> io::Result<()> {
-    if bytes.is_empty() {
+    advise_dontdump(bytes.as_ptr() as usize, bytes.len())
+}
+
+/// [`exclude_from_core_dumps`] for the memory of any value (a key schedule inside a `Box`),
+/// for callers that cannot view it as bytes without `unsafe`. Only the value's address and
+/// size are used; its memory is neither read nor written.
+pub fn exclude_value_from_core_dumps<T: ?Sized>(value: &T) -> io::Result<()> {
+    advise_dontdump(std::ptr::from_ref(value).cast::<u8>() as usize, std::mem::size_of_val(value))
+}
+
+fn advise_dontdump(addr: usize, len: usize) -> io::Result<()> {
+    if len == 0 {
         return Ok(());
     }
     #[cfg(target_os = "linux")]
@@ -20,12 +31,12 @@ pub fn exclude_from_core_dumps(bytes: &[u8]) -> io::Result<()> {
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page = usize::try_from(page).ok().filter(|p| p.is_power_of_two()).unwrap_or(4096);
-        let start = bytes.as_ptr() as usize & !(page - 1);
-        let end = (bytes.as_ptr() as usize + bytes.len() + page - 1) & !(page - 1);
+        let start = addr & !(page - 1);
+        let end = (addr + len + page - 1) & !(page - 1);
         // SAFETY: MADV_DONTDUMP only changes which pages a core dump includes; it neither reads
         // nor writes memory nor changes its contents or protection, and [start, end) covers
-        // pages of a live allocation (the pages holding `bytes`), so no mapping is affected
-        // that the caller does not own a part of.
+        // pages of a live value (the caller's reference), so no mapping is affected that the
+        // caller does not own a part of.
         let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTDUMP) };
         if rc == 0 {
             Ok(())
@@ -35,6 +46,7 @@ pub fn exclude_from_core_dumps(bytes: &[u8]) -> io::Result<()> {
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = addr;
         Err(io::Error::new(io::ErrorKind::Unsupported, "MADV_DONTDUMP is Linux-only"))
     }
 }

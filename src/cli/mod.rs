@@ -2,6 +2,7 @@
 //! module; the exit-code contract is in [`error`].
 
 pub mod backup;
+pub mod bench;
 pub mod complete;
 pub mod convert;
 pub mod dot;
@@ -112,6 +113,9 @@ pub enum Command {
     Encrypt(convert::EncryptArgs),
     /// Write a plaintext copy of an encrypted database (migration, debugging; KMS Decrypt).
     Decrypt(convert::DecryptArgs),
+    /// Measure encryption cost on this machine: page cipher throughput and SQL workloads,
+    /// encrypted vs plain SQLite, in one run (`--quick`: under a minute).
+    Bench(bench::BenchArgs),
 }
 
 /// Options every command sees, resolved.
@@ -175,6 +179,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Rekey(args) => rekey::run(&global, args),
         Command::Encrypt(args) => convert::run_encrypt(&global, args),
         Command::Decrypt(args) => convert::run_decrypt(&global, args),
+        Command::Bench(args) => bench::run(&global, args),
     }
 }
 

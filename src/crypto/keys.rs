@@ -54,3 +54,17 @@ impl std::fmt::Debug for DataKey {
         f.write_str("DataKey([REDACTED])")
     }
 }
+
+/// Overwrite the stack below the caller's frame, where functions that handled key material
+/// (KMS unwrap, HMAC, AES key expansion) left copies of it in their dead frames: Rust cannot
+/// wipe a value's stack copies made by moves and by library code. Call it right after such a
+/// function returned, from a frame at least as shallow (the idea of libsodium's
+/// `sodium_stackzero`). 64 KiB covers the deepest key-handling path measured
+/// (tests/reliability_keys.rs scans the process memory for the key after eviction).
+#[inline(never)]
+pub fn scrub_stack() {
+    let mut area = [0u8; 64 * 1024];
+    // Volatile writes: the compiler may not elide them although `area` is never read.
+    area.zeroize();
+    std::hint::black_box(&area);
+}

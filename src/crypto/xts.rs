@@ -38,6 +38,13 @@ const BACKEND_PORTABLE: &str = "portable";
 /// are secret and are wiped when this is dropped (the `aes` crate's `zeroize` feature, and
 /// `Drop` of the kernel's key schedule).
 pub struct XtsCipher {
+    k: Box<Schedules>,
+}
+
+/// The expanded keys, alone on one heap page: that page is excluded from core dumps
+/// (`MADV_DONTDUMP`), and moving an `XtsCipher` moves a pointer, not key material.
+#[repr(align(4096))]
+struct Schedules {
     data: Aes256,
     tweak: Aes256,
     /// Round keys for the VAES-512 kernel; `Some` only if the CPU supports it.
@@ -114,18 +121,21 @@ impl XtsCipher {
         let k = key.expose();
         #[cfg(not(target_arch = "x86_64"))]
         let _ = fast;
-        XtsCipher {
+        let k = Box::new(Schedules {
             data: Aes256::new_from_slice(&k[..32]).expect("32-byte key"),
             tweak: Aes256::new_from_slice(&k[32..]).expect("32-byte key"),
             #[cfg(target_arch = "x86_64")]
             fast: if fast { x86::Keys::new(k) } else { None },
-        }
+        });
+        // Best effort: a kernel without MADV_DONTDUMP still encrypts correctly.
+        let _ = sqlite_vfs::mem::exclude_value_from_core_dumps(&*k);
+        XtsCipher { k }
     }
 
     /// The implementation in use: `"vaes512"` or `"portable"`.
     pub fn backend(&self) -> &'static str {
         #[cfg(target_arch = "x86_64")]
-        if self.fast.is_some() {
+        if self.k.fast.is_some() {
             return BACKEND_VAES512;
         }
         BACKEND_PORTABLE
@@ -173,21 +183,21 @@ impl XtsCipher {
     /// to store anything with.
     #[doc(hidden)]
     pub fn ecb_encrypt_for_benchmark(&self, buf: &mut [u8]) {
-        assert!(buf.len() % BLOCK == 0, "ECB range must be block aligned");
+        assert!(buf.len().is_multiple_of(BLOCK), "ECB range must be block aligned");
         #[cfg(target_arch = "x86_64")]
-        if let Some(keys) = &self.fast {
+        if let Some(keys) = &self.k.fast {
             keys.ecb_encrypt(buf);
             return;
         }
         let (blocks, _) = Array::slice_as_chunks_mut(buf);
-        self.data.encrypt_blocks(blocks);
+        self.k.data.encrypt_blocks(blocks);
     }
 
     /// Run `mode` over a block-aligned range, one data-unit segment at a time. Returns
     /// whether an all-zero input block was seen (`Mode::DecryptDetect` only).
     fn process(&self, domain: Domain, offset: u64, io: Io<'_>, mode: Mode) -> bool {
         let len = io.len();
-        assert!(offset % BLOCK as u64 == 0 && len % BLOCK == 0, "XTS range must be block aligned");
+        assert!(offset.is_multiple_of(BLOCK as u64) && len.is_multiple_of(BLOCK), "XTS range must be block aligned");
         let mut io = io;
         let mut pos = offset;
         let mut done = 0;
@@ -207,7 +217,7 @@ impl XtsCipher {
     /// Public for known-answer tests with IEEE 1619 vectors; a segment longer than a data unit
     /// continues the tweak sequence.
     pub fn unit_segment(&self, tweak_value: u128, first_block: usize, seg: &mut [u8], encrypt: bool) {
-        assert!(seg.len() % BLOCK == 0, "XTS range must be block aligned");
+        assert!(seg.len().is_multiple_of(BLOCK), "XTS range must be block aligned");
         let mode = if encrypt { Mode::Encrypt } else { Mode::Decrypt };
         self.segment(tweak_value, first_block, Io::InPlace(seg), mode);
     }
@@ -218,11 +228,11 @@ impl XtsCipher {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(keys) = &self.fast {
+        if let Some(keys) = &self.k.fast {
             return keys.segment(tweak_value, first_block, io, mode);
         }
         let mut t_block = Array::from(tweak_value.to_le_bytes());
-        self.tweak.encrypt_block(&mut t_block);
+        self.k.tweak.encrypt_block(&mut t_block);
         let t = mul_alpha_pow(u128::from_le_bytes(t_block.into()), first_block);
         let buf = match io {
             Io::InPlace(b) => b,
@@ -250,9 +260,9 @@ impl XtsCipher {
             xor_tweaks(piece, &tweaks[..m]);
             let (blocks, _) = Array::slice_as_chunks_mut(piece);
             if encrypt {
-                self.data.encrypt_blocks(blocks);
+                self.k.data.encrypt_blocks(blocks);
             } else {
-                self.data.decrypt_blocks(blocks);
+                self.k.data.decrypt_blocks(blocks);
             }
             xor_tweaks(piece, &tweaks[..m]);
         }
@@ -447,25 +457,34 @@ mod x86 {
         let mut b = from_u128(u128::from_le_bytes(key[16..].try_into().expect("16 bytes")));
         rk[0] = a;
         rk[1] = b;
-        macro_rules! step {
+        // Round keys 2i and 2i + 1 from the previous two.
+        macro_rules! even {
             ($rcon:literal, $i:literal) => {
                 let t = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$rcon>(b));
                 a = _mm_xor_si128(spread(a), t);
                 rk[$i] = a;
-                if $i + 1 < ROUNDS {
-                    let t = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a));
-                    b = _mm_xor_si128(spread(b), t);
-                    rk[$i + 1] = b;
-                }
             };
         }
-        step!(0x01, 2);
-        step!(0x02, 4);
-        step!(0x04, 6);
-        step!(0x08, 8);
-        step!(0x10, 10);
-        step!(0x20, 12);
-        step!(0x40, 14);
+        macro_rules! odd {
+            ($i:literal) => {
+                let t = _mm_shuffle_epi32::<0xaa>(_mm_aeskeygenassist_si128::<0>(a));
+                b = _mm_xor_si128(spread(b), t);
+                rk[$i] = b;
+            };
+        }
+        even!(0x01, 2);
+        odd!(3);
+        even!(0x02, 4);
+        odd!(5);
+        even!(0x04, 6);
+        odd!(7);
+        even!(0x08, 8);
+        odd!(9);
+        even!(0x10, 10);
+        odd!(11);
+        even!(0x20, 12);
+        odd!(13);
+        even!(0x40, 14);
         rk
     }
 

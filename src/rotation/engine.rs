@@ -10,7 +10,8 @@
 //! holds its old ciphertext and recovery puts it back first).
 //!
 //! Steps per chunk at `P` (each name is a crash-injection point, see [`Step`]):
-//! 1. journal := {uuid, new KCV, P, old ciphertext of the chunk}, checksummed; fsync;
+//! 1. journal := old ciphertext of the chunk; fsync; then its checksummed record header
+//!    {uuid, new KCV, P, length}; fsync;
 //! 2. re-encrypt the chunk in memory and write it in place (two writes); fsync;
 //! 3. header (other slot, sequence + 1) with progress `P + n`; fsync.
 //!
@@ -38,7 +39,11 @@ pub enum Step {
     RecoverRestored,
     /// ... and synced.
     RecoverSynced,
-    /// The journal record of a chunk was written, not yet synced.
+    /// The chunk's old ciphertext was written to the journal, not yet synced.
+    JournalDataWritten,
+    /// ... and synced.
+    JournalDataSynced,
+    /// The journal record's header was written, not yet synced.
     JournalWritten,
     /// ... and synced.
     JournalSynced,
@@ -94,12 +99,14 @@ pub enum Step {
 
 impl Step {
     /// Every step of a rekey, in order.
-    pub const REKEY: [Step; 17] = [
+    pub const REKEY: [Step; 19] = [
         Step::BeginGenerated,
         Step::BeginHeaderWritten,
         Step::BeginHeaderSynced,
         Step::RecoverRestored,
         Step::RecoverSynced,
+        Step::JournalDataWritten,
+        Step::JournalDataSynced,
         Step::JournalWritten,
         Step::JournalSynced,
         Step::DataHalfWritten,
@@ -140,6 +147,8 @@ impl Step {
             Step::BeginHeaderSynced => "begin-header-synced",
             Step::RecoverRestored => "recover-restored",
             Step::RecoverSynced => "recover-synced",
+            Step::JournalDataWritten => "journal-data-written",
+            Step::JournalDataSynced => "journal-data-synced",
             Step::JournalWritten => "journal-written",
             Step::JournalSynced => "journal-synced",
             Step::DataHalfWritten => "data-half-written",
@@ -294,7 +303,6 @@ pub struct RekeyEngine<'a, D: RawDb, J: SideFile> {
     pub chunk: u64,
     pub hook: &'a mut dyn Hook,
     buf: Vec<u8>,
-    out: Vec<u8>,
 }
 
 impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
@@ -310,7 +318,7 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
     ) -> Self {
         let unit = crate::crypto::DATA_UNIT as u64;
         let chunk = (chunk.max(unit) / unit) * unit;
-        RekeyEngine { db, journal, old, new, header, slot, chunk, hook, buf: Vec::new(), out: Vec::new() }
+        RekeyEngine { db, journal, old, new, header, slot, chunk, hook, buf: Vec::new() }
     }
 
     /// Write `h` (sequence + 1) to the slot not holding the newest header, and sync.
@@ -371,19 +379,20 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
             buf.resize(n, 0);
             let at = HEADER_REGION_LEN as u64 + p;
             self.db.read_exact_at(&mut buf, at)?;
-            // The re-encryption of a copy runs on other threads while the journal is written
-            // and synced; nothing reaches the database before both are done.
-            let mut out = std::mem::take(&mut self.out);
-            out.clear();
-            out.extend_from_slice(&buf);
+            // 1. The hotzone's old ciphertext, durable before the chunk is touched: the data
+            // first, then (once the data is synced) the record header that makes it valid.
+            self.journal.write_at(&buf, journal::RECORD_HEADER_LEN as u64)?;
+            self.hook.step(Step::JournalDataWritten)?;
+            // The journal holds its own copy now: re-encrypt `buf` on other threads while the
+            // journal is synced; nothing reaches the database before both are done.
             let (old, new) = (self.old, self.new);
             let journalled = std::thread::scope(|s| {
-                let worker = s.spawn(|| transform(old, new, p, &mut out));
-                // 1. The hotzone's old ciphertext, durable before the chunk is touched.
+                let worker = s.spawn(|| transform(old, new, p, &mut buf));
                 let r = (|| {
-                    let head = journal::encode_header(&self.header.db_uuid, &r.kcv, p, &buf);
+                    self.journal.sync()?;
+                    self.hook.step(Step::JournalDataSynced)?;
+                    let head = journal::encode_header(&self.header.db_uuid, &r.kcv, p, n as u64);
                     self.journal.write_at(&head, 0)?;
-                    self.journal.write_at(&buf, journal::RECORD_HEADER_LEN as u64)?;
                     self.hook.step(Step::JournalWritten)?;
                     self.journal.sync()?;
                     self.hook.step(Step::JournalSynced)
@@ -392,8 +401,6 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
                 r
             });
             journalled?;
-            self.buf = buf;
-            let buf = out;
             // 2. Re-encrypted chunk in place.
             let half = (n / 2) & !15;
             self.db.write_at(&buf[..half], at)?;
@@ -402,7 +409,7 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
             self.hook.step(Step::DataWritten)?;
             self.db.sync()?;
             self.hook.step(Step::DataSynced)?;
-            self.out = buf;
+            self.buf = buf;
             // 3. Advance the progress.
             let mut h = self.header.clone();
             h.rekey.as_mut().unwrap().progress = p + n as u64;

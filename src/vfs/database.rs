@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError};
 
 use super::TdeContext;
-use crate::crypto::{kcv_matches, key_check_value, random_array, DataKey, Domain, XtsCipher, KCV_LEN};
+use crate::crypto::{kcv_matches, key_check_value, random_array, scrub_stack, DataKey, Domain, XtsCipher, KCV_LEN};
 use crate::error::{Error, Result};
 use crate::format::{choose_slot, Header, HeaderError, KeyRef, HEADER_REGION_LEN, SLOT_LEN};
 use crate::keycache::{is_transient, CacheKey};
@@ -276,8 +276,14 @@ pub fn read_region(base: &mut BaseFile) -> Result<Vec<u8>> {
     let want = (size as usize).min(HEADER_REGION_LEN);
     let mut region = vec![0u8; want];
     if want > 0 {
-        let st = base.read(&mut region, 0)?;
-        debug_assert!(st == ReadStatus::Full || want < HEADER_REGION_LEN);
+        // The file size said these bytes exist: a short read here is an I/O failure below us
+        // (a file truncated under our feet, a faulty disk), never zeros to parse as a header.
+        if base.read(&mut region, 0)? == ReadStatus::Short {
+            return Err(Error::Vfs(VfsError::new(
+                ErrorCode::Read,
+                format!("short read of the {want}-byte header region of a {size}-byte file"),
+            )));
+        }
     }
     Ok(region)
 }
@@ -295,6 +301,9 @@ where
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new().name("tde-kms-call".into()).spawn(move || {
         let r = f(&*kms);
+        // This thread's stack is kept for reuse by the allocator after it ends: no copy of a
+        // data key may stay in it.
+        scrub_stack();
         let _ = tx.send(r);
     });
     if let Err(e) = spawned {
@@ -318,6 +327,21 @@ where
 
 /// Unwrap (through the key cache) and verify one wrapped DEK of database `db_uuid`.
 pub fn unwrap_key(
+    ctx: &TdeContext,
+    path: &str,
+    db_uuid: &[u8; 16],
+    key: &KeyRef,
+    wrapped: &[u8],
+    kcv: &[u8; KCV_LEN],
+) -> Result<Arc<XtsCipher>> {
+    let r = unwrap_key_uncleaned(ctx, path, db_uuid, key, wrapped, kcv);
+    scrub_stack();
+    r
+}
+
+/// [`unwrap_key`] without wiping the stack after it (its caller does).
+#[inline(never)]
+fn unwrap_key_uncleaned(
     ctx: &TdeContext,
     path: &str,
     db_uuid: &[u8; 16],
@@ -352,6 +376,10 @@ pub enum Opened {
     /// A rekey (or in-place encryption) is in progress and someone else holds the lock (it
     /// may be running right now): load the header when SQLite first locks the file.
     Deferred,
+    /// The header's creation was interrupted (power loss before it was durable) and nothing
+    /// was ever committed: the file is a new, empty database again (truncated to 0 bytes
+    /// unless opened read-only).
+    Empty,
 }
 
 /// How long an open waits for the lock it needs to finish an interrupted rekey before
@@ -423,6 +451,8 @@ pub fn open_existing(
         match verify_content_key(path, base, &cipher) {
             Ok(()) => {
                 let db = Database::new(path, header, slot, region, cipher);
+                // The key was verified just now: the first periodic check is one interval away.
+                db.schedule_check(ctx.cache.config().check_interval);
                 *db.recovered.lock().unwrap_or_else(|p| p.into_inner()) = recovered;
                 return Ok(Opened::Ready(db));
             }
@@ -498,6 +528,27 @@ pub(crate) fn initial_region(path: &str, header: &Header) -> Result<Vec<u8>> {
 
 /// Create the header of a new, empty database file under `key` and make it durable.
 pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
+    let keys = new_data_key(ctx, path, key);
+    scrub_stack();
+    let (header, cipher) = keys?;
+    let region = initial_region(path, &header)?;
+    // Slot B first, then slot A, each made durable before the next: a crash tearing the first
+    // write leaves slot A all zero (recognisably an interrupted creation, see
+    // `interrupted_creation`), a crash tearing the second leaves slot B valid.
+    base.write(&region[SLOT_LEN..], SLOT_LEN as u64)?;
+    base.sync(SyncFlags::FULL)?;
+    base.write(&region[..SLOT_LEN], 0)?;
+    base.sync(SyncFlags::FULL)?;
+    let cipher = ctx.cache.insert(cache_key_of(&header), &header.key.uri, header.key.version, cipher);
+    let db = Database::new(path, header, 0, region, cipher);
+    db.schedule_check(ctx.cache.config().check_interval);
+    Ok(db)
+}
+
+/// A new DEK from the KMS under `key`: the header of a new database and the cipher. The
+/// plaintext DEK is wiped before this returns; the caller wipes the stack it used.
+#[inline(never)]
+fn new_data_key(ctx: &TdeContext, path: &str, key: &str) -> Result<(Header, Arc<XtsCipher>)> {
     let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
     let context = EncryptionContext::for_database(&db_uuid);
     let key_owned = key.to_string();
@@ -512,13 +563,9 @@ pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> R
         kcv: key_check_value(&generated.plaintext, &db_uuid),
         rekey: None,
     };
-    let region = initial_region(path, &header)?;
-    base.write(&region, 0)?;
-    base.sync(SyncFlags::FULL)?;
     let cipher = Arc::new(XtsCipher::new(&generated.plaintext));
     drop(generated); // wipes the plaintext DEK
-    let cipher = ctx.cache.insert(cache_key_of(&header), &header.key.uri, header.key.version, cipher);
-    Ok(Database::new(path, header, 0, region, cipher))
+    Ok((header, cipher))
 }
 
 /// Open an existing database. A header still being written by a creator in another process
@@ -541,8 +588,65 @@ pub fn open_existing_or_wait(
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
+            Err(e @ Error::Header { .. }) if interrupted_creation(path, &read_region(base)?) => {
+                match discard_interrupted_creation(path, base, read_only, may_defer) {
+                    Ok(opened) => return Ok(opened),
+                    Err(Some(other)) => return Err(other),
+                    // Someone finished the header meanwhile: open it.
+                    Err(None) if tries < 40 => tries += 1,
+                    Err(None) => return Err(e),
+                }
+            }
             other => return other,
         }
+    }
+}
+
+/// A header region that can only be a creation cut short by a crash: at most one region long,
+/// slot A (written last) still all zero, and no journal or WAL that could hold committed data.
+/// A creator syncs slot B before it writes slot A, and SQLite writes nothing before the header
+/// is durable, so nothing was ever committed to such a file.
+fn interrupted_creation(path: &str, region: &[u8]) -> bool {
+    let side_file_empty = |suffix: &str| std::fs::metadata(format!("{path}{suffix}")).map_or(true, |m| m.len() == 0);
+    region.len() <= HEADER_REGION_LEN
+        && region.iter().take(SLOT_LEN).all(|&b| b == 0)
+        && choose_slot(region).is_err()
+        && side_file_empty("-journal")
+        && side_file_empty("-wal")
+        && !crate::rotation::convert::state_file_valid(path)
+}
+
+/// Turn an interrupted creation back into an empty file, under EXCLUSIVE so a creator that is
+/// still writing (another process, holding RESERVED) is never cut short. `Err(None)`: the
+/// file is not (or no longer) an interrupted creation; open it normally.
+fn discard_interrupted_creation(
+    path: &str,
+    base: &mut BaseFile,
+    read_only: bool,
+    may_defer: bool,
+) -> std::result::Result<Opened, Option<Error>> {
+    if read_only {
+        return Ok(Opened::Empty);
+    }
+    match acquire(base, LockLevel::Exclusive, RECOVERY_LOCK_WAIT) {
+        Ok(()) => {}
+        Err(e) if e.code == ErrorCode::Busy && may_defer => return Ok(Opened::Deferred),
+        Err(e) => return Err(Some(e.into())),
+    }
+    let result = (|| {
+        let region = read_region(base)?;
+        if !interrupted_creation(path, &region) {
+            return Ok(false);
+        }
+        base.truncate(0)?;
+        base.sync(SyncFlags::FULL)?;
+        Ok::<_, Error>(true)
+    })();
+    release(base);
+    match result {
+        Ok(true) => Ok(Opened::Empty),
+        Ok(false) => Err(None),
+        Err(e) => Err(Some(e)),
     }
 }
 

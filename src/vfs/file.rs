@@ -98,6 +98,8 @@ impl TdeFile {
             match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false)? {
                 Opened::Ready(db) => db,
                 Opened::Deferred => return Err(Error::RekeyInProgress { path }),
+                Opened::Empty if create && !self.read_only => database::create(&self.ctx, &path, &key, &mut self.base)?,
+                Opened::Empty => return Ok(()),
             }
         } else if create {
             database::create(&self.ctx, &path, &key, &mut self.base)?
@@ -442,7 +444,7 @@ pub fn open(
                             Some(db),
                         )
                     }
-                    Opened::Deferred => (pending(), None),
+                    Opened::Deferred | Opened::Empty => (pending(), None),
                 }
             }
         }
