@@ -464,3 +464,68 @@ fn selected_by_sqlite_tde_kms() {
     assert!(out.contains("CHILD-READ from env"), "{out}");
     eprintln!("selected_by_sqlite_tde_kms: {:.2?}", t0.elapsed());
 }
+
+/// The operator's command: `sqlite-tde --kms openbao+http://… rewrap --all DIR` with the token
+/// in `BAO_TOKEN` moves every database of a fleet directory to the newest transit version
+/// (pages untouched), reports that no file references an older version, and the
+/// applications keep reading after the old version is retired.
+#[test]
+fn cli_rewrap_all_moves_a_fleet_to_the_new_version() {
+    let Some(bao) = require_bao("cli_rewrap_all_moves_a_fleet_to_the_new_version") else {
+        return;
+    };
+    let server = BaoServer::start(&bao, false);
+    let d = duties(&server);
+    let keyadmin = provider(&server, "app", &d.keyadmin);
+    let tde = vfs(provider(&server, "app", &d.app), Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(fleet.join("tenant-b")).unwrap();
+    let dbs = [fleet.join("a.db"), fleet.join("tenant-b/b.db")];
+    for (i, db) in dbs.iter().enumerate() {
+        create(&tde, db, &format!("row-{i}"));
+    }
+    assert_eq!(keyadmin.rotate_key("app").unwrap().latest_version, 2);
+    let pages_before: Vec<Vec<u8>> = dbs.iter().map(|p| std::fs::read(p).unwrap()[8192..].to_vec()).collect();
+
+    let cli = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-tde"))
+            .arg("--keystore")
+            .arg(dir.path().join("unused-local-keystore"))
+            .args(["--kms", &server.uri("app")])
+            .args(args)
+            .env_remove("VAULT_TOKEN")
+            .env_remove("SQLITE_TDE_KMS")
+            .env("BAO_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // The application's token may not rewrap (no transit/encrypt): refused, files untouched.
+    let (code, stdout, stderr) = cli(&d.app, &["rewrap", "--all", fleet.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    for (db, before) in dbs.iter().zip(&pages_before) {
+        assert_eq!(read_header(db).0.key.version, 1);
+        assert_eq!(&std::fs::read(db).unwrap()[8192..], &before[..]);
+    }
+    // The rewrap duty's token: every file moves to v2.
+    let (code, stdout, stderr) = cli(&d.rewrapper, &["rewrap", "--all", fleet.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("no file references an older key version"), "{stdout}");
+    assert!(stdout.contains("newest v2; referenced: v2 (2 files)"), "{stdout}");
+    eprintln!("rewrap --all:\n{stdout}");
+    for (db, before) in dbs.iter().zip(&pages_before) {
+        let (h, _) = read_header(db);
+        assert_eq!((h.key.uri.as_str(), h.key.version), (server.uri("app").as_str(), 2), "{}", db.display());
+        assert_eq!(&std::fs::read(db).unwrap()[8192..], &before[..], "rewrap must not touch pages");
+    }
+    // v1 retired: the applications still read every database.
+    keyadmin.set_min_decryption_version("app", 2).unwrap();
+    for (i, db) in dbs.iter().enumerate() {
+        assert_eq!(existing(&tde, db).unwrap(), format!("row-{i}"));
+    }
+}

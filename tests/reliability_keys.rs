@@ -211,7 +211,10 @@ fn run_child() -> Outcome {
     let ks = env.dir.path().join("keys-ks");
     let db = env.path("keys.sqlite");
     {
-        let tde = Tde::builder().keystore(&ks).vfs_name("tde-keys-parent").register().unwrap();
+        // One VFS name per call: a name registered earlier in this process keeps its keystore.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tde = Tde::builder().keystore(&ks).vfs_name(&format!("tde-keys-parent-{n}")).register().unwrap();
         tde.open(&db).unwrap().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES('hello');").unwrap();
     }
     let dek = dek_of(&ks, &db);
@@ -343,14 +346,10 @@ fn key_hygiene() {
 }
 
 /// After the connection is closed and the key cache cleared, no piece of the DEK may remain
-/// anywhere in the process.
-///
-/// BUG (src/crypto, src/kms; reported to the lead): ~114 16-byte pieces of the DEK remain,
-/// 113 of them in the stack mapping of the thread that opened the database (key copies made
-/// on the stack during the KMS unwrap and the AES key expansion, never wiped), one in a heap
-/// arena (a freed, unwiped buffer). `DataKey` itself is wiped correctly (the canary check).
+/// anywhere in the process: not in freed heap, and not in the dead stack frames of the KMS
+/// unwrap, the key-check HMAC and the AES key expansion (the VFS wipes the stack below the
+/// frame that handled the key, `crypto::scrub_stack`).
 #[test]
-#[ignore = "BUG: DEK copies remain on the opening thread's stack (and one in the heap) after eviction; lead to fix src/crypto + src/kms"]
 fn dek_gone_from_memory_after_eviction() {
     let o = run_child();
     assert!(o.canary_hits_loaded > 0, "scanner control failed");
@@ -362,11 +361,9 @@ fn dek_gone_from_memory_after_eviction() {
     );
 }
 
-/// The pages that hold the live key schedule should be excluded from core dumps
-/// (MADV_DONTDUMP). Needs the crypto module to allocate cipher keys on advised pages
-/// (`sqlite_vfs::mem::exclude_from_core_dumps`).
+/// The pages that hold the live key schedule are excluded from core dumps (MADV_DONTDUMP):
+/// `XtsCipher` keeps its round keys alone on one advised heap page.
 #[test]
-#[ignore = "MISSING (lead): XtsCipher/DataKey memory is not MADV_DONTDUMP; wire sqlite_vfs::mem::exclude_from_core_dumps into src/crypto"]
 fn key_pages_excluded_from_core_dumps() {
     let o = run_child();
     assert!(o.dek_pages_dontdump.1 > 0, "DEK not found while loaded");

@@ -13,6 +13,7 @@ use super::error::{CliError, CliResult, EXIT_FAILURE};
 use super::{open, Global};
 use crate::format::MAGIC;
 use crate::kms::local::LocalKms;
+use crate::kms::Kms;
 use crate::rotation::{self, RewrapOptions};
 
 /// Arguments of `sqlite-tde rewrap`.
@@ -152,15 +153,19 @@ fn report_references(global: &Global, files: &[PathBuf], out: &mut dyn Write) ->
             by_key.entry(uri).or_default().entry(v).or_default().push(f.clone());
         }
     }
+    // The KMS the command runs against (--kms), and the local keystore for local keys.
+    let selected = crate::connection::kms_from_env(Some(global.keystore.clone())).ok();
     let local = LocalKms::new(&global.keystore);
     let mut stale = Vec::new();
     let mut keys = Vec::new();
     for (uri, versions) in &by_key {
         let seen_max = versions.keys().copied().max().unwrap_or(0);
-        let newest = match uri.strip_prefix("local:") {
-            Some(id) => local.describe_key(id).map(|k| k.primary_version).unwrap_or(seen_max),
-            None => seen_max,
-        };
+        let newest = selected
+            .as_ref()
+            .and_then(|k| k.newest_version(uri))
+            .or_else(|| local.newest_version(uri))
+            .unwrap_or(seen_max)
+            .max(seen_max);
         for (v, fs) in versions {
             if *v < newest {
                 for f in fs {

@@ -104,6 +104,14 @@ pub trait Kms: Send + Sync {
         context: &EncryptionContext,
         target: Option<&str>,
     ) -> Result<(Vec<u8>, KeyRef), KmsError>;
+
+    /// The newest version of the CMK a header references (`key_uri` as recorded), when this
+    /// KMS holds that key and the caller may read its metadata: fleet rewrap reports which
+    /// files still reference older versions against it. `None`: unknown here.
+    fn newest_version(&self, key_uri: &str) -> Option<u32> {
+        let _ = key_uri;
+        None
+    }
 }
 
 /// The sqlite-tde KMS front end for management commands: the embedded service over

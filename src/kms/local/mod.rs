@@ -1516,6 +1516,11 @@ impl Kms for LocalKms {
         })
     }
 
+    fn newest_version(&self, key_uri: &str) -> Option<u32> {
+        let id = key_uri.strip_prefix("local:")?;
+        self.describe_key(id).ok().map(|k| k.primary_version)
+    }
+
     fn decrypt_data_key(
         &self,
         key_ref: &KeyRef,

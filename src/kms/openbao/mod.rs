@@ -485,6 +485,10 @@ impl Kms for OpenBaoKms {
         self.key.provider()
     }
 
+    fn newest_version(&self, key_uri: &str) -> Option<u32> {
+        is_openbao_uri(key_uri).then(|| self.key_info(key_uri).ok().map(|k| k.latest_version)).flatten()
+    }
+
     fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
         let key = self.resolve_key(key)?;
         let body = serde_json::to_vec(&serde_json::json!({
