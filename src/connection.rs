@@ -113,8 +113,6 @@ impl TdeBuilder {
         cfg.base_vfs = self.base_vfs;
         cfg.epoch_probe = self.epoch_probe;
         let ctx = vfs::register_static(cfg)?;
-        // Revocations in the embedded KMS (disable, deletion, ...) drop cached data keys.
-        crate::kms::events::watch_cache(&ctx);
         let tde = Tde { ctx };
         reg.push(tde.clone());
         Ok(tde)

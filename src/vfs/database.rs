@@ -157,6 +157,9 @@ impl Database {
     /// announces a rekey in progress is not adopted here: `Err(RekeyInProgress)` tells the
     /// caller to recover (under EXCLUSIVE) or to wait.
     pub fn refresh_header(&self, ctx: &TdeContext, base: &mut BaseFile) -> Result<bool> {
+        if self.header_unchanged(base)? {
+            return Ok(false);
+        }
         let region = read_region(base)?;
         {
             let st = self.state();
@@ -198,6 +201,22 @@ impl Database {
         verify_content_key(&self.path, base, &cipher)?;
         self.replace(header, slot, region, cipher);
         Ok(true)
+    }
+
+    /// Cheap test run at every SHARED lock (rollback mode takes one per transaction): the first
+    /// bytes of both slots (magic, flags, sequence, database UUID) are as last seen. Every
+    /// header write puts a higher sequence number into the slot it writes, so equal prefixes
+    /// mean an equal header region; anything else goes to the full comparison.
+    fn header_unchanged(&self, base: &mut BaseFile) -> Result<bool> {
+        let mut a = [0u8; SLOT_PROBE_LEN];
+        let mut b = [0u8; SLOT_PROBE_LEN];
+        if base.read(&mut a, 0)? != ReadStatus::Full || base.read(&mut b, SLOT_LEN as u64)? != ReadStatus::Full {
+            return Ok(false);
+        }
+        let st = self.state();
+        Ok(st.region.len() == HEADER_REGION_LEN
+            && st.region[..SLOT_PROBE_LEN] == a
+            && st.region[SLOT_LEN..SLOT_LEN + SLOT_PROBE_LEN] == b)
     }
 
     /// The periodic check: re-read the header (when `base` is the main-db handle) and ask the
@@ -381,6 +400,10 @@ pub enum Opened {
     /// unless opened read-only).
     Empty,
 }
+
+/// Bytes of each header slot compared by [`Database::header_unchanged`]: through the database
+/// UUID (docs/FORMAT.md).
+const SLOT_PROBE_LEN: usize = 48;
 
 /// How long an open waits for the lock it needs to finish an interrupted rekey before
 /// deferring to SQLite's own lock (and busy handler).

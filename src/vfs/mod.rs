@@ -120,6 +120,9 @@ fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
         cache: KeyCache::with_probe(config.cache, config.epoch_probe),
         vfs_name: config.name,
     });
+    // Revocations made in this process's embedded KMS (disable, deletion, ...) drop cached
+    // data keys at once, for static and extension registrations alike.
+    crate::kms::events::watch_cache(&ctx);
     let opts = RegisterOptions { base: config.base_vfs, make_default: config.make_default };
     (ctx.clone(), TdeShim { ctx }, opts)
 }
