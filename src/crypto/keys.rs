@@ -68,3 +68,16 @@ pub fn scrub_stack() {
     area.zeroize();
     std::hint::black_box(&area);
 }
+
+/// Run `f`, which handles plaintext key material, in frames below this one, then wipe them
+/// with [`scrub_stack`].
+pub fn with_scrubbed_stack<T>(f: impl FnOnce() -> T) -> T {
+    let r = in_own_frame(f);
+    scrub_stack();
+    r
+}
+
+#[inline(never)]
+fn in_own_frame<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}

@@ -8,7 +8,7 @@ mod tweak;
 mod xts;
 
 pub use kcv::{kcv_matches, key_check_value, KCV_LEN};
-pub use keys::{scrub_stack, DataKey, DATA_KEY_LEN};
+pub use keys::{scrub_stack, with_scrubbed_stack, DataKey, DATA_KEY_LEN};
 pub use random::{fill_random, random_array};
 pub use tweak::{Domain, DATA_UNIT, DATA_UNIT_LOG2};
 pub use xts::XtsCipher;

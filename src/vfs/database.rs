@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError};
 
 use super::TdeContext;
-use crate::crypto::{kcv_matches, key_check_value, random_array, scrub_stack, DataKey, Domain, XtsCipher, KCV_LEN};
+use crate::crypto::{
+    kcv_matches, key_check_value, random_array, scrub_stack, with_scrubbed_stack, DataKey, Domain, XtsCipher, KCV_LEN,
+};
 use crate::error::{Error, Result};
 use crate::format::{choose_slot, Header, HeaderError, KeyRef, HEADER_REGION_LEN, SLOT_LEN};
 use crate::keycache::{is_transient, CacheKey};
@@ -353,30 +355,19 @@ pub fn unwrap_key(
     wrapped: &[u8],
     kcv: &[u8; KCV_LEN],
 ) -> Result<Arc<XtsCipher>> {
-    let r = unwrap_key_uncleaned(ctx, path, db_uuid, key, wrapped, kcv);
-    scrub_stack();
-    r
-}
-
-/// [`unwrap_key`] without wiping the stack after it (its caller does).
-#[inline(never)]
-fn unwrap_key_uncleaned(
-    ctx: &TdeContext,
-    path: &str,
-    db_uuid: &[u8; 16],
-    key: &KeyRef,
-    wrapped: &[u8],
-    kcv: &[u8; KCV_LEN],
-) -> Result<Arc<XtsCipher>> {
     let cache_key = CacheKey::new(*db_uuid, wrapped);
     ctx.cache.get_or_unwrap_versioned(cache_key, &key.uri, key.version, || {
-        let context = EncryptionContext::for_database(db_uuid);
-        let (k, w) = (key.clone(), wrapped.to_vec());
-        let dek: DataKey = kms_call(ctx, path, move |kms| kms.decrypt_data_key(&k, &w, &context))?;
-        if !kcv_matches(&key_check_value(&dek, db_uuid), kcv) {
-            return Err(Error::WrongKey { path: path.to_string() });
-        }
-        Ok(XtsCipher::new(&dek))
+        // The unwrap, the key check and the key expansion leave key copies in their frames
+        // (a cache hit handles no key material and skips this).
+        with_scrubbed_stack(|| {
+            let context = EncryptionContext::for_database(db_uuid);
+            let (k, w) = (key.clone(), wrapped.to_vec());
+            let dek: DataKey = kms_call(ctx, path, move |kms| kms.decrypt_data_key(&k, &w, &context))?;
+            if !kcv_matches(&key_check_value(&dek, db_uuid), kcv) {
+                return Err(Error::WrongKey { path: path.to_string() });
+            }
+            Ok(XtsCipher::new(&dek))
+        })
     })
 }
 
@@ -551,9 +542,7 @@ pub(crate) fn initial_region(path: &str, header: &Header) -> Result<Vec<u8>> {
 
 /// Create the header of a new, empty database file under `key` and make it durable.
 pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
-    let keys = new_data_key(ctx, path, key);
-    scrub_stack();
-    let (header, cipher) = keys?;
+    let (header, cipher) = with_scrubbed_stack(|| new_data_key(ctx, path, key))?;
     let region = initial_region(path, &header)?;
     // Slot B first, then slot A, each made durable before the next: a crash tearing the first
     // write leaves slot A all zero (recognisably an interrupted creation, see
@@ -570,7 +559,6 @@ pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> R
 
 /// A new DEK from the KMS under `key`: the header of a new database and the cipher. The
 /// plaintext DEK is wiped before this returns; the caller wipes the stack it used.
-#[inline(never)]
 fn new_data_key(ctx: &TdeContext, path: &str, key: &str) -> Result<(Header, Arc<XtsCipher>)> {
     let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
     let context = EncryptionContext::for_database(&db_uuid);
