@@ -214,7 +214,7 @@ fn run_child() -> Outcome {
         // One VFS name per call: a name registered earlier in this process keeps its keystore.
         static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let tde = Tde::builder().keystore(&ks).vfs_name(&format!("tde-keys-parent-{n}")).register().unwrap();
+        let tde = Tde::builder().keystore(&ks).vfs_name(format!("tde-keys-parent-{n}")).register().unwrap();
         tde.open(&db).unwrap().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES('hello');").unwrap();
     }
     let dek = dek_of(&ks, &db);

@@ -288,6 +288,7 @@ fn truncation_at_every_512_byte_boundary() {
 
 /// Build a database whose latest transactions live in a WAL (or a hot journal) and return
 /// (files, digest of every committed state, index of the full state).
+#[allow(clippy::type_complexity)]
 fn live_scenario(
     open: &dyn Fn(&Path) -> Result<Connection, Error>,
     db: &Path,
@@ -424,7 +425,7 @@ fn page_swaps_replays_and_body_bit_flips() {
             std::fs::write(&f.db, &v).unwrap();
             t.add(
                 &format!("replay an older page (page size {page})"),
-                &classify(&open, &f.db, &newer_digest, &[f.digest.clone()]),
+                &classify(&open, &f.db, &newer_digest, std::slice::from_ref(&f.digest)),
             );
         }
         // Flip one bit in page bodies: XTS turns it into 16 random plaintext bytes, undetected

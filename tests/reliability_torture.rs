@@ -116,7 +116,7 @@ fn torture_child_entry() {
                     Err(e) => writeln!(out.lock(), "violation error {e}").unwrap(),
                 }
                 n += 1;
-                if n % 40 == 0 {
+                if n.is_multiple_of(40) {
                     match c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
                         Ok(s) if s == "ok" => {}
                         Ok(s) => writeln!(out.lock(), "violation quick_check {s}").unwrap(),

@@ -455,7 +455,7 @@ fn read_only_file_and_connection_get_clear_errors() {
     let (code, _) = run_child("rekey", &ks, &db, Some("rekey:progress-synced@0"), 16 << 10);
     assert_eq!(code, None);
     let ro = tde.open_with(&db, &sqlite_tde::OpenOptions { key: None, read_only: true, must_exist: true });
-    let e = ro.err().expect("a read-only open of a half-rekeyed database must fail");
+    let e = ro.expect_err("a read-only open of a half-rekeyed database must fail");
     assert!(e.to_string().contains("read-only") && e.to_string().contains("rekey"), "{e}");
     // A read-write open finishes it.
     let c = open(&tde, &db);

@@ -85,8 +85,8 @@ fn run_mode(mode: &str, page_size: u32) {
     } else {
         &["main-db", "statement-journal", "temp-db", "transient-db"]
     };
-    for k in expected.iter().copied() {
-        assert!(kinds.contains(&k), "workload never opened a {k}: {kinds:?}");
+    for k in expected {
+        assert!(kinds.contains(k), "workload never opened a {k}: {kinds:?}");
     }
 }
 

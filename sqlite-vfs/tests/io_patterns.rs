@@ -149,7 +149,7 @@ fn temp_files() {
     let sub = io_of(&vfs, FileKind::SubJournal, IoOp::Write);
     assert!(!sub.is_empty());
     assert_eq!(sub[0].offset, 0);
-    assert!(sub[0].len > PS && sub[0].len % (PS + 4) != 0, "spill chunk {:?}", sub[0]);
+    assert!(sub[0].len > PS && !sub[0].len.is_multiple_of(PS + 4), "spill chunk {:?}", sub[0]);
     assert!(sub[1..].iter().all(|w| w.len == 4 || w.len == PS), "{sub:?}");
 
     // Ephemeral tables (DISTINCT) and the temp database are paged files: aligned pages.

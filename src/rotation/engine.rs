@@ -204,6 +204,7 @@ impl Hook for NoHook {
 }
 
 /// The database file, physical bytes.
+#[allow(clippy::len_without_is_empty)] // a file length, never a collection
 pub trait RawDb {
     /// Read exactly `buf.len()` bytes at `off` (an error if the file is shorter).
     fn read_exact_at(&mut self, buf: &mut [u8], off: u64) -> Result<()>;
@@ -306,6 +307,8 @@ pub struct RekeyEngine<'a, D: RawDb, J: SideFile> {
 }
 
 impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
+    /// An engine over `db` and its `journal`, re-encrypting from `old` to `new` in `chunk`s.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: &'a mut D,
         journal: &'a mut J,

@@ -30,6 +30,7 @@ fn write_slot(path: &str, base: &mut BaseFile, h: &Header, slot: usize) -> Resul
 /// recoveries need EXCLUSIVE, rewraps RESERVED, and in WAL mode nothing else takes RESERVED
 /// on the database file. Readers may read the header meanwhile: a torn slot makes them use
 /// the other one, which holds the same DEK.
+#[allow(clippy::too_many_arguments)] // the pragma's whole context, passed through once
 pub(crate) fn pragma(
     ctx: &TdeContext,
     path: &str,

@@ -14,6 +14,7 @@ use crate::format::{logical_len, physical_len};
 const B: u64 = 16;
 
 /// The raw (ciphertext) file under the encryption.
+#[allow(clippy::len_without_is_empty)] // a file length, never a collection
 pub trait RawIo {
     /// Fill `buf` from `offset`; `Short` means the file ended and the rest is zero-filled.
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus>;
