@@ -17,7 +17,7 @@
 //! (rekey) replaces the cipher, which the journal and WAL handles pick up through
 //! [`Database::generation`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,9 @@ pub struct Database {
     /// The interrupted operation this connection's open finished, if any (`rekey`,
     /// `in-place encryption`), for `PRAGMA tde_status`.
     recovered: Mutex<Option<&'static str>>,
+    /// Whether `DbState::blocked` may be set: lets every page I/O skip the state lock in the
+    /// common case. Written under the state lock, with it.
+    maybe_blocked: AtomicBool,
 }
 
 /// The mutable part of a [`Database`].
@@ -86,6 +89,7 @@ impl Database {
             generation: AtomicU64::new(1),
             next_check_ms: AtomicU64::new(0),
             recovered: Mutex::new(None),
+            maybe_blocked: AtomicBool::new(false),
         }
     }
 
@@ -128,16 +132,22 @@ impl Database {
         st.region = region;
         st.cipher = cipher;
         st.blocked = None;
+        self.maybe_blocked.store(false, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Refuse page I/O until the connection is closed (or the state is replaced).
     pub(crate) fn block(&self, e: VfsError) {
-        self.state().blocked = Some(e);
+        let mut st = self.state();
+        st.blocked = Some(e);
+        self.maybe_blocked.store(true, Ordering::Release);
     }
 
     /// The error page I/O must fail with, if any.
     pub fn blocked(&self) -> Option<VfsError> {
+        if !self.maybe_blocked.load(Ordering::Acquire) {
+            return None;
+        }
         self.state().blocked.clone()
     }
 
@@ -206,19 +216,18 @@ impl Database {
     }
 
     /// Cheap test run at every SHARED lock (rollback mode takes one per transaction): the first
-    /// bytes of both slots (magic, flags, sequence, database UUID) are as last seen. Every
-    /// header write puts a higher sequence number into the slot it writes, so equal prefixes
-    /// mean an equal header region; anything else goes to the full comparison.
+    /// bytes (magic, flags, sequence, database UUID) of the slot *not* holding the newest
+    /// header are as last seen. Every header write goes to the slot not holding the newest
+    /// header, with a higher sequence number, so the first write after our last look always
+    /// changes exactly these bytes; anything unexpected goes to the full comparison.
     fn header_unchanged(&self, base: &mut BaseFile) -> Result<bool> {
-        let mut a = [0u8; SLOT_PROBE_LEN];
-        let mut b = [0u8; SLOT_PROBE_LEN];
-        if base.read(&mut a, 0)? != ReadStatus::Full || base.read(&mut b, SLOT_LEN as u64)? != ReadStatus::Full {
+        let at = (1 - self.state().slot.min(1)) * SLOT_LEN;
+        let mut probe = [0u8; SLOT_PROBE_LEN];
+        if base.read(&mut probe, at as u64)? != ReadStatus::Full {
             return Ok(false);
         }
         let st = self.state();
-        Ok(st.region.len() == HEADER_REGION_LEN
-            && st.region[..SLOT_PROBE_LEN] == a
-            && st.region[SLOT_LEN..SLOT_LEN + SLOT_PROBE_LEN] == b)
+        Ok(st.region.len() == HEADER_REGION_LEN && st.slot <= 1 && st.region[at..at + SLOT_PROBE_LEN] == probe)
     }
 
     /// The periodic check: re-read the header (when `base` is the main-db handle) and ask the
@@ -252,6 +261,7 @@ impl Database {
                 let mut st = self.state();
                 if st.blocked.as_ref().is_some_and(|b| b.code != ErrorCode::Busy) {
                     st.blocked = None;
+                    self.maybe_blocked.store(false, Ordering::Release);
                 }
                 Ok(())
             }
@@ -274,7 +284,11 @@ impl Database {
             code,
             format!("{e} (page I/O refused: the data key may no longer be used; see PRAGMA tde_status)"),
         );
-        self.state().blocked = Some(v.clone());
+        {
+            let mut st = self.state();
+            st.blocked = Some(v.clone());
+            self.maybe_blocked.store(true, Ordering::Release);
+        }
         crate::error::set_last_open_error(e);
         v
     }

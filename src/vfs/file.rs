@@ -133,7 +133,8 @@ impl TdeFile {
     /// Before page I/O of a file linked to a database: the periodic header/key check (which
     /// refuses I/O once the key is revoked), and the switch to a replaced cipher.
     fn sync_key(&mut self) -> VfsResult<()> {
-        let Some(db) = self.db.clone() else { return Ok(()) };
+        // Runs before every page I/O: borrows only (no reference-count traffic).
+        let Some(db) = self.db.as_deref() else { return Ok(()) };
         let base = if self.kind == FileKind::MainDb { Some(&mut self.base) } else { None };
         db.check(&self.ctx, base)?;
         let generation = db.generation();
