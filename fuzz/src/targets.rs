@@ -12,8 +12,8 @@ use sqlite_tde::crypto::{DataKey, Domain, XtsCipher};
 use sqlite_tde::format::{choose_slot, logical_len, physical_len, Header, SlotStatus, HEADER_REGION_LEN, SLOT_LEN};
 use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::{EncryptionContext, Kms};
-use sqlite_tde::vfs::blockio::{EncryptedIo, RawIo};
-use sqlite_vfs::{FileKind, ReadStatus, VfsResult};
+use sqlite_tde::vfs::blockio::{EncryptedIo, MemFile};
+use sqlite_vfs::{FileKind, ReadStatus};
 
 /// Header region parser: `choose_slot` over the input as a region, `Header::decode` over each
 /// slot-sized window; any header that decodes must survive an encode/decode round trip.
@@ -145,37 +145,6 @@ pub fn kms_request(data: &[u8]) {
                 let _ = kms.handle(principal, &req);
             }
         });
-    }
-}
-
-/// An in-memory raw file with SQLite's read semantics.
-#[derive(Default)]
-struct MemFile(Vec<u8>);
-
-impl RawIo for MemFile {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
-        let off = offset as usize;
-        let n = self.0.len().saturating_sub(off).min(buf.len());
-        if n > 0 {
-            buf[..n].copy_from_slice(&self.0[off..off + n]);
-        }
-        buf[n..].fill(0);
-        Ok(if n == buf.len() { ReadStatus::Full } else { ReadStatus::Short })
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
-        let end = offset as usize + buf.len();
-        if self.0.len() < end {
-            self.0.resize(end, 0);
-        }
-        self.0[offset as usize..end].copy_from_slice(buf);
-        Ok(())
-    }
-    fn set_len(&mut self, size: u64) -> VfsResult<()> {
-        self.0.resize(size as usize, 0);
-        Ok(())
-    }
-    fn len(&mut self) -> VfsResult<u64> {
-        Ok(self.0.len() as u64)
     }
 }
 

@@ -174,38 +174,11 @@ mod tests {
     /// Agrees with the VFS's own encoding: write through `blockio`, read back here.
     #[test]
     fn reads_what_blockio_wrote() {
-        use crate::vfs::blockio::{EncryptedIo, RawIo};
-        use sqlite_vfs::{ReadStatus, VfsResult};
-
-        struct Mem(Vec<u8>);
-        impl RawIo for Mem {
-            fn read_at(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
-                let off = offset as usize;
-                let n = self.0.len().saturating_sub(off).min(buf.len());
-                buf[..n].copy_from_slice(&self.0[off..off + n]);
-                buf[n..].fill(0);
-                Ok(if n == buf.len() { ReadStatus::Full } else { ReadStatus::Short })
-            }
-            fn write_at(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
-                let end = offset as usize + buf.len();
-                if self.0.len() < end {
-                    self.0.resize(end, 0);
-                }
-                self.0[offset as usize..end].copy_from_slice(buf);
-                Ok(())
-            }
-            fn set_len(&mut self, size: u64) -> VfsResult<()> {
-                self.0.resize(size as usize, 0);
-                Ok(())
-            }
-            fn len(&mut self) -> VfsResult<u64> {
-                Ok(self.0.len() as u64)
-            }
-        }
+        use crate::vfs::blockio::{EncryptedIo, MemFile};
 
         let key = DataKey::generate().unwrap();
         let cipher = Arc::new(XtsCipher::new(&key));
-        let mut raw = Mem(vec![0xAB; 100]);
+        let mut raw = MemFile(vec![0xAB; 100]);
         let mut scratch = Vec::new();
         let mut model = Vec::new();
         {

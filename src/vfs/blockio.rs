@@ -327,42 +327,45 @@ impl<R: RawIo> EncryptedIo<'_, R> {
     }
 }
 
+/// An in-memory raw file with SQLite's read semantics (a read past the end is zero-filled and
+/// short): encrypted I/O without a file system, for tests and fuzzing.
+#[derive(Debug, Default, Clone)]
+pub struct MemFile(pub Vec<u8>);
+
+impl RawIo for MemFile {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
+        let off = offset as usize;
+        let n = self.0.len().saturating_sub(off).min(buf.len());
+        if n > 0 {
+            buf[..n].copy_from_slice(&self.0[off..off + n]);
+        }
+        buf[n..].fill(0);
+        Ok(if n == buf.len() { ReadStatus::Full } else { ReadStatus::Short })
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
+        let end = offset as usize + buf.len();
+        if self.0.len() < end {
+            self.0.resize(end, 0);
+        }
+        self.0[offset as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+    fn set_len(&mut self, size: u64) -> VfsResult<()> {
+        self.0.resize(size as usize, 0);
+        Ok(())
+    }
+    fn len(&mut self) -> VfsResult<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::crypto::DataKey;
     use proptest::prelude::*;
 
-    /// An in-memory raw file with SQLite's read semantics.
-    #[derive(Default, Clone)]
-    pub struct MemFile(pub Vec<u8>);
-
-    impl RawIo for MemFile {
-        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
-            let off = offset as usize;
-            let n = self.0.len().saturating_sub(off).min(buf.len());
-            if n > 0 {
-                buf[..n].copy_from_slice(&self.0[off..off + n]);
-            }
-            buf[n..].fill(0);
-            Ok(if n == buf.len() { ReadStatus::Full } else { ReadStatus::Short })
-        }
-        fn write_at(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
-            let end = offset as usize + buf.len();
-            if self.0.len() < end {
-                self.0.resize(end, 0);
-            }
-            self.0[offset as usize..end].copy_from_slice(buf);
-            Ok(())
-        }
-        fn set_len(&mut self, size: u64) -> VfsResult<()> {
-            self.0.resize(size as usize, 0);
-            Ok(())
-        }
-        fn len(&mut self) -> VfsResult<u64> {
-            Ok(self.0.len() as u64)
-        }
-    }
+    pub use super::MemFile;
 
     #[derive(Debug, Clone)]
     enum Op {
