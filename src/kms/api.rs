@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::audit::{AuditRecord, VerifyReport};
+use super::local::uri_of;
 use super::model::{AliasInfo, KeyInfo, Origin, Protection};
 use super::policy::{KeyPolicy, LintFinding};
 use super::secrets::{SecretInfo, SecretValue, SecretVersionInfo};
-use super::{EncryptionContext, KmsError};
+use super::{EncryptionContext, GeneratedDataKey, KmsError};
+use crate::crypto::DataKey;
+use crate::format::KeyRef;
 
 /// Base64 (standard, padded) for byte fields in JSON.
 pub mod b64 {
@@ -273,6 +276,19 @@ pub struct DataKeyResponse {
     pub plaintext: Option<Zeroizing<Vec<u8>>>,
 }
 
+impl DataKeyResponse {
+    /// The `Kms` trait's view: plaintext DEK, wrapped DEK and the key reference for the header.
+    pub fn into_generated(self) -> Result<GeneratedDataKey, KmsError> {
+        let plain =
+            self.plaintext.ok_or_else(|| KmsError::Unavailable("the KMS returned no plaintext data key".into()))?;
+        Ok(GeneratedDataKey {
+            plaintext: DataKey::from_slice(&plain)?,
+            wrapped: self.ciphertext,
+            key: KeyRef { uri: uri_of(&self.key_id), version: self.key_version },
+        })
+    }
+}
+
 /// Encrypt.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EncryptResponse {
@@ -291,6 +307,13 @@ pub struct DecryptResponse {
     pub plaintext: Zeroizing<Vec<u8>>,
 }
 
+impl DecryptResponse {
+    /// The plaintext as a data key (the response's buffer is wiped when dropped).
+    pub fn into_data_key(self) -> Result<DataKey, KmsError> {
+        Ok(DataKey::from_slice(&self.plaintext)?)
+    }
+}
+
 /// ReEncrypt (the plaintext never leaves the service).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReEncryptResponse {
@@ -300,6 +323,13 @@ pub struct ReEncryptResponse {
     pub key_version: u32,
     #[serde(with = "b64")]
     pub ciphertext: Vec<u8>,
+}
+
+impl ReEncryptResponse {
+    /// The new wrapped DEK and the key reference for the header.
+    pub fn into_rewrapped(self) -> (Vec<u8>, KeyRef) {
+        (self.ciphertext, KeyRef { uri: uri_of(&self.key_id), version: self.key_version })
+    }
 }
 
 /// GetParametersForImport.

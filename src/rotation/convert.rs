@@ -15,7 +15,6 @@
 //! SQLite refuses the half-converted file and `tde` recognises it and finishes the job.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -27,13 +26,12 @@ use super::engine::{Hook, Outcome, RawDb, SideFile, Step};
 use super::{
     check_writable, observe, parse_json, side_path, BaseDb, FsSide, Progress, VfsHook, CONVERT_JOURNAL_SUFFIX,
 };
-use crate::crypto::{key_check_value, random_array, Domain, XtsCipher};
+use crate::crypto::{Domain, XtsCipher};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::format::{choose_slot, Header, HeaderError, HEADER_REGION_LEN, SLOT_LEN};
-use crate::kms::EncryptionContext;
 use crate::vfs::database::{
-    acquire, cache_key_of, initial_region, is_journal_magic, kms_call, read_region, release, unix_now, unwrap_key,
-    verify_content_key, Database,
+    acquire, cache_key_of, initial_region, is_journal_magic, read_region, release, unwrap_key, verify_content_key,
+    Database,
 };
 use crate::vfs::TdeContext;
 use crate::{OpenOptions, Tde};
@@ -383,21 +381,7 @@ fn run_locked(
         return Err(Error::Config(format!("{path}: not a plain SQLite database")));
     }
     let key = args.key.clone().unwrap_or_else(|| ctx.default_key.clone());
-    let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
-    let context = EncryptionContext::for_database(&db_uuid);
-    ctx.cache.note_kms_call();
-    let generated = kms_call(ctx, path, move |kms| kms.generate_data_key(&key, &context))?;
-    let header = Header {
-        sequence: 1,
-        db_uuid,
-        dek_created: unix_now(),
-        key: generated.key.clone(),
-        wrapped_dek: generated.wrapped.clone(),
-        kcv: key_check_value(&generated.plaintext, &db_uuid),
-        rekey: None,
-    };
-    let cipher = Arc::new(XtsCipher::new(&generated.plaintext));
-    drop(generated);
+    let (header, cipher) = crate::vfs::database::new_data_key(ctx, path, &key)?;
     let out = {
         let mut raw = BaseDb(base);
         let mut side = FsSide::new(side_path(path, CONVERT_JOURNAL_SUFFIX));

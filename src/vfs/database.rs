@@ -557,7 +557,7 @@ pub(crate) fn initial_region(path: &str, header: &Header) -> Result<Vec<u8>> {
 
 /// Create the header of a new, empty database file under `key` and make it durable.
 pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
-    let (header, cipher) = with_scrubbed_stack(|| new_data_key(ctx, path, key))?;
+    let (header, cipher) = new_data_key(ctx, path, key)?;
     let region = initial_region(path, &header)?;
     // Slot B first, then slot A, each made durable before the next: a crash tearing the first
     // write leaves slot A all zero (recognisably an interrupted creation, see
@@ -572,9 +572,14 @@ pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> R
     Ok(db)
 }
 
-/// A new DEK from the KMS under `key`: the header of a new database and the cipher. The
-/// plaintext DEK is wiped before this returns; the caller wipes the stack it used.
-fn new_data_key(ctx: &TdeContext, path: &str, key: &str) -> Result<(Header, Arc<XtsCipher>)> {
+/// A new DEK from the KMS under `key`, for a new database: its first header (sequence 1, new
+/// UUID) and the cipher. The plaintext DEK, and the stack that handled it, are wiped before
+/// this returns.
+pub(crate) fn new_data_key(ctx: &TdeContext, path: &str, key: &str) -> Result<(Header, Arc<XtsCipher>)> {
+    with_scrubbed_stack(|| new_data_key_unscrubbed(ctx, path, key))
+}
+
+fn new_data_key_unscrubbed(ctx: &TdeContext, path: &str, key: &str) -> Result<(Header, Arc<XtsCipher>)> {
     let db_uuid = random_array::<16>().map_err(|e| Error::Config(e.to_string()))?;
     let context = EncryptionContext::for_database(&db_uuid);
     let key_owned = key.to_string();

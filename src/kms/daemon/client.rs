@@ -18,7 +18,7 @@ use super::{ENV_TOKEN, ENV_TOKEN_FILE, PATH_KMS};
 use crate::crypto::DataKey;
 use crate::format::KeyRef;
 use crate::kms::api::{KmsClient, KmsService, Request, WireError};
-use crate::kms::local::{check_provider, uri_of, PROVIDER};
+use crate::kms::local::{check_provider, PROVIDER};
 use crate::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
 
 /// How long one request may take.
@@ -154,14 +154,12 @@ impl Kms for UnixKms {
     }
 
     fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
-        let r = self.client().generate_data_key(key, context, None)?;
-        let plain =
-            r.plaintext.ok_or_else(|| KmsError::Unavailable("the daemon returned no plaintext data key".into()))?;
-        Ok(GeneratedDataKey {
-            plaintext: DataKey::from_slice(&plain)?,
-            wrapped: r.ciphertext,
-            key: KeyRef { uri: uri_of(&r.key_id), version: r.key_version },
-        })
+        self.client().generate_data_key(key, context, None)?.into_generated()
+    }
+
+    fn newest_version(&self, key_uri: &str) -> Option<u32> {
+        let id = key_uri.strip_prefix("local:")?;
+        self.client().describe_key(id).ok().map(|k| k.primary_version)
     }
 
     fn decrypt_data_key(
@@ -171,8 +169,7 @@ impl Kms for UnixKms {
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
         check_provider(key_ref)?;
-        let r = self.client().decrypt(wrapped, context, None)?;
-        Ok(DataKey::from_slice(&r.plaintext)?)
+        self.client().decrypt(wrapped, context, None)?.into_data_key()
     }
 
     fn rewrap_data_key(
@@ -183,7 +180,6 @@ impl Kms for UnixKms {
         target: Option<&str>,
     ) -> Result<(Vec<u8>, KeyRef), KmsError> {
         check_provider(key_ref)?;
-        let r = self.client().re_encrypt(wrapped, context, target, None)?;
-        Ok((r.ciphertext, KeyRef { uri: uri_of(&r.key_id), version: r.key_version }))
+        Ok(self.client().re_encrypt(wrapped, context, target, None)?.into_rewrapped())
     }
 }

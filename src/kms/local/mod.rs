@@ -1507,13 +1507,7 @@ impl Kms for LocalKms {
     }
 
     fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
-        let r = self.op_generate_data_key(&self.principal, key, context, None, true)?;
-        let plain = r.plaintext.ok_or_else(|| KmsError::Unavailable("no plaintext data key returned".into()))?;
-        Ok(GeneratedDataKey {
-            plaintext: DataKey::from_slice(&plain)?,
-            wrapped: r.ciphertext,
-            key: KeyRef { uri: key_uri(&r.key_id), version: r.key_version },
-        })
+        self.op_generate_data_key(&self.principal, key, context, None, true)?.into_generated()
     }
 
     fn newest_version(&self, key_uri: &str) -> Option<u32> {
@@ -1528,8 +1522,7 @@ impl Kms for LocalKms {
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
         check_provider(key_ref)?;
-        let r = self.op_decrypt(&self.principal, wrapped, context, None)?;
-        Ok(DataKey::from_slice(&r.plaintext)?)
+        self.op_decrypt(&self.principal, wrapped, context, None)?.into_data_key()
     }
 
     fn rewrap_data_key(
@@ -1540,8 +1533,7 @@ impl Kms for LocalKms {
         target: Option<&str>,
     ) -> Result<(Vec<u8>, KeyRef), KmsError> {
         check_provider(key_ref)?;
-        let r = self.op_re_encrypt(&self.principal, wrapped, context, target, None)?;
-        Ok((r.ciphertext, KeyRef { uri: key_uri(&r.key_id), version: r.key_version }))
+        Ok(self.op_re_encrypt(&self.principal, wrapped, context, target, None)?.into_rewrapped())
     }
 }
 
