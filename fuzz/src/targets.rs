@@ -12,7 +12,7 @@ use sqlite_tde::crypto::{DataKey, Domain, XtsCipher};
 use sqlite_tde::format::{choose_slot, logical_len, physical_len, Header, SlotStatus, HEADER_REGION_LEN, SLOT_LEN};
 use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::{EncryptionContext, Kms};
-use sqlite_tde::vfs::blockio::{EncryptedIo, MemFile};
+use sqlite_tde::vfs::blockio::{EncryptedIo, MemFile, WriteCache};
 use sqlite_vfs::{FileKind, ReadStatus};
 
 /// Header region parser: `choose_slot` over the input as a region, `Header::decode` over each
@@ -181,13 +181,22 @@ pub fn vfs_io(data: &[u8]) {
     let header = raw.0.len() as u64;
     let mut model: Vec<u8> = Vec::new();
     let mut scratch = Vec::new();
+    // Bit 1 of the first byte: keep a write cache across the ops, as a journal or WAL handle
+    // does (the model must not be able to tell).
+    let mut cache = data.first().is_some_and(|b| b & 2 == 2).then(WriteCache::default);
     CIPHER.with(|cipher| {
         let mut ops = data.get(12..).unwrap_or(&[]).chunks_exact(5);
         for op in ops.by_ref().take(64) {
             let off = u64::from(u16::from_le_bytes([op[1], op[2]]));
             let len = (u16::from_le_bytes([op[3], op[4]]) % 2048) as usize;
-            let mut io =
-                EncryptedIo { raw: &mut raw, cipher, domain: Domain::Wal, data_offset: header, scratch: &mut scratch };
+            let mut io = EncryptedIo {
+                raw: &mut raw,
+                cipher,
+                domain: Domain::Wal,
+                data_offset: header,
+                scratch: &mut scratch,
+                cache: cache.as_mut(),
+            };
             match op[0] % 3 {
                 0 => {
                     let buf: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(op[0]).wrapping_add(op[1])).collect();

@@ -1554,11 +1554,16 @@ unsafe extern "C" fn x_shm_map<S: Shim>(
 unsafe extern "C" fn x_shm_lock<S: Shim>(file: *mut sys::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
     // SAFETY: see the comment above the I/O trampolines.
     let hdr = unsafe { header::<S>(file) };
-    hdr.with_base(sys::SQLITE_IOERR_SHMLOCK, |base, m| match m.xShmLock {
+    let rc = hdr.with_base(sys::SQLITE_IOERR_SHMLOCK, |base, m| match m.xShmLock {
         // SAFETY: see above.
         Some(f) => unsafe { f(base, offset, n, flags) },
         None => sys::SQLITE_IOERR_SHMLOCK,
-    })
+    });
+    if rc == sys::SQLITE_OK {
+        // SAFETY: see the comment above the I/O trampolines.
+        unsafe { with_shim::<S, _>(file, "shm lock", (), |f, _| f.after_shm_lock()) };
+    }
+    rc
 }
 
 unsafe extern "C" fn x_shm_barrier<S: Shim>(file: *mut sys::sqlite3_file) {

@@ -207,6 +207,11 @@ pub trait ShimFile: Send + 'static {
         Ok(())
     }
 
+    /// Called after a successful `xShmLock` on this file (any slot, lock or unlock), e.g. to
+    /// drop what the shim knows about files another connection may write between two of this
+    /// connection's transactions. Default: nothing.
+    fn after_shm_lock(&mut self) {}
+
     /// Called once before the base file is closed. Default: nothing.
     fn close(&mut self) -> VfsResult<()> {
         Ok(())

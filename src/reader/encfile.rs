@@ -188,6 +188,7 @@ mod tests {
                 domain: Domain::Wal,
                 data_offset: 100,
                 scratch: &mut scratch,
+                cache: None,
             };
             // Unaligned writes, a gap (hole) and a partial last block.
             for (off, len) in [(0u64, 37usize), (5000, 4120), (37, 11)] {

@@ -82,6 +82,22 @@ fn decrypt_with_holes(cipher: &XtsCipher, domain: Domain, offset: u64, buf: &mut
     }
 }
 
+/// What a writer knows about its file from its own last writes, so that a run of unaligned
+/// writes (WAL frames are a 24-byte header plus a page; journal records a page plus 8 bytes)
+/// needs neither an fstat for the logical length nor a read-back of the block the previous
+/// write ended in.
+///
+/// Valid only while nobody else can change the file: the owner resets it (`Default`) whenever
+/// that may have happened (`vfs::file` does so on every lock change of the connection).
+#[derive(Debug, Default, Clone)]
+pub struct WriteCache {
+    /// The file's logical length.
+    pub len: Option<u64>,
+    /// Plaintext of the partial block the last write ended in: (block start, bytes), with
+    /// zeros past the logical length.
+    pub tail: Option<(u64, [u8; 16])>,
+}
+
 /// Encrypted view of one raw file.
 pub struct EncryptedIo<'a, R: RawIo> {
     pub raw: &'a mut R,
@@ -91,6 +107,8 @@ pub struct EncryptedIo<'a, R: RawIo> {
     pub data_offset: u64,
     /// Reused buffer, so page I/O does not allocate.
     pub scratch: &'a mut Vec<u8>,
+    /// Knowledge kept between writes (see [`WriteCache`]); `None`: none kept.
+    pub cache: Option<&'a mut WriteCache>,
 }
 
 impl<R: RawIo> EncryptedIo<'_, R> {
@@ -216,7 +234,9 @@ impl<R: RawIo> EncryptedIo<'_, R> {
         let mut head_raw: Option<[u8; 16]> = None;
         let mut tail_raw: Option<[u8; 16]> = None;
         let mut covered = false;
-        if self.domain == Domain::Wal && (head_needed || tail_needed) {
+        let known_len = self.cache.as_ref().and_then(|c| c.len);
+        let cached_tail = self.cache.as_ref().and_then(|c| c.tail);
+        if known_len.is_none() && self.domain == Domain::Wal && (head_needed || tail_needed) {
             let mut tmp = [0u8; 80];
             if span <= 64 {
                 // Small write (a WAL frame header): one read of [a, b + 16).
@@ -235,8 +255,10 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             }
         }
 
-        // Physical and logical length, unless the read-ahead proved the file covers `b`.
-        let (p, l) = if covered {
+        // Physical and logical length, unless known or the read-ahead proved the file covers `b`.
+        let (p, l) = if let Some(l) = known_len {
+            (Some(self.data_offset + physical_len(l)), Some(l))
+        } else if covered {
             (None, None)
         } else {
             let p = self.raw.len()?;
@@ -245,8 +267,10 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             }
             (Some(p), Some(logical_len(p.saturating_sub(self.data_offset))))
         };
+        let cached = |start: u64| cached_tail.filter(|(at, _)| *at == start).map(|(_, blk)| blk);
         let head = if head_needed {
             Some(match head_raw {
+                _ if cached(a).is_some() => cached(a).expect("checked"),
                 Some(raw) => self.plain_block(raw, a, l),
                 None if covered => {
                     let mut raw = [0u8; 16];
@@ -260,6 +284,7 @@ impl<R: RawIo> EncryptedIo<'_, R> {
         };
         let tail = if tail_needed {
             Some(match tail_raw {
+                _ if cached(b - B).is_some() => cached(b - B).expect("checked"),
                 Some(raw) => self.plain_block(raw, b - B, l),
                 None => self.old_block(b - B, l.expect("length known unless the tail was read"))?,
             })
@@ -272,6 +297,7 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             Some(l) if l.max(end) == end => (end % B) as usize,
             _ => 0,
         };
+        let mut new_tail = None;
         let out = scratch(self.scratch, span + markers);
         // Every byte of `out[..span]` is written below (edge blocks, then the caller's
         // bytes); only the marker bytes need zeroing.
@@ -288,7 +314,12 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             }
             let from = (offset - a) as usize;
             out[from..from + buf.len()].copy_from_slice(buf);
+            new_tail = (end % B != 0).then(|| (b - B, out[span - 16..span].try_into().expect("16 bytes")));
             self.cipher.encrypt(self.domain, a, &mut out[..span]);
+        }
+        // Forget what this write may change before it can fail half-way.
+        if let Some(c) = self.cache.as_deref_mut() {
+            *c = WriteCache::default();
         }
         self.raw.write_at(out, self.data_offset + a)?;
         if let (Some(p), Some(l)) = (p, l) {
@@ -299,11 +330,19 @@ impl<R: RawIo> EncryptedIo<'_, R> {
                 self.raw.set_len(want)?;
             }
         }
+        if let Some(c) = self.cache.as_deref_mut() {
+            // Known afterwards: the length if it was known before, and the block this write
+            // ended in (its bytes past the logical end are zero: see `plain_block`).
+            *c = WriteCache { len: l.map(|l| l.max(end)), tail: new_tail };
+        }
         Ok(())
     }
 
     /// Set the logical length.
     pub fn truncate(&mut self, size: u64) -> VfsResult<()> {
+        if let Some(c) = self.cache.as_deref_mut() {
+            *c = WriteCache::default();
+        }
         let old = self.logical_size()?;
         let m = (size % B) as usize;
         // When shrinking into the middle of a block, that block keeps the discarded bytes in
@@ -322,6 +361,9 @@ impl<R: RawIo> EncryptedIo<'_, R> {
                 }
                 None => self.raw.write_at(&tail[..m], self.data_offset + ceil16(size))?,
             }
+        }
+        if let Some(c) = self.cache.as_deref_mut() {
+            c.len = Some(size);
         }
         Ok(())
     }
@@ -383,16 +425,44 @@ pub(crate) mod tests {
     }
 
     /// Apply `ops` to an encrypted file and to a plain model; every read and the length must
-    /// agree.
+    /// agree. The same ops also go to a second encrypted file through a [`WriteCache`] kept
+    /// across them (as a journal or WAL handle does): its bytes on disk must equal the first's
+    /// after every op (XTS is deterministic), so the cache changes what is read, never what is
+    /// written.
     fn check_against_model(ops: Vec<Op>, header: u64, domain: Domain) -> Result<(), TestCaseError> {
         let key = DataKey::generate().unwrap();
         let cipher = XtsCipher::new(&key);
         let mut raw = MemFile(vec![0xAA; header as usize]);
+        let mut cached_raw = raw.clone();
+        let mut cache = WriteCache::default();
         let mut model: Vec<u8> = Vec::new();
         let mut scratch = Vec::new();
         for op in ops {
-            let mut io =
-                EncryptedIo { raw: &mut raw, cipher: &cipher, domain, data_offset: header, scratch: &mut scratch };
+            {
+                let mut io = EncryptedIo {
+                    raw: &mut cached_raw,
+                    cipher: &cipher,
+                    domain,
+                    data_offset: header,
+                    scratch: &mut scratch,
+                    cache: Some(&mut cache),
+                };
+                match &op {
+                    Op::Write(o, d) => io.write(d, *o).unwrap(),
+                    Op::Truncate(n) => io.truncate(*n).unwrap(),
+                    Op::Read(o, n) => {
+                        io.read(&mut vec![0; *n], *o).unwrap();
+                    }
+                }
+            }
+            let mut io = EncryptedIo {
+                raw: &mut raw,
+                cipher: &cipher,
+                domain,
+                data_offset: header,
+                scratch: &mut scratch,
+                cache: None,
+            };
             match op {
                 Op::Write(o, d) => {
                     io.write(&d, o).unwrap();
@@ -419,6 +489,7 @@ pub(crate) mod tests {
                 }
             }
             prop_assert_eq!(io.logical_size().unwrap(), model.len() as u64);
+            prop_assert!(raw.0 == cached_raw.0, "a write through the cache stored other bytes");
         }
         Ok(())
     }
@@ -492,6 +563,7 @@ pub(crate) mod tests {
             domain: Domain::Database,
             data_offset: 8192,
             scratch: &mut scratch,
+            cache: None,
         };
         let page: Vec<u8> = (0..4096u32).map(|i| (i % 251 + 1) as u8).collect();
         for p in 0..4u64 {
@@ -517,8 +589,14 @@ pub(crate) mod tests {
         let cipher = XtsCipher::new(&key);
         let mut raw = MemFile::default();
         let mut scratch = Vec::new();
-        let mut io =
-            EncryptedIo { raw: &mut raw, cipher: &cipher, domain: Domain::Wal, data_offset: 0, scratch: &mut scratch };
+        let mut io = EncryptedIo {
+            raw: &mut raw,
+            cipher: &cipher,
+            domain: Domain::Wal,
+            data_offset: 0,
+            scratch: &mut scratch,
+            cache: None,
+        };
         let marker = b"SECRET-MARKER-0123456789";
         for i in 0..50u64 {
             io.write(marker, i * 37).unwrap();

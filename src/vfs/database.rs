@@ -45,6 +45,9 @@ pub struct Database {
     /// Whether `DbState::blocked` may be set: lets every page I/O skip the state lock in the
     /// common case. Written under the state lock, with it.
     maybe_blocked: AtomicBool,
+    /// Moves whenever this connection takes a lock on the database (file lock or shared-memory
+    /// lock): the journal and WAL handles drop what they know about their files then.
+    lock_epoch: AtomicU64,
 }
 
 /// The mutable part of a [`Database`].
@@ -90,6 +93,7 @@ impl Database {
             next_check_ms: AtomicU64::new(0),
             recovered: Mutex::new(None),
             maybe_blocked: AtomicBool::new(false),
+            lock_epoch: AtomicU64::new(0),
         }
     }
 
@@ -141,6 +145,16 @@ impl Database {
         let mut st = self.state();
         st.blocked = Some(e);
         self.maybe_blocked.store(true, Ordering::Release);
+    }
+
+    /// The connection's lock epoch (see the field).
+    pub fn lock_epoch(&self) -> u64 {
+        self.lock_epoch.load(Ordering::Acquire)
+    }
+
+    /// This connection took a lock: files may have been changed by others since.
+    pub fn bump_lock_epoch(&self) {
+        self.lock_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The error page I/O must fail with, if any.

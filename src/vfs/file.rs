@@ -8,7 +8,7 @@ use sqlite_vfs::{
     ReadStatus, ShimFile, VfsResult,
 };
 
-use super::blockio::EncryptedIo;
+use super::blockio::{EncryptedIo, WriteCache};
 use super::database::{self, Database, Opened};
 use super::{TdeContext, ENV_KEY, URI_KEY_PARAM};
 use crate::crypto::{DataKey, Domain, XtsCipher};
@@ -56,6 +56,10 @@ pub struct TdeFile {
     read_only: bool,
     /// Opened for in-place encryption (plain main database allowed).
     convert: bool,
+    /// What this handle's own writes taught it (journal and WAL; see [`TdeFile::io_for_write`]).
+    write_cache: WriteCache,
+    /// The connection's lock epoch and cipher generation `write_cache` belongs to.
+    cache_epoch: Option<(u64, u64)>,
 }
 
 impl TdeFile {
@@ -72,6 +76,39 @@ impl TdeFile {
                 domain: *domain,
                 data_offset: *data_offset,
                 scratch: &mut self.scratch,
+                cache: None,
+            }),
+            Storage::Plain | Storage::PendingMain { .. } => None,
+        }
+    }
+
+    /// [`TdeFile::io`] for writes and truncations of the database, its journal or its WAL,
+    /// with the knowledge kept from this handle's previous writes ([`WriteCache`]). Only this
+    /// connection writes these files while it holds the locks that writing needs (RESERVED or
+    /// EXCLUSIVE on the database in rollback mode; the WAL write lock, or the checkpoint lock
+    /// for the database file, in the shared memory in WAL mode), and it must take such a lock
+    /// again after anyone else may have written: so the cache is dropped whenever the
+    /// connection's lock epoch moved, and when the data key changed (a rekey).
+    fn io_for_write(&mut self) -> Option<EncryptedIo<'_, BaseFile>> {
+        let epoch = match (&self.db, self.kind) {
+            (Some(db), FileKind::MainDb | FileKind::Wal | FileKind::MainJournal) => {
+                Some((db.lock_epoch(), self.generation))
+            }
+            _ => None,
+        };
+        if epoch != self.cache_epoch {
+            self.write_cache = WriteCache::default();
+            self.cache_epoch = epoch;
+        }
+        let cache = if epoch.is_some() { Some(&mut self.write_cache) } else { None };
+        match &self.storage {
+            Storage::Encrypted { cipher, domain, data_offset } => Some(EncryptedIo {
+                raw: &mut self.base,
+                cipher,
+                domain: *domain,
+                data_offset: *data_offset,
+                scratch: &mut self.scratch,
+                cache,
             }),
             Storage::Plain | Storage::PendingMain { .. } => None,
         }
@@ -493,6 +530,8 @@ pub fn open(
         lock: LockLevel::None,
         read_only,
         convert,
+        write_cache: WriteCache::default(),
+        cache_epoch: None,
     })
 }
 
@@ -525,7 +564,7 @@ impl ShimFile for TdeFile {
     fn write(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
         self.settle_vfs(true)?;
         self.sync_key()?;
-        match self.io() {
+        match self.io_for_write() {
             Some(mut io) => io.write(buf, offset),
             None => {
                 if self.kind == FileKind::MainDb && self.convert {
@@ -545,7 +584,7 @@ impl ShimFile for TdeFile {
             return Ok(()); // still empty: truncating to 0 changes nothing
         }
         self.sync_key()?;
-        match self.io() {
+        match self.io_for_write() {
             Some(mut io) => io.truncate(size),
             None => self.base.truncate(size),
         }
@@ -566,7 +605,18 @@ impl ShimFile for TdeFile {
         }
     }
 
+    fn after_shm_lock(&mut self) {
+        // WAL mode: writing the WAL needs its write lock, taken here (see `io_for_write`).
+        if let Some(db) = &self.db {
+            db.bump_lock_epoch();
+        }
+    }
+
     fn after_lock_change(&mut self, level: LockLevel) -> VfsResult<()> {
+        // Rollback mode: writing the journal needs RESERVED, taken here (see `io_for_write`).
+        if let Some(db) = &self.db {
+            db.bump_lock_epoch();
+        }
         let previous = self.lock;
         self.lock = level;
         if self.kind != FileKind::MainDb || level <= previous {
