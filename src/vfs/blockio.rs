@@ -314,7 +314,7 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             }
             let from = (offset - a) as usize;
             out[from..from + buf.len()].copy_from_slice(buf);
-            new_tail = (end % B != 0).then(|| (b - B, out[span - 16..span].try_into().expect("16 bytes")));
+            new_tail = (!end.is_multiple_of(B)).then(|| (b - B, out[span - 16..span].try_into().expect("16 bytes")));
             self.cipher.encrypt(self.domain, a, &mut out[..span]);
         }
         // Forget what this write may change before it can fail half-way.

@@ -62,6 +62,21 @@ pub struct TdeFile {
     cache_epoch: Option<(u64, u64)>,
 }
 
+/// The encrypted view of `base` for `storage` (`None`: stored as is, or not yet created).
+fn encrypted_io<'a>(
+    storage: &'a Storage,
+    base: &'a mut BaseFile,
+    scratch: &'a mut Vec<u8>,
+    cache: Option<&'a mut WriteCache>,
+) -> Option<EncryptedIo<'a, BaseFile>> {
+    match storage {
+        Storage::Encrypted { cipher, domain, data_offset } => {
+            Some(EncryptedIo { raw: base, cipher, domain: *domain, data_offset: *data_offset, scratch, cache })
+        }
+        Storage::Plain | Storage::PendingMain { .. } => None,
+    }
+}
+
 impl TdeFile {
     /// The database this file belongs to, if any.
     pub fn database(&self) -> Option<&Arc<Database>> {
@@ -69,17 +84,7 @@ impl TdeFile {
     }
 
     fn io(&mut self) -> Option<EncryptedIo<'_, BaseFile>> {
-        match &self.storage {
-            Storage::Encrypted { cipher, domain, data_offset } => Some(EncryptedIo {
-                raw: &mut self.base,
-                cipher,
-                domain: *domain,
-                data_offset: *data_offset,
-                scratch: &mut self.scratch,
-                cache: None,
-            }),
-            Storage::Plain | Storage::PendingMain { .. } => None,
-        }
+        encrypted_io(&self.storage, &mut self.base, &mut self.scratch, None)
     }
 
     /// [`TdeFile::io`] for writes and truncations of the database, its journal or its WAL,
@@ -101,17 +106,7 @@ impl TdeFile {
             self.cache_epoch = epoch;
         }
         let cache = if epoch.is_some() { Some(&mut self.write_cache) } else { None };
-        match &self.storage {
-            Storage::Encrypted { cipher, domain, data_offset } => Some(EncryptedIo {
-                raw: &mut self.base,
-                cipher,
-                domain: *domain,
-                data_offset: *data_offset,
-                scratch: &mut self.scratch,
-                cache,
-            }),
-            Storage::Plain | Storage::PendingMain { .. } => None,
-        }
+        encrypted_io(&self.storage, &mut self.base, &mut self.scratch, cache)
     }
 
     fn adopt(&mut self, db: Database) {
