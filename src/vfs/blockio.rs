@@ -195,29 +195,12 @@ impl<R: RawIo> EncryptedIo<'_, R> {
         Ok(blk)
     }
 
-    /// Plaintext of a logical block from its raw bytes, zeroed past the logical length `l`
-    /// when known (`None`: the length is known to cover the block).
-    fn plain_block(&self, mut blk: [u8; 16], block_start: u64, l: Option<u64>) -> [u8; 16] {
-        if let Some(l) = l {
-            if block_start >= l {
-                return [0; 16];
-            }
-        }
-        decrypt_with_holes(self.cipher, self.domain, block_start, &mut blk);
-        if let Some(l) = l {
-            let valid = (l - block_start).min(B) as usize;
-            blk[valid..].fill(0);
-        }
-        blk
-    }
-
     /// Write logical bytes.
     ///
-    /// The logical length decides the marker bytes and the edge blocks' valid bytes. It costs
-    /// an fstat, except in a WAL, where SQLite mostly rewrites frames of a log that restarted
-    /// after a checkpoint: there the edge-block read is extended by one block past the range,
-    /// and when that block exists the length is known to cover the range (format::size), so
-    /// no fstat is needed (and no marker bytes nor truncation either).
+    /// The logical length decides the marker bytes and the edge blocks' valid bytes: it comes
+    /// from the write cache when the caller keeps one ([`WriteCache`]: a run of journal or WAL
+    /// writes under one lock needs neither an fstat nor a read-back of the block the previous
+    /// write ended in), else from an fstat.
     pub fn write(&mut self, buf: &[u8], offset: u64) -> VfsResult<()> {
         if buf.is_empty() {
             return Ok(());
@@ -229,74 +212,31 @@ impl<R: RawIo> EncryptedIo<'_, R> {
         let head_needed = offset > a;
         let tail_needed = end < b && (b - B != a || !head_needed);
 
-        // Raw (ciphertext) edge blocks read ahead of knowing the length, and whether the file
-        // reaches one block past `b`.
-        let mut head_raw: Option<[u8; 16]> = None;
-        let mut tail_raw: Option<[u8; 16]> = None;
-        let mut covered = false;
-        let known_len = self.cache.as_ref().and_then(|c| c.len);
-        let cached_tail = self.cache.as_ref().and_then(|c| c.tail);
-        if known_len.is_none() && self.domain == Domain::Wal && (head_needed || tail_needed) {
-            let mut tmp = [0u8; 80];
-            if span <= 64 {
-                // Small write (a WAL frame header): one read of [a, b + 16).
-                let st = self.raw.read_at(&mut tmp[..span + 16], self.data_offset + a)?;
-                covered = st == ReadStatus::Full;
-                if head_needed {
-                    head_raw = Some(tmp[..16].try_into().unwrap());
+        let (known_len, cached_tail) = match self.cache.as_deref() {
+            Some(c) => (c.len, c.tail),
+            None => (None, None),
+        };
+        let l = match known_len {
+            Some(l) => l,
+            None => {
+                let p = self.raw.len()?;
+                if p != 0 && p < self.data_offset {
+                    return Err(VfsError::new(ErrorCode::Corrupt, "encrypted file is shorter than its header region"));
                 }
-                if tail_needed {
-                    tail_raw = Some(tmp[span - 16..span].try_into().unwrap());
-                }
-            } else if tail_needed {
-                let st = self.raw.read_at(&mut tmp[..32], self.data_offset + b - B)?;
-                covered = st == ReadStatus::Full;
-                tail_raw = Some(tmp[..16].try_into().unwrap());
+                logical_len(p.saturating_sub(self.data_offset))
             }
-        }
-
-        // Physical and logical length, unless known or the read-ahead proved the file covers `b`.
-        let (p, l) = if let Some(l) = known_len {
-            (Some(self.data_offset + physical_len(l)), Some(l))
-        } else if covered {
-            (None, None)
-        } else {
-            let p = self.raw.len()?;
-            if p != 0 && p < self.data_offset {
-                return Err(VfsError::new(ErrorCode::Corrupt, "encrypted file is shorter than its header region"));
+        };
+        let p = self.data_offset + physical_len(l);
+        // Plaintext of an edge block: the one the previous write ended in, or read back.
+        let edge = |io: &mut Self, start: u64| -> VfsResult<[u8; 16]> {
+            match cached_tail {
+                Some((at, blk)) if at == start => Ok(blk),
+                _ => io.old_block(start, l),
             }
-            (Some(p), Some(logical_len(p.saturating_sub(self.data_offset))))
         };
-        let cached = |start: u64| cached_tail.filter(|(at, _)| *at == start).map(|(_, blk)| blk);
-        let head = if head_needed {
-            Some(match head_raw {
-                _ if cached(a).is_some() => cached(a).expect("checked"),
-                Some(raw) => self.plain_block(raw, a, l),
-                None if covered => {
-                    let mut raw = [0u8; 16];
-                    self.raw.read_at(&mut raw, self.data_offset + a)?;
-                    self.plain_block(raw, a, None)
-                }
-                None => self.old_block(a, l.expect("length known"))?,
-            })
-        } else {
-            None
-        };
-        let tail = if tail_needed {
-            Some(match tail_raw {
-                _ if cached(b - B).is_some() => cached(b - B).expect("checked"),
-                Some(raw) => self.plain_block(raw, b - B, l),
-                None => self.old_block(b - B, l.expect("length known unless the tail was read"))?,
-            })
-        } else {
-            None
-        };
-        // When covered, the logical length is at least `b >= end`: it does not change, and
-        // the file keeps its marker bytes (none are needed past a length of at least `b`).
-        let markers = match l {
-            Some(l) if l.max(end) == end => (end % B) as usize,
-            _ => 0,
-        };
+        let head = if head_needed { Some(edge(self, a)?) } else { None };
+        let tail = if tail_needed { Some(edge(self, b - B)?) } else { None };
+        let markers = if l.max(end) == end { (end % B) as usize } else { 0 };
         let mut new_tail = None;
         let out = scratch(self.scratch, span + markers);
         // Every byte of `out[..span]` is written below (edge blocks, then the caller's
@@ -322,18 +262,16 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             *c = WriteCache::default();
         }
         self.raw.write_at(out, self.data_offset + a)?;
-        if let (Some(p), Some(l)) = (p, l) {
-            let written_end = self.data_offset + a + out.len() as u64;
-            let want = self.data_offset + physical_len(l.max(end));
-            if p.max(written_end) != want {
-                // Stale marker bytes of the old length lie beyond the new end: cut them off.
-                self.raw.set_len(want)?;
-            }
+        let written_end = self.data_offset + a + out.len() as u64;
+        let want = self.data_offset + physical_len(l.max(end));
+        if p.max(written_end) != want {
+            // Stale marker bytes of the old length lie beyond the new end: cut them off.
+            self.raw.set_len(want)?;
         }
         if let Some(c) = self.cache.as_deref_mut() {
-            // Known afterwards: the length if it was known before, and the block this write
-            // ended in (its bytes past the logical end are zero: see `plain_block`).
-            *c = WriteCache { len: l.map(|l| l.max(end)), tail: new_tail };
+            // Known afterwards: the length, and the block this write ended in (its bytes past
+            // the logical end are zero: see `old_block`).
+            *c = WriteCache { len: Some(l.max(end)), tail: new_tail };
         }
         Ok(())
     }
@@ -494,7 +432,7 @@ pub(crate) mod tests {
         Ok(())
     }
 
-    /// The WAL domain takes the read-ahead path of `write`; the others fstat.
+    /// Every file kind (the domain only changes the tweaks).
     fn domain() -> impl Strategy<Value = Domain> {
         prop_oneof![Just(Domain::Journal), Just(Domain::Wal), Just(Domain::Database)]
     }

@@ -235,13 +235,11 @@ impl Database {
     /// header, with a higher sequence number, so the first write after our last look always
     /// changes exactly these bytes; anything unexpected goes to the full comparison.
     fn header_unchanged(&self, base: &mut BaseFile) -> Result<bool> {
-        let at = (1 - self.state().slot.min(1)) * SLOT_LEN;
-        let mut probe = [0u8; SLOT_PROBE_LEN];
-        if base.read(&mut probe, at as u64)? != ReadStatus::Full {
-            return Ok(false);
-        }
         let st = self.state();
-        Ok(st.region.len() == HEADER_REGION_LEN && st.slot <= 1 && st.region[at..at + SLOT_PROBE_LEN] == probe)
+        let at = (1 - st.slot) * SLOT_LEN;
+        let mut probe = [0u8; SLOT_PROBE_LEN];
+        Ok(base.read(&mut probe, at as u64)? == ReadStatus::Full
+            && st.region.get(at..at + SLOT_PROBE_LEN) == Some(&probe[..]))
     }
 
     /// The periodic check: re-read the header (when `base` is the main-db handle) and ask the
