@@ -506,7 +506,7 @@ fn reset_peak_rss() -> bool {
 
 /// Remove a database and its journal, WAL and shared-memory files.
 pub fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+    for suffix in ["", "-wal", "-shm", "-journal", "-tdewal", "-tdejournal"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));

@@ -22,6 +22,9 @@ pub enum Error {
     /// A rekey was interrupted and must be finished first.
     #[error("{path}: a rekey is in progress; run `sqlite-tde rekey --resume {path}`")]
     RekeyInProgress { path: String },
+    /// A side file exists under both its legacy (format version 1) and its current name.
+    #[error("{path}: both {legacy} and {current} exist: a format-1 build of sqlite-tde (which keeps SQLite's side-file names) wrote next to this one; stop it, and keep the file that holds the newer transactions under {current}")]
+    SideFileConflict { path: String, legacy: String, current: String },
     /// An empty file opened read-only has no key yet.
     #[error("{path}: empty file opened read-only: there is no encrypted database to read yet")]
     EmptyReadOnly { path: String },
@@ -54,7 +57,7 @@ impl Error {
             },
             Error::WrongKey { .. } => ErrorCode::NotADatabase,
             Error::RekeyInProgress { .. } => ErrorCode::Busy,
-            Error::EmptyReadOnly { .. } => ErrorCode::CantOpen,
+            Error::EmptyReadOnly { .. } | Error::SideFileConflict { .. } => ErrorCode::CantOpen,
             Error::Vfs(v) => v.code,
             Error::Sqlite(_) | Error::Io(_) | Error::Config(_) => ErrorCode::Io,
         }

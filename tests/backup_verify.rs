@@ -25,7 +25,7 @@ fn check(env: &Env, db: &Path) -> Report {
 
 fn copy_files(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
-    for s in ["-wal", "-journal"] {
+    for s in ["-tdewal", "-tdejournal"] {
         let f = PathBuf::from(format!("{}{s}", from.display()));
         let t = PathBuf::from(format!("{}{s}", to.display()));
         let _ = std::fs::remove_file(&t);

@@ -183,10 +183,10 @@ fn wrong_key_with_hot(role: &str, hot_suffix: &str) {
 
 #[test]
 fn wrong_key_with_hot_journal_changes_nothing() {
-    wrong_key_with_hot("hot-journal", "-journal");
+    wrong_key_with_hot("hot-journal", "-tdejournal");
 }
 
 #[test]
 fn wrong_key_with_hot_wal_changes_nothing() {
-    wrong_key_with_hot("hot-wal", "-wal");
+    wrong_key_with_hot("hot-wal", "-tdewal");
 }

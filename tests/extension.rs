@@ -485,7 +485,7 @@ conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
 conn.executemany("INSERT INTO t(v) VALUES (?)", [(f"{marker}-{i}-" + "x" * 100,) for i in range(500)])
 conn.commit()
 files = sorted(os.listdir(os.path.dirname(db)))
-assert "py.db-wal" in files, files
+assert "py.db-tdewal" in files and "py.db-wal" not in files, files
 print("LEAKS", leaks(os.path.dirname(db)))
 print(conn.execute("PRAGMA tde_status").fetchone()[0])
 conn.close()

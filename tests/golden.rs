@@ -4,7 +4,8 @@
 //! (a transaction was in flight, its cache spilled), and a database in WAL mode with committed
 //! frames that were never checkpointed. Each must open, recover, and hold exactly the committed
 //! rows. Regenerate only for a new format version, never over an old one:
-//! `cargo test --test golden -- --ignored generate`.
+//! `cargo test --test golden -- --ignored generate` (it writes tde's current side-file names;
+//! the v1 files have SQLite's, as format 1 did).
 
 mod common;
 
@@ -45,15 +46,53 @@ fn v1_files_open_and_recover() {
     assert_eq!(count(&c, "SELECT count(*) FROM t"), 300, "the in-flight transaction must be rolled back");
     assert_eq!(count(&c, "SELECT count(*) FROM t WHERE v LIKE 'golden-committed-%'"), 300);
     drop(c);
+    // Format 1 kept SQLite's side-file names; the open adopted the journal under tde's name.
+    assert!(!tmp.path().join("rollback.db-journal").exists(), "legacy journal not adopted");
     assert!(
-        !tmp.path().join("rollback.db-journal").exists()
-            || std::fs::metadata(tmp.path().join("rollback.db-journal")).unwrap().len() == 0
+        !tmp.path().join("rollback.db-tdejournal").exists()
+            || std::fs::metadata(tmp.path().join("rollback.db-tdejournal")).unwrap().len() == 0
     );
 
     let c = tde.open(tmp.path().join("wal.db")).unwrap();
+    assert!(!tmp.path().join("wal.db-wal").exists(), "legacy WAL not adopted");
+    assert!(tmp.path().join("wal.db-tdewal").exists(), "legacy WAL not adopted");
     assert_eq!(c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
     assert_eq!(count(&c, "SELECT count(*) FROM t"), 60, "every committed WAL frame must be recovered");
     assert_eq!(count(&c, "SELECT max(id) FROM t"), 60);
+    // While it is open, a plain SQLite finds no WAL to "recover" and delete.
+    let plain = rusqlite::Connection::open(tmp.path().join("wal.db")).unwrap();
+    assert!(plain.execute_batch("SELECT * FROM sqlite_master").is_err());
+    drop(plain);
+    drop(c);
+    let c = tde.open(tmp.path().join("wal.db")).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM t"), 60);
+}
+
+/// A side file under both names (a format-1 build wrote next to this one): the open is refused
+/// with an error naming both files, and nothing is renamed or deleted.
+#[test]
+fn v1_side_file_under_both_names_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&golden_dir(), tmp.path());
+    std::fs::copy(tmp.path().join("wal.db-wal"), tmp.path().join("wal.db-tdewal")).unwrap();
+    let before = common::files_under(tmp.path());
+    let tde = Tde::builder().keystore(tmp.path().join("keystore")).vfs_name("tde-golden-v1-both").register().unwrap();
+    match tde.open(tmp.path().join("wal.db")) {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("wal.db-wal") && msg.contains("wal.db-tdewal"), "{msg}");
+        }
+        Ok(_) => panic!("opened a database whose WAL exists under two names"),
+    }
+    let mut after = common::files_under(tmp.path());
+    let mut before = before;
+    // The KMS appends to its audit log on the key unwrap; the database files must be untouched.
+    let not_kms = |(p, _): &(PathBuf, Vec<u8>)| !p.starts_with(tmp.path().join("keystore"));
+    before.retain(not_kms);
+    after.retain(not_kms);
+    before.sort();
+    after.sort();
+    assert!(before == after, "a refused open changed files");
 }
 
 /// Writes the golden files. Not part of the normal run.
@@ -77,7 +116,7 @@ fn generate() {
     )
     .unwrap();
     std::fs::copy(&db, dir.join("rollback.db")).unwrap();
-    std::fs::copy(work.path().join("rollback.db-journal"), dir.join("rollback.db-journal")).unwrap();
+    std::fs::copy(work.path().join("rollback.db-tdejournal"), dir.join("rollback.db-tdejournal")).unwrap();
     c.execute_batch("ROLLBACK").unwrap();
     drop(c);
 
@@ -92,7 +131,7 @@ fn generate() {
         c.execute("INSERT INTO t(v) VALUES(?1)", [format!("golden-wal-{i}")]).unwrap();
     }
     std::fs::copy(&db, dir.join("wal.db")).unwrap();
-    std::fs::copy(work.path().join("wal.db-wal"), dir.join("wal.db-wal")).unwrap();
+    std::fs::copy(work.path().join("wal.db-tdewal"), dir.join("wal.db-tdewal")).unwrap();
     drop(c);
     let _ = std::fs::remove_file(dir.join("keystore/keystore.lock"));
 }

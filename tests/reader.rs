@@ -35,7 +35,7 @@ fn image(env: &Env, db: &Path) -> Vec<u8> {
 /// Copy a database and whichever of its journal and WAL exist (not the -shm).
 fn copy_files(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
-    for s in ["-wal", "-journal"] {
+    for s in ["-tdewal", "-tdejournal"] {
         let f = PathBuf::from(format!("{}{s}", from.display()));
         let t = PathBuf::from(format!("{}{s}", to.display()));
         let _ = std::fs::remove_file(&t);

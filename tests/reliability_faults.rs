@@ -213,7 +213,7 @@ fn run(stack: &Stack, dir: &Path, mode: &str, faults: &[Fault], soak: bool) -> T
                         *t.failures_by_fault.entry(format!("{fault:?}")).or_default() += 1;
                         t.failures.push(f);
                     }
-                    for suffix in ["", "-journal", "-wal", "-shm"] {
+                    for suffix in ["", "-journal", "-wal", "-shm", "-tdejournal", "-tdewal"] {
                         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
                     }
                     if injected == 0 {

@@ -108,8 +108,16 @@ fn classify(
     }
 }
 
+/// The database, its journal and its WAL: tde's names, or SQLite's for a plain database.
 fn files_of(db: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    ["", "-journal", "-wal"]
+    let side = |tde: &str, plain: &str| {
+        if Path::new(&format!("{}{plain}", db.display())).exists() {
+            plain.to_string()
+        } else {
+            tde.to_string()
+        }
+    };
+    ["".to_string(), side("-tdejournal", "-journal"), side("-tdewal", "-wal")]
         .iter()
         .map(|s| {
             let p = PathBuf::from(format!("{}{s}", db.display()));
@@ -279,6 +287,7 @@ fn truncation_at_every_512_byte_boundary() {
         t.add(case, &o);
         n += 1;
         let _ = std::fs::remove_file(format!("{}-journal", f.db.display()));
+        let _ = std::fs::remove_file(format!("{}-tdejournal", f.db.display()));
     }
     t.print("truncate");
     report("tamper", &format!("db truncations: {n} cut points of a {}-byte file", f.bytes.len()));
@@ -341,8 +350,10 @@ fn truncate_live(
     let victim = dir.join(format!("{label}-{}-victim.sqlite", if wal { "wal" } else { "journal" }));
     let victim_files: Vec<(PathBuf, Option<Vec<u8>>)> = files
         .iter()
-        .zip(["", "-journal", "-wal"])
-        .map(|((_, b), s)| (PathBuf::from(format!("{}{s}", victim.display())), b.clone()))
+        .map(|(p, b)| {
+            let suffix = &p.to_string_lossy()[src.to_string_lossy().len()..];
+            (PathBuf::from(format!("{}{suffix}", victim.display())), b.clone())
+        })
         .collect();
     let len = victim_files[target_idx].1.as_ref().map(|b| b.len()).expect("scenario left no WAL/journal");
     let mut n = 0;

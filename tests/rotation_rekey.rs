@@ -124,7 +124,7 @@ fn template(dir: &Path, ks: &Path, mode: &str, page_size: u32) -> Template {
     std::fs::create_dir_all(&out).unwrap();
     let copy = copy_db(&db, &out);
     if mode == "wal" {
-        assert!(std::fs::metadata(side(&copy, "-wal")).unwrap().len() > 0);
+        assert!(std::fs::metadata(side(&copy, "-tdewal")).unwrap().len() > 0);
     }
     drop(c);
     let (h, _) = read_header(&copy).unwrap();

@@ -75,6 +75,7 @@ fn run_mode(mode: &str, page_size: u32) {
     drop(plain);
     std::fs::remove_file(&plain_path).unwrap();
     for ext in ["-wal", "-shm", "-journal"] {
+        // The plain database's side files: SQLite's names.
         let _ = std::fs::remove_file(format!("{}{ext}", plain_path.display()));
     }
     assert_no_leaks(p.env.dir.path(), &marker);

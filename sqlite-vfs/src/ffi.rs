@@ -81,9 +81,10 @@ impl RegisteredVfs {
     /// The registered `sqlite3_vfs`, for C APIs that take one. It stays valid for the life of
     /// the process; do not unregister or modify it.
     ///
-    /// Only SQLite's core may call its `xOpen` with names: main-database names must carry
-    /// SQLite's URI parameter block and journal/WAL names must belong to a pager, because the
-    /// binding passes them to `sqlite3_uri_parameter` and `sqlite3_database_file_object`.
+    /// Main-database names passed to its `xOpen` must carry SQLite's URI parameter block (the
+    /// binding passes them to `sqlite3_uri_parameter`). Journal and WAL names may be any
+    /// string: they are linked to their main database by address or by name, never through
+    /// `sqlite3_database_file_object`.
     pub fn as_ptr(&self) -> *mut sys::sqlite3_vfs {
         self.vfs.as_ptr()
     }
@@ -218,6 +219,7 @@ fn register<S: Shim>(api: SqliteApi, name: &str, shim: S, opts: RegisterOptions)
         common: Common { api, base: base.as_ptr(), name: c_name },
         io_methods: [io_methods::<S>(1), io_methods::<S>(2), io_methods::<S>(3)],
         shim,
+        mains: Mutex::new(Vec::new()),
     }));
     // SAFETY: `reg` was just created from a Box and is not freed unless registration fails.
     let z_name = unsafe { (*reg).common.name.as_ptr() };
@@ -230,7 +232,7 @@ fn register<S: Shim>(api: SqliteApi, name: &str, shim: S, opts: RegisterOptions)
         pAppData: reg.cast(),
         xOpen: Some(x_open::<S>),
         xDelete: Some(x_delete::<S>),
-        xAccess: Some(x_access),
+        xAccess: Some(x_access::<S>),
         xFullPathname: Some(x_full_pathname),
         // Optional in the base (e.g. built without extension loading): mirror its absence.
         xDlOpen: b.xDlOpen.map(|_| x_dl_open as _),
@@ -286,6 +288,22 @@ struct Registration<S: Shim> {
     /// `sqlite3_io_methods` versions 1, 2 and 3, all pointing at `S`'s trampolines.
     io_methods: [sys::sqlite3_io_methods; 3],
     shim: S,
+    /// The main databases open through this registration, to link journal and WAL opens to
+    /// (see [`linked_main_db`]).
+    mains: Mutex<Vec<MainEntry>>,
+}
+
+/// One main database open through a registration.
+struct MainEntry {
+    /// Its `FileHeader<S>` (an address, never dereferenced without a match below).
+    file: usize,
+    /// SQLite's name for it.
+    name: String,
+    /// Where the pager that opened it keeps its journal and WAL names: SQLite lays out
+    /// `name \0 (key \0 value \0)* \0 journal \0 wal \0` in one allocation, and passes those
+    /// very pointers to xOpen. Compared as addresses only.
+    journal: usize,
+    wal: usize,
 }
 
 /// Our `sqlite3_file` subclass. `repr(C)` with the `sqlite3_file` first, as SQLite requires.
@@ -300,6 +318,11 @@ struct FileHeader<S: Shim> {
     base: Option<Arc<BaseCell>>,
     /// Set when a shim method panicked; see the module documentation.
     poisoned: bool,
+    /// The name the base file was opened under when [`Shim::physical_path`] mapped SQLite's
+    /// name, NUL-terminated twice (so `sqlite3_uri_parameter` on it finds no parameters).
+    /// The base VFS keeps the pointer (unix: for the directory sync and error messages), so it
+    /// lives until the base file is closed.
+    base_name: Option<Box<[u8]>>,
 }
 
 /// SQLite allocates file objects 8-byte aligned (its allocator's guarantee, and `ROUND8` in the
@@ -731,6 +754,7 @@ unsafe extern "C" fn x_open<S: Shim>(
             shim: ptr::null_mut(),
             base: None,
             poisoned: false,
+            base_name: None,
         });
         (*base).pMethods = ptr::null();
         base
@@ -771,6 +795,8 @@ unsafe extern "C" fn x_open<S: Shim>(
         }
         (*hdr).file.pMethods = ptr::null();
         (*hdr).shim = ptr::null_mut();
+        // The base file is closed: nothing refers to its name any more.
+        drop((*hdr).base_name.take());
     }
     let code = error.code.sqlite_code();
     // SAFETY: zName is SQLite's xOpen argument, null or a NUL-terminated string.
@@ -826,15 +852,32 @@ unsafe fn open_file<S: Shim>(
         )
     };
 
+    let base_z_name = match path {
+        Some(p) => match reg.shim.physical_path(p, Some(kind))? {
+            Some(physical) => {
+                let owned = nul_terminated_twice(physical, ErrorCode::CantOpen)?;
+                // SAFETY: `hdr` was initialised by x_open; the boxed bytes do not move when the
+                // box is stored, so the pointer stays valid until the box is dropped after the
+                // base file is closed.
+                unsafe {
+                    (*hdr).base_name = Some(owned);
+                    (*hdr).base_name.as_ref().map_or(z_name, |b| b.as_ptr().cast::<c_char>())
+                }
+            }
+            None => z_name,
+        },
+        None => z_name,
+    };
+
     let base_vfs = reg.common.base;
     // SAFETY: the base VFS outlives the registration (see `register`).
     let Some(base_open) = (unsafe { (*base_vfs).xOpen }) else {
         return Err(VfsError::new(ErrorCode::CantOpen, "base VFS has no xOpen"));
     };
     // SAFETY: the base gets its own region of our file object, `szOsFile` of the base in size
-    // and 8-byte aligned, plus SQLite's own name, flags and out-pointer, exactly as if SQLite had
-    // called it directly.
-    let rc = unsafe { base_open(base_vfs, z_name, base, flags, out_flags) };
+    // and 8-byte aligned, plus SQLite's own name (or the shim's physical name, kept alive in the
+    // header until close), flags and out-pointer, exactly as if SQLite had called it directly.
+    let rc = unsafe { base_open(base_vfs, base_z_name, base, flags, out_flags) };
     if rc != sys::SQLITE_OK {
         return Err(VfsError::from_base(rc, "open"));
     }
@@ -847,11 +890,14 @@ unsafe fn open_file<S: Shim>(
     // SAFETY: `hdr` was initialised by x_open and nothing else references it yet.
     unsafe { (*hdr).base = Some(Arc::clone(&cell)) };
 
-    let main_db = if kind.is_linked_to_main_db() && !z_name.is_null() {
-        // SAFETY: SQLite's pager passes its own journal/WAL name to xOpen for these kinds.
-        unsafe { linked_main_db::<S>(reg, z_name) }
-    } else {
-        None
+    // Held until the shim's open returned: no main database leaves the registry (x_close)
+    // while the shim borrows it.
+    let mains = kind.is_linked_to_main_db().then(|| lock_mains(reg));
+    let main_db = match (path, &mains) {
+        // SAFETY: the registry only holds files of this registration that are open, and stays
+        // locked while the borrow is used.
+        (Some(p), Some(m)) => unsafe { linked_main_db::<S>(m, z_name, p) },
+        _ => None,
     };
     let uri_name = if kind == FileKind::MainDb { z_name } else { ptr::null() };
     let req = OpenRequest {
@@ -861,7 +907,9 @@ unsafe fn open_file<S: Shim>(
         // SAFETY: for MainDb, zName is made by SQLite's core and lives until close.
         uri: unsafe { UriHandle::new(uri_name, &reg.common.api) },
     };
-    let shim_file = reg.shim.open(&req, BaseFile { cell }, main_db)?;
+    let shim_file = reg.shim.open(&req, BaseFile { cell }, main_db);
+    drop(mains);
+    let shim_file = shim_file?;
 
     // SAFETY: `hdr` was initialised by x_open; nothing else references it yet.
     unsafe {
@@ -870,35 +918,87 @@ unsafe fn open_file<S: Shim>(
         // (e.g. no WAL over a base without shared memory).
         (*hdr).file.pMethods = &reg.io_methods[(version - 1) as usize];
     }
+    if let (FileKind::MainDb, Some(name)) = (kind, path) {
+        // SAFETY: a main-database name SQLite passes to xOpen has the pager's layout (name,
+        // URI parameters, journal and WAL names), valid until the file is closed.
+        let (journal, wal) = unsafe { side_name_addresses(z_name) };
+        lock_mains(reg).push(MainEntry { file: hdr as usize, name: name.to_owned(), journal, wal });
+    }
     Ok(())
 }
 
-/// The shim file of the main database that owns journal/WAL name `z_name`, when that database
-/// was opened through this same registration.
+fn lock_mains<S: Shim>(reg: &Registration<S>) -> MutexGuard<'_, Vec<MainEntry>> {
+    // The list stays consistent under a panic (push and retain only).
+    reg.mains.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Addresses of the journal and WAL names that follow a main-database name in the pager's
+/// allocation (what `sqlite3_filename_journal` / `sqlite3_filename_wal` compute), without
+/// `sqlite3_database_file_object`'s backwards walk.
 ///
 /// # Safety
 ///
-/// `z_name` must be the name SQLite's pager passed to xOpen for a main-journal or WAL open.
-unsafe fn linked_main_db<S: Shim>(reg: &Registration<S>, z_name: *const c_char) -> Option<&S::File> {
-    // SAFETY: forwarded contract; the result is the pager's main database file object.
-    let db = unsafe { reg.common.api.database_file_object(z_name) };
-    if db.is_null() {
-        return None;
+/// `z_name` must be a main-database name as SQLite passes it to xOpen: NUL-terminated, followed
+/// by NUL-terminated key/value pairs and an empty string.
+unsafe fn side_name_addresses(z_name: *const c_char) -> (usize, usize) {
+    // SAFETY: per the contract, every string read lies inside the name's allocation.
+    unsafe {
+        let skip = |p: *const c_char| p.add(CStr::from_ptr(p).to_bytes().len() + 1);
+        let mut p = skip(z_name);
+        while *p != 0 {
+            p = skip(skip(p));
+        }
+        let journal = p.add(1);
+        let wal = skip(journal);
+        (journal as usize, wal as usize)
     }
-    // SAFETY: `db` is the pager's open (or, defensively, unopened) file object; reading its
-    // pMethods is always valid.
-    let methods = unsafe { (*db).pMethods };
-    // Only a file whose methods are this registration's is a `FileHeader<S>`; any other VFS's
-    // file has a different layout and must not be touched.
-    if !reg.io_methods.iter().any(|m| ptr::eq(m, methods)) {
-        return None;
-    }
-    // SAFETY: the methods identify `db` as a `FileHeader<S>` opened by this registration. The
-    // main database file belongs to the same pager as the journal/WAL being opened, and SQLite
+}
+
+/// The shim file of the main database that owns journal/WAL name `z_name` (`path`), when
+/// that database is open through this same registration.
+///
+/// `sqlite3_database_file_object` is defined only for names SQLite's pager made; a shim stacked
+/// above this one passes copies (SQLite's multiplex does), and a shim below receives whatever
+/// this one passes on, so the binding never calls it. Instead:
+/// 1. `z_name` is the very address of the journal or WAL name of a registered main database:
+///    that database's pager opens it (exact, whatever else is open);
+/// 2. otherwise (a copy made by a shim above) the main database is found by name: SQLite names
+///    these files `<db>-journal` / `<db>-wal` (a multiplex chunk adds digits). Exactly one open
+///    main database of that name links; none or several (two connections to one file behind a
+///    copying shim: which one's is ambiguous) do not.
+///
+/// # Safety
+///
+/// `mains` must be the locked registry of this registration, which holds only files that are
+/// still open (x_close removes them, under the lock, before their memory is released).
+unsafe fn linked_main_db<'m, S: Shim>(
+    mains: &'m [MainEntry],
+    z_name: *const c_char,
+    path: &str,
+) -> Option<&'m S::File> {
+    let file = {
+        let exact = mains.iter().find(|m| m.journal == z_name as usize || m.wal == z_name as usize);
+        match exact {
+            Some(m) => m.file,
+            None => {
+                let stem = path.trim_end_matches(|c: char| c.is_ascii_digit());
+                let db = stem.strip_suffix("-journal").or_else(|| stem.strip_suffix("-wal"))?;
+                let mut candidates = mains.iter().filter(|m| m.name == db);
+                let first = candidates.next()?;
+                if candidates.next().is_some() {
+                    return None;
+                }
+                first.file
+            }
+        }
+    };
+    // SAFETY: the registry holds open files of this registration (contract), i.e. initialised
+    // `FileHeader<S>`s. The journal/WAL is opened by the connection that owns the main database
+    // (its own pager, or, through a copying shim, the only open file of that name), and SQLite
     // is not inside any of that file's methods while it opens the journal, so a shared borrow
     // for the duration of this xOpen is not aliased by a mutable one.
     unsafe {
-        let main = &*db.cast::<FileHeader<S>>();
+        let main = &*(file as *const FileHeader<S>);
         if main.poisoned {
             None
         } else {
@@ -919,18 +1019,81 @@ unsafe extern "C" fn x_delete<S: Shim>(vfs: *mut sys::sqlite3_vfs, z_name: *cons
         reg.common.log(sys::SQLITE_IOERR_DELETE, "delete", &format!("{name:?} is not UTF-8"));
         return sys::SQLITE_IOERR_DELETE;
     };
-    let (rc, _) = guard(&reg.common, "delete", sys::SQLITE_IOERR_DELETE, || {
-        reg.common.code("delete", reg.shim.before_delete(path))
+    let (mapped, _) = guard(&reg.common, "delete", Err(sys::SQLITE_IOERR_DELETE), || {
+        let physical = reg
+            .shim
+            .physical_path(path, None)
+            .and_then(|p| p.map(|p| nul_terminated_twice(p, ErrorCode::Delete)).transpose());
+        match physical {
+            Ok(physical) => match reg.common.code("delete", reg.shim.before_delete(path)) {
+                sys::SQLITE_OK => Ok(physical),
+                rc => Err(rc),
+            },
+            Err(e) => Err(reg.common.code("delete", Err(e))),
+        }
     });
-    if rc != sys::SQLITE_OK {
-        return rc;
-    }
+    let physical = match mapped {
+        Ok(p) => p,
+        Err(rc) => return rc,
+    };
+    let z_base = physical.as_ref().map_or(z_name, |b| b.as_ptr().cast::<c_char>());
     let base = reg.common.base;
-    // SAFETY: the base VFS outlives the registration; SQLite's own arguments are forwarded.
+    // SAFETY: the base VFS outlives the registration; SQLite's own arguments are forwarded,
+    // with the name replaced by the shim's physical name (alive until the call returns).
     unsafe {
         match (*base).xDelete {
-            Some(f) => f(base, z_name, sync_dir),
+            Some(f) => f(base, z_base, sync_dir),
             None => sys::SQLITE_IOERR_DELETE,
+        }
+    }
+}
+
+/// `name` as a C string terminated by two NULs (SQLite's layout of a file name without URI
+/// parameters). A name with an interior NUL cannot be passed to C and is refused.
+fn nul_terminated_twice(name: String, code: ErrorCode) -> VfsResult<Box<[u8]>> {
+    if name.as_bytes().contains(&0) {
+        return Err(VfsError::new(code, format!("physical file name {name:?} contains a NUL byte")));
+    }
+    let mut bytes = name.into_bytes();
+    bytes.extend_from_slice(&[0, 0]);
+    Ok(bytes.into_boxed_slice())
+}
+
+unsafe extern "C" fn x_access<S: Shim>(
+    vfs: *mut sys::sqlite3_vfs,
+    z_name: *const c_char,
+    flags: c_int,
+    res_out: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite calls xAccess with the VFS it was registered as.
+    let reg = unsafe { registration::<S>(vfs) };
+    let mut physical = None;
+    if !z_name.is_null() {
+        // SAFETY: zName is a NUL-terminated path, valid for the call.
+        let name = unsafe { CStr::from_ptr(z_name) };
+        if let Ok(path) = name.to_str() {
+            let (mapped, _) = guard(&reg.common, "access", Err(sys::SQLITE_IOERR_ACCESS), || {
+                reg.shim
+                    .physical_path(path, None)
+                    .and_then(|p| {
+                        p.map(|p| nul_terminated_twice(p, ErrorCode::Raw(sys::SQLITE_IOERR_ACCESS))).transpose()
+                    })
+                    .map_err(|e| reg.common.code("access", Err(e)))
+            });
+            match mapped {
+                Ok(p) => physical = p,
+                Err(rc) => return rc,
+            }
+        }
+    }
+    let z_base = physical.as_ref().map_or(z_name, |b| b.as_ptr().cast::<c_char>());
+    // SAFETY: the base VFS outlives the registration; SQLite's own arguments are forwarded, with
+    // the name replaced by the shim's physical name (alive until the call returns).
+    unsafe {
+        let b = reg.common.base;
+        match (*b).xAccess {
+            Some(f) => f(b, z_base, flags, res_out),
+            None => sys::SQLITE_IOERR_ACCESS,
         }
     }
 }
@@ -940,22 +1103,6 @@ unsafe extern "C" fn x_delete<S: Shim>(vfs: *mut sys::sqlite3_vfs, z_name: *cons
 // SAFETY (all of them): SQLite calls them with the VFS registered by `register`, whose
 // registration holds the live base VFS; the remaining arguments are SQLite's own, forwarded
 // unchanged to the base VFS with the base's own `sqlite3_vfs` pointer.
-
-unsafe extern "C" fn x_access(
-    vfs: *mut sys::sqlite3_vfs,
-    z_name: *const c_char,
-    flags: c_int,
-    res_out: *mut c_int,
-) -> c_int {
-    // SAFETY: see the comment above the forwarding trampolines.
-    unsafe {
-        let b = common(vfs).base;
-        match (*b).xAccess {
-            Some(f) => f(b, z_name, flags, res_out),
-            None => sys::SQLITE_IOERR_ACCESS,
-        }
-    }
-}
 
 unsafe extern "C" fn x_full_pathname(
     vfs: *mut sys::sqlite3_vfs,
@@ -1127,6 +1274,12 @@ unsafe extern "C" fn x_close<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
     let hdr = unsafe { header::<S>(file) };
     // SAFETY: the registration is leaked and outlives every file.
     let common = unsafe { &(*hdr.reg).common };
+    // SAFETY: the registration is leaked and outlives every file.
+    let reg = unsafe { &*hdr.reg };
+    {
+        let me = ptr::from_mut(hdr) as usize;
+        lock_mains(reg).retain(|m| m.file != me);
+    }
     let shim_ptr = std::mem::replace(&mut hdr.shim, ptr::null_mut());
     let mut rc = sys::SQLITE_OK;
     // SAFETY: `shim_ptr` came from Box::into_raw in open_file and was taken out of the header
@@ -1140,6 +1293,7 @@ unsafe extern "C" fn x_close<S: Shim>(file: *mut sys::sqlite3_file) -> c_int {
     // Close the base file. Any BaseFile the shim still holds fails from now on instead of
     // reaching memory SQLite is about to free.
     let base_rc = hdr.base.take().map_or(sys::SQLITE_OK, |cell| cell.close());
+    drop(hdr.base_name.take());
     // The shim file goes last, so a shim that wipes secrets on drop does so after every use of
     // them. (Its BaseFile is already closed: final writes belong in `close`.)
     if let Some(s) = shim {

@@ -11,8 +11,11 @@
 //! - SQLite functions are called through an [`api::SqliteApi`] table, never by symbol from the
 //!   shim code paths, so the same binding serves a statically linked SQLite
 //!   ([`register_static`]) and a loadable extension hosted by any SQLite ([`register_with_api`]).
-//! - Journal and WAL opens are linked to their main database handle with
-//!   `sqlite3_database_file_object`, so a shim can share per-database state (keys) between them.
+//! - Journal and WAL opens are linked to their main database handle, so a shim can share
+//!   per-database state (keys) between them: by the address of the journal/WAL name inside the
+//!   pager's file-name block, or, when a shim above passed a copy, by name (one open main
+//!   database of that name). Never with `sqlite3_database_file_object`, which is undefined for
+//!   names the pager did not make (shims above copy them, shims below get this one's).
 //! - Short reads are zero-filled and reported as [`ReadStatus::Short`]; the binding turns that
 //!   into `SQLITE_IOERR_SHORT_READ`, as SQLite requires.
 
@@ -130,7 +133,8 @@ pub trait Shim: Send + Sync + 'static {
 
     /// Wrap a file the base VFS has just opened. For [`FileKind::MainJournal`] and
     /// [`FileKind::Wal`] opens, `main_db` is the already-open main database file of the same
-    /// connection (linked with `sqlite3_database_file_object`), when it belongs to this shim.
+    /// connection, when it belongs to this shim (see the crate documentation for how it is
+    /// found).
     ///
     /// Returning an error closes the base file and fails the open; nothing else happens.
     fn open(&self, req: &OpenRequest<'_>, base: BaseFile, main_db: Option<&Self::File>) -> VfsResult<Self::File>;
@@ -138,6 +142,19 @@ pub trait Shim: Send + Sync + 'static {
     /// Called for `xDelete` before the base deletes the file. Default: nothing to do.
     fn before_delete(&self, _path: &str) -> VfsResult<()> {
         Ok(())
+    }
+
+    /// The name under which the base VFS stores the file SQLite calls `path`: `Ok(None)` keeps
+    /// SQLite's name. Asked for every named `xOpen` (`kind` is `Some`), `xDelete` and `xAccess`
+    /// (`kind` is `None`: SQLite names no file type there), so one rule must map all three the
+    /// same way. An error fails the call (`SQLITE_CANTOPEN`, `SQLITE_IOERR_DELETE`,
+    /// `SQLITE_IOERR_ACCESS`) without touching the file system.
+    ///
+    /// A shim uses this to keep files out of reach of software that derives SQLite's names,
+    /// e.g. so that a plain SQLite never finds (and "recovers") a journal or WAL it cannot read.
+    /// The shim still sees SQLite's own name in [`OpenRequest::path`]. Default: SQLite's name.
+    fn physical_path(&self, _path: &str, _kind: Option<FileKind>) -> VfsResult<Option<String>> {
+        Ok(None)
     }
 }
 

@@ -59,8 +59,7 @@ pub struct IoRecord {
 pub struct Stats {
     /// Successful opens per file kind.
     pub opens: BTreeMap<&'static str, u64>,
-    /// Main-journal and WAL opens whose main database was found (through
-    /// `sqlite3_database_file_object`) and has the matching path.
+    /// Main-journal and WAL opens whose main database was found and has the matching path.
     pub linked_opens: u64,
     /// Main-journal and WAL opens with a name whose main database was not found.
     pub unlinked_opens: u64,

@@ -160,7 +160,8 @@ impl Drop for TempDest {
 }
 
 fn remove_journals(p: &Path) {
-    for s in ["-journal", "-wal", "-shm"] {
+    // SQLite's names (a plain copy; format 1) and tde's own.
+    for s in ["-journal", "-wal", "-shm", "-tdejournal", "-tdewal"] {
         let _ = std::fs::remove_file(with_suffix(p, s));
     }
 }

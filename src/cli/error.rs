@@ -60,7 +60,11 @@ pub fn exit_code_of(e: &Error) -> u8 {
     match e {
         Error::Header { .. } | Error::Kms { .. } | Error::WrongKey { .. } | Error::RekeyInProgress { .. } => EXIT_KEY,
         Error::Sqlite(s) => exit_code_of_sqlite(s),
-        Error::Vfs(_) | Error::Io(_) | Error::Config(_) | Error::EmptyReadOnly { .. } => EXIT_FAILURE,
+        Error::Vfs(_)
+        | Error::Io(_)
+        | Error::Config(_)
+        | Error::EmptyReadOnly { .. }
+        | Error::SideFileConflict { .. } => EXIT_FAILURE,
     }
 }
 

@@ -97,8 +97,11 @@ fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
     };
     vec![
         ("file_size", size(db.to_path_buf())),
-        ("wal_size", size(with_suffix("-wal"))),
-        ("journal_size", size(with_suffix("-journal"))),
+        ("wal_size", size(crate::format::side_path(db, crate::format::SideFile::Wal))),
+        ("journal_size", size(crate::format::side_path(db, crate::format::SideFile::Journal))),
+        // Format 1 kept SQLite's names; the next open through tde adopts such files.
+        ("legacy_wal_size", size(crate::format::legacy_side_path(db, crate::format::SideFile::Wal))),
+        ("legacy_journal_size", size(crate::format::legacy_side_path(db, crate::format::SideFile::Journal))),
         ("rekey_journal_size", size(with_suffix(crate::rotation::REKEY_JOURNAL_SUFFIX))),
         ("convert_state_size", size(with_suffix(crate::rotation::CONVERT_JOURNAL_SUFFIX))),
     ]

@@ -47,7 +47,7 @@ use wal::{WalIndex, WalScan};
 
 use crate::crypto::{kcv_matches, key_check_value, Domain, XtsCipher};
 use crate::error::{Error, Result};
-use crate::format::{choose_slot, Header, HeaderError, HEADER_REGION_LEN};
+use crate::format::{choose_slot, legacy_side_path, side_path, Header, HeaderError, SideFile, HEADER_REGION_LEN};
 use crate::kms::{EncryptionContext, Kms};
 
 /// SQLite's file magic, the first 16 bytes of page 1.
@@ -56,9 +56,9 @@ pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// What to apply on top of the database file.
 #[derive(Debug, Clone, Copy)]
 pub struct ReaderOptions {
-    /// Apply the committed frames of `<db>-wal` (default: yes).
+    /// Apply the committed frames of the WAL, `<db>-tdewal` (default: yes).
     pub apply_wal: bool,
-    /// Roll back a hot `<db>-journal` (default: yes).
+    /// Roll back a hot rollback journal, `<db>-tdejournal` (default: yes).
     pub apply_journal: bool,
 }
 
@@ -139,20 +139,27 @@ fn io_err(path: &Path, e: io::Error) -> Error {
     Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
+/// Where `kind` of the database at `db` is: tde's own name, or SQLite's name when only a
+/// format-1 file is there (the VFS renames such files at the next open; an offline reader must
+/// not).
+fn side_file(db: &Path, kind: SideFile) -> PathBuf {
+    let current = side_path(db, kind);
+    let legacy = legacy_side_path(db, kind);
+    if !current.exists() && legacy.exists() {
+        legacy
+    } else {
+        current
+    }
 }
 
 /// Path of the WAL of the database at `db`.
 pub fn wal_path(db: &Path) -> PathBuf {
-    suffixed(db, "-wal")
+    side_file(db, SideFile::Wal)
 }
 
 /// Path of the rollback journal of the database at `db`.
 pub fn journal_path(db: &Path) -> PathBuf {
-    suffixed(db, "-journal")
+    side_file(db, SideFile::Journal)
 }
 
 /// Read up to the header region's length from the start of `file`.

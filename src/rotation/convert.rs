@@ -363,6 +363,7 @@ fn run_locked(
     args: &PragmaArgs,
 ) -> Result<(serde_json::Value, Option<Database>)> {
     let started = Instant::now();
+    // A plain database: its side files have SQLite's names.
     if let Ok(m) = std::fs::metadata(side_path(path, "-wal")) {
         if m.len() > 0 {
             return Err(Error::Config(format!(
@@ -511,7 +512,7 @@ pub fn encrypt_copy(tde: &Tde, src: &Path, dst: &Path, key: Option<&str>) -> Res
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(dst);
-        let _ = std::fs::remove_file(side_path(&dst.to_string_lossy(), "-journal"));
+        let _ = std::fs::remove_file(crate::format::side_path(dst, crate::format::SideFile::Journal));
     }
     result
 }

@@ -59,7 +59,7 @@ struct PragmaArgs {
 /// journal whose header SQLite zeroed (journal_mode=PERSIST) is truncated: its stale records
 /// are under the old key. The caller holds EXCLUSIVE, so no writer can be adding to either.
 fn preflight_side_files(path: &str, old: &XtsCipher) -> Result<()> {
-    let wal = side_path(path, "-wal");
+    let wal = crate::format::side_path(path, crate::format::SideFile::Wal);
     if let Ok(m) = std::fs::metadata(&wal) {
         if m.len() > 0 {
             return Err(Error::Vfs(sqlite_vfs::VfsError::new(
@@ -68,7 +68,7 @@ fn preflight_side_files(path: &str, old: &XtsCipher) -> Result<()> {
             )));
         }
     }
-    let jpath = side_path(path, "-journal");
+    let jpath = crate::format::side_path(path, crate::format::SideFile::Journal);
     if let Ok(bytes) = std::fs::read(&jpath) {
         if !bytes.is_empty() {
             let mut first = [0u8; 16];

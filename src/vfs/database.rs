@@ -28,7 +28,9 @@ use crate::crypto::{
     kcv_matches, key_check_value, random_array, scrub_stack, with_scrubbed_stack, DataKey, Domain, XtsCipher, KCV_LEN,
 };
 use crate::error::{Error, Result};
-use crate::format::{choose_slot, Header, HeaderError, KeyRef, HEADER_REGION_LEN, SLOT_LEN};
+use crate::format::{
+    choose_slot, legacy_side_path, side_path, Header, HeaderError, KeyRef, SideFile, HEADER_REGION_LEN, SLOT_LEN,
+};
 use crate::keycache::{is_transient, CacheKey};
 use crate::kms::{EncryptionContext, Kms, KmsError};
 
@@ -491,6 +493,10 @@ pub fn open_existing(
         let cipher = unlock(ctx, path, &header)?;
         match verify_content_key(path, base, &cipher) {
             Ok(()) => {
+                // Before SQLite looks for a hot journal or WAL, so it finds a format-1 one.
+                if !super::sidefiles::adopt_legacy(path)?.is_empty() && recovered.is_none() {
+                    recovered = Some("side files renamed from SQLite's names (format 1)");
+                }
                 let db = Database::new(path, header, slot, region, cipher);
                 // The key was verified just now: the first periodic check is one interval away.
                 db.schedule_check(ctx.cache.config().check_interval);
@@ -532,17 +538,20 @@ pub fn verify_content_key(path: &str, base: &mut BaseFile, cipher: &XtsCipher) -
     }
     // Journals are not locked by SQLite, so reading them through a second descriptor cannot
     // drop any lock.
-    let probe = |suffix: &str, domain: Domain, ok: &dyn Fn(&[u8; 16]) -> bool| -> bool {
-        let Ok(mut f) = std::fs::File::open(format!("{path}{suffix}")) else { return false };
-        let mut b = [0u8; 16];
-        if std::io::Read::read_exact(&mut f, &mut b).is_err() {
-            return false;
-        }
-        cipher.decrypt(domain, 0, &mut b);
-        ok(&b)
+    // Under its physical name, or its format-1 name (not adopted before the key is proven).
+    let probe = |kind: SideFile, domain: Domain, ok: &dyn Fn(&[u8; 16]) -> bool| -> bool {
+        [side_path(path, kind), legacy_side_path(path, kind)].iter().any(|p| {
+            let Ok(mut f) = std::fs::File::open(p) else { return false };
+            let mut b = [0u8; 16];
+            if std::io::Read::read_exact(&mut f, &mut b).is_err() {
+                return false;
+            }
+            cipher.decrypt(domain, 0, &mut b);
+            ok(&b)
+        })
     };
-    if probe("-journal", Domain::Journal, &|b| b[..8] == JOURNAL_MAGIC)
-        || probe("-wal", Domain::Wal, &|b| b[..3] == [0x37, 0x7f, 0x06] && (b[3] & 0xfe) == 0x82)
+    if probe(SideFile::Journal, Domain::Journal, &|b| b[..8] == JOURNAL_MAGIC)
+        || probe(SideFile::Wal, Domain::Wal, &|b| b[..3] == [0x37, 0x7f, 0x06] && (b[3] & 0xfe) == 0x82)
     {
         return Ok(());
     }
@@ -650,12 +659,11 @@ pub fn open_existing_or_wait(
 /// A creator syncs slot B before it writes slot A, and SQLite writes nothing before the header
 /// is durable, so nothing was ever committed to such a file.
 fn interrupted_creation(path: &str, region: &[u8]) -> bool {
-    let side_file_empty = |suffix: &str| std::fs::metadata(format!("{path}{suffix}")).map_or(true, |m| m.len() == 0);
     region.len() <= HEADER_REGION_LEN
         && region.iter().take(SLOT_LEN).all(|&b| b == 0)
         && choose_slot(region).is_err()
-        && side_file_empty("-journal")
-        && side_file_empty("-wal")
+        && !super::sidefiles::has_data(path, SideFile::Journal)
+        && !super::sidefiles::has_data(path, SideFile::Wal)
         && !crate::rotation::convert::state_file_valid(path)
 }
 

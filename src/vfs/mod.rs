@@ -8,6 +8,7 @@
 pub mod blockio;
 pub mod database;
 mod file;
+mod sidefiles;
 
 use std::sync::Arc;
 
@@ -88,6 +89,10 @@ impl Shim for TdeShim {
             set_last_open_error(e);
             v
         })
+    }
+
+    fn physical_path(&self, path: &str, kind: Option<FileKind>) -> VfsResult<Option<String>> {
+        sidefiles::physical_path(path, kind)
     }
 }
 

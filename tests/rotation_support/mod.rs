@@ -64,12 +64,12 @@ pub fn snapshot(c: &Connection) -> Vec<String> {
     ]
 }
 
-/// Copy `db` and its side files (`-wal`, `-journal`) into `dir`.
+/// Copy `db` and its side files (`-tdewal`, `-tdejournal`) into `dir`.
 pub fn copy_db(src: &Path, dir: &Path) -> PathBuf {
     let name = src.file_name().unwrap();
     let dst = dir.join(name);
     std::fs::copy(src, &dst).unwrap();
-    for suffix in ["-wal", "-journal"] {
+    for suffix in ["-tdewal", "-tdejournal"] {
         let s = PathBuf::from(format!("{}{suffix}", src.display()));
         if s.exists() {
             std::fs::copy(&s, PathBuf::from(format!("{}{suffix}", dst.display()))).unwrap();
