@@ -60,7 +60,10 @@ pub fn exit_code_of(e: &Error) -> u8 {
     match e {
         Error::Header { .. } | Error::Kms { .. } | Error::WrongKey { .. } | Error::RekeyInProgress { .. } => EXIT_KEY,
         Error::Sqlite(s) => exit_code_of_sqlite(s),
-        Error::Vfs(_) | Error::Io(_) | Error::Config(_) | Error::EmptyReadOnly { .. } => EXIT_FAILURE,
+        Error::Vfs(_) | Error::Io(_) | Error::Config(_) | Error::EmptyReadOnly { .. } | Error::NoSpace { .. } => {
+            EXIT_FAILURE
+        }
+        Error::RolledBack { source, .. } => exit_code_of(source),
     }
 }
 
