@@ -58,11 +58,7 @@ fn libc_off(len: u64) -> io::Result<i64> {
 pub fn is_no_space(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull
         || e.kind() == io::ErrorKind::QuotaExceeded
-        || matches!(e.raw_os_error(), Some(c) if c == libc_enospc() || c == Errno::EDQUOT as i32)
-}
-
-fn libc_enospc() -> i32 {
-    Errno::ENOSPC as i32
+        || matches!(e.raw_os_error(), Some(c) if c == Errno::ENOSPC as i32 || c == Errno::EDQUOT as i32)
 }
 
 #[cfg(test)]
