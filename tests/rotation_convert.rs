@@ -422,3 +422,36 @@ fn in_place_encryption_failing_before_the_first_chunk_commits_is_rolled_back() {
         assert_plain_untouched(&db, &before, &snap, &held, &spec);
     }
 }
+
+/// The rollback of a failed in-place encryption is itself crash-safe: killed after each of
+/// its steps, the file either still carries the marker (the next open through tde finishes
+/// the conversion) or is the original plain file again, byte for byte.
+#[test]
+fn in_place_rollback_killed_at_every_step() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tde = tde_for(&ks);
+    let (tpl, snap) = plain_template(env.dir.path(), "delete", 4096);
+    for crash in [Step::ConvertRollbackRestored, Step::ConvertRollbackTruncated, Step::ConvertRollbackUnmarked] {
+        let dir = env.dir.path().join(format!("rb-{}", crash.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = copy_db(&tpl, &dir);
+        let before = rotation_support::file_hash(&db);
+        // After the whole first chunk moved: the file grew and its top chunk is overwritten.
+        let fail = "encrypt:convert-data-synced@0";
+        let spec = format!("encrypt:{}@0", crash.name());
+        let vars: Vec<(&str, &Path)> =
+            vec![(KS, &ks), (DB, &db), (rotation::ENV_FAIL_AT, Path::new(fail)), (ENV_CRASH_AT, Path::new(&spec))];
+        let (mut ch, out) = child::spawn("child_entry", "encrypt", &vars);
+        let lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+        assert_eq!(ch.wait().unwrap().code(), None, "{spec}: the child should have died in the rollback: {lines:?}");
+        let what = format!("{fail} then {spec}");
+        if crash == Step::ConvertRollbackUnmarked {
+            assert_eq!(rotation_support::file_hash(&db), before, "{what}: the plain file is back");
+            assert_eq!(plain_snapshot(&db).unwrap(), snap, "{what}");
+        } else {
+            assert_eq!(std::fs::read(&db).unwrap()[..16], CONVERT_MAGIC, "{what}: the marker stays until the end");
+            assert_eq!(snapshot(&open(&tde, &db)), snap, "{what}: the next open finishes the conversion");
+        }
+    }
+}

@@ -635,3 +635,37 @@ fn rekey_failing_before_the_first_chunk_commits_is_rolled_back() {
         assert_eq!(h.kcv, tpl.kcv, "{spec}: the old key stays");
     }
 }
+
+/// The rollback of a failed rekey is itself crash-safe: killed after each of its steps, the
+/// next open finds either the rekey still recorded at progress 0 (and finishes it) or the
+/// original header (the file byte for byte as before); the content is the same either way.
+#[test]
+fn rekey_rollback_killed_at_every_step() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tpl = template(env.dir.path(), &ks, "delete", 4096);
+    let chunk = (256u64 << 10).to_string();
+    for crash in [Step::RollbackHotzoneRestored, Step::RollbackHeaderRestored] {
+        let dir = env.dir.path().join(format!("rb-{}", crash.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = copy_db(&tpl.db, &dir);
+        let before = rotation_support::file_hash(&db);
+        let fail = "rekey:data-synced@0";
+        let spec = format!("rekey:{}@0", crash.name());
+        let vars: Vec<(&str, &Path)> = vec![
+            (KS, &ks),
+            (DB, &db),
+            (CHUNK_VAR, Path::new(&chunk)),
+            (rotation::ENV_FAIL_AT, Path::new(fail)),
+            (ENV_CRASH_AT, Path::new(&spec)),
+        ];
+        let (mut ch, out) = child::spawn("child_entry", "rekey", &vars);
+        let lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+        assert_eq!(ch.wait().unwrap().code(), None, "{spec}: the child should have died in the rollback: {lines:?}");
+        let restored = crash == Step::RollbackHeaderRestored;
+        if restored {
+            assert_eq!(rotation_support::file_hash(&db), before, "{spec}: the header slot is back");
+        }
+        verify_after_crash(&tpl, &ks, &db, &format!("{fail} then {spec}"), Some(!restored));
+    }
+}

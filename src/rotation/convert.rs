@@ -271,13 +271,16 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
             }
             self.db.write_at(&data, start)?;
             self.db.sync()?;
+            self.hook.step(Step::ConvertRollbackRestored)?;
         }
         if self.db.len()? > len {
             self.db.set_len(len)?;
             self.db.sync()?;
+            self.hook.step(Step::ConvertRollbackTruncated)?;
         }
         self.db.write_at(&SQLITE_MAGIC, 0)?;
         self.db.sync()?;
+        self.hook.step(Step::ConvertRollbackUnmarked)?;
         self.side.remove()?;
         Ok(Abort::RolledBack)
     }

@@ -95,6 +95,18 @@ pub enum Step {
     ConvertHeaderSynced,
     /// The state file was removed.
     ConvertStateRemoved,
+    /// Rollback of a rekey that failed before its first chunk committed: the hotzone was
+    /// written back from the journal and synced.
+    RollbackHotzoneRestored,
+    /// ... the header slot `begin` overwrote has its previous bytes again, synced.
+    RollbackHeaderRestored,
+    /// Rollback of an in-place encryption: the first chunk's plaintext was written back
+    /// from its copy and synced.
+    ConvertRollbackRestored,
+    /// ... the file was cut back to its plain length and synced.
+    ConvertRollbackTruncated,
+    /// ... the SQLite magic replaced the marker, synced (the state file is removed next).
+    ConvertRollbackUnmarked,
 }
 
 impl Step {
@@ -139,6 +151,16 @@ impl Step {
         Step::ConvertStateRemoved,
     ];
 
+    /// Steps of the rollbacks ([`RekeyEngine::roll_back`], `ConvertEngine::roll_back`), only
+    /// passed after a failure.
+    pub const ROLLBACK: [Step; 5] = [
+        Step::RollbackHotzoneRestored,
+        Step::RollbackHeaderRestored,
+        Step::ConvertRollbackRestored,
+        Step::ConvertRollbackTruncated,
+        Step::ConvertRollbackUnmarked,
+    ];
+
     /// Stable name (used by `SQLITE_TDE_TEST_CRASH_AT`).
     pub fn name(self) -> &'static str {
         match self {
@@ -175,12 +197,17 @@ impl Step {
             Step::ConvertHeaderWritten => "convert-header-written",
             Step::ConvertHeaderSynced => "convert-header-synced",
             Step::ConvertStateRemoved => "convert-state-removed",
+            Step::RollbackHotzoneRestored => "rollback-hotzone-restored",
+            Step::RollbackHeaderRestored => "rollback-header-restored",
+            Step::ConvertRollbackRestored => "convert-rollback-restored",
+            Step::ConvertRollbackTruncated => "convert-rollback-truncated",
+            Step::ConvertRollbackUnmarked => "convert-rollback-unmarked",
         }
     }
 
     /// Parse a [`Step::name`].
     pub fn from_name(s: &str) -> Option<Step> {
-        Step::REKEY.into_iter().chain(Step::CONVERT).find(|x| x.name() == s)
+        Step::REKEY.into_iter().chain(Step::CONVERT).chain(Step::ROLLBACK).find(|x| x.name() == s)
     }
 }
 
@@ -496,6 +523,7 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
                 if rec.db_uuid == self.header.db_uuid && rec.new_kcv == r.kcv && rec.progress == 0 {
                     self.db.write_at(&rec.data, HEADER_REGION_LEN as u64)?;
                     self.db.sync()?;
+                    self.hook.step(Step::RollbackHotzoneRestored)?;
                 }
             }
         }
@@ -503,6 +531,7 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
         // have reached the file.
         self.db.write_at(&before, (slot * SLOT_LEN) as u64)?;
         self.db.sync()?;
+        self.hook.step(Step::RollbackHeaderRestored)?;
         self.slot = 1 - slot;
         self.header = original;
         self.undo = None;
