@@ -40,6 +40,18 @@ pub enum Error {
     /// Invalid configuration or arguments.
     #[error("{0}")]
     Config(String),
+    /// The side file of a rekey or an in-place encryption could not be allocated; the
+    /// database was not touched.
+    #[error(
+        "{path}: no space left on device: the {what} needs {needed} bytes; nothing was changed, free space and retry ({source})"
+    )]
+    NoSpace { path: String, what: &'static str, needed: u64, source: std::io::Error },
+    /// A rekey or an in-place encryption failed before its first chunk was committed, and
+    /// was undone: the database file is byte for byte as before.
+    #[error(
+        "{path}: the {operation} failed before any data moved and was rolled back; the database is unchanged: {source}"
+    )]
+    RolledBack { path: String, operation: &'static str, source: Box<Error> },
 }
 
 impl Error {
@@ -60,6 +72,8 @@ impl Error {
             Error::EmptyReadOnly { .. } | Error::SideFileConflict { .. } => ErrorCode::CantOpen,
             Error::Vfs(v) => v.code,
             Error::Sqlite(_) | Error::Io(_) | Error::Config(_) => ErrorCode::Io,
+            Error::NoSpace { .. } => ErrorCode::Full,
+            Error::RolledBack { source, .. } => source.vfs_code(),
         }
     }
 

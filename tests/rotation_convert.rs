@@ -6,6 +6,7 @@
 mod common;
 mod rotation_support;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use common::child::{self, ROLE_VAR};
 use rotation_support::{copy_db, open, populate, side, snapshot, tde_for, DB, KS};
 use rusqlite::{Connection, OpenFlags};
 use sqlite_tde::rotation::convert::{self, InPlaceOptions, CONVERT_MAGIC};
-use sqlite_tde::rotation::{Step, ENV_CRASH_AT};
+use sqlite_tde::rotation::{self, Step, ENV_CRASH_AT};
 
 #[test]
 fn child_entry() {
@@ -58,7 +59,6 @@ fn plain_snapshot(db: &Path) -> rusqlite::Result<Vec<String>> {
 }
 
 fn run_child(role: &str, ks: &Path, db: &Path, crash: &str) -> Option<i32> {
-    use std::io::BufRead;
     let (mut ch, out) = child::spawn("child_entry", role, &[(KS, ks), (DB, db), (ENV_CRASH_AT, Path::new(crash))]);
     let _lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
     ch.wait().unwrap().code()
@@ -322,4 +322,136 @@ fn decrypt_always_asks_the_kms() {
     let e = convert::decrypt_copy(&tde, &db, &dir.path().join("out.db")).unwrap_err();
     assert!(e.to_string().contains("access denied"), "{e}");
     assert!(!dir.path().join("out.db").exists());
+}
+
+/// A plain database file that a failed in-place encryption must leave alone: same bytes as
+/// `before`, no state file, plain SQLite (a new connection and the already open `held`
+/// one) reads `snap`.
+fn assert_plain_untouched(db: &Path, before: &[u8; 32], snap: &[String], held: &Connection, what: &str) {
+    assert_eq!(&rotation_support::file_hash(db), before, "{what}: the plain file changed");
+    assert!(!side(db, "-tdeconvert").exists(), "{what}: state file left behind");
+    assert_eq!(plain_snapshot(db).unwrap(), snap, "{what}: plain SQLite must still open it");
+    assert_eq!(snapshot(held), snap, "{what}: already open connection");
+    assert_eq!(&rotation_support::file_hash(db), before, "{what}: reading changed the file");
+}
+
+/// Issue 12.3: `encrypt --in-place` on a full disk fails with a clear "no space" error
+/// before it marks the plain file, which stays byte-identical and readable by plain SQLite;
+/// with space back, the conversion works.
+#[test]
+fn in_place_encryption_on_a_full_disk_fails_before_touching_the_file() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tde = tde_for(&ks);
+    let Some(fs) = rotation_support::SmallFs::mount(
+        "in_place_encryption_on_a_full_disk_fails_before_touching_the_file",
+        env.dir.path(),
+        8192,
+    ) else {
+        return;
+    };
+    let db = fs.dir.join("p.db");
+    {
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA journal_mode=DELETE").unwrap();
+        populate(&c, 1500);
+    }
+    let held = Connection::open(&db).unwrap();
+    let snap = snapshot(&held);
+    let before = rotation_support::file_hash(&db);
+    // The state file needs 8 KiB of state slots plus a copy of the whole (small) file.
+    let len = std::fs::metadata(&db).unwrap().len();
+    fs.fill_leaving(len / 2);
+    assert!(fs.free_bytes() < len, "{} bytes free, the state file needs more than {len}", fs.free_bytes());
+
+    let e = convert::encrypt_in_place(&tde, &db, &InPlaceOptions::default()).unwrap_err();
+    assert!(matches!(e, sqlite_tde::Error::NoSpace { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("no space left on device") && msg.contains("nothing was changed"), "{msg}");
+    assert_plain_untouched(&db, &before, &snap, &held, "full disk");
+
+    fs.free();
+    drop(held);
+    let r = convert::encrypt_in_place(&tde, &db, &InPlaceOptions::default()).unwrap();
+    assert_eq!(r.status, "done");
+    sqlite_tde::inspect::read_header(&db).expect("an encrypted header after the conversion");
+    assert_eq!(snapshot(&open(&tde, &db)), snap);
+}
+
+/// Issue 12.3: space runs out after the state file and the marker were written but before
+/// the first chunk was committed (injected at each step in between, including half-way
+/// through the first chunk's move): the conversion is rolled back and the plain file is byte
+/// for byte as before. A failure once the first chunk's progress is being written is not
+/// undone: the next open through tde finishes the conversion.
+#[test]
+fn in_place_encryption_failing_before_the_first_chunk_commits_is_rolled_back() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tde = tde_for(&ks);
+    let (tpl, snap) = plain_template(env.dir.path(), "delete", 4096);
+    for step in [
+        Step::ConvertStateWritten,
+        Step::ConvertMarked,
+        Step::ConvertMarkSynced,
+        Step::ConvertChunkWritten,
+        Step::ConvertChunkSynced,
+        Step::ConvertDataHalfWritten,
+        Step::ConvertDataSynced,
+        Step::ConvertProgressWritten,
+    ] {
+        let dir = env.dir.path().join(format!("fail-{}", step.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = copy_db(&tpl, &dir);
+        let held = Connection::open(&db).unwrap();
+        let before = rotation_support::file_hash(&db);
+        let spec = format!("encrypt:{}@0", step.name());
+        let vars: Vec<(&str, &Path)> = vec![(KS, &ks), (DB, &db), (rotation::ENV_FAIL_AT, Path::new(&spec))];
+        let (mut ch, out) = child::spawn("child_entry", "encrypt", &vars);
+        let lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+        assert_eq!(ch.wait().unwrap().code(), Some(0), "{spec}: {lines:?}");
+        let line = lines.iter().find(|l| l.contains("encrypt-done")).unwrap_or_else(|| panic!("{spec}: {lines:?}"));
+        assert!(line.contains("Err(") && line.contains("test fault injection"), "{spec}: {line}");
+        if step == Step::ConvertProgressWritten {
+            assert!(!line.contains("RolledBack"), "{spec}: a committed chunk is not undone: {line}");
+            drop(held);
+            assert_eq!(snapshot(&open(&tde, &db)), snap, "{spec}: the next open finishes the conversion");
+            continue;
+        }
+        // Before the marker nothing of the file was written: nothing to roll back.
+        assert!(line.contains("RolledBack") || step == Step::ConvertStateWritten, "{spec}: {line}");
+        assert_plain_untouched(&db, &before, &snap, &held, &spec);
+    }
+}
+
+/// The rollback of a failed in-place encryption is itself crash-safe: killed after each of
+/// its steps, the file either still carries the marker (the next open through tde finishes
+/// the conversion) or is the original plain file again, byte for byte.
+#[test]
+fn in_place_rollback_killed_at_every_step() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tde = tde_for(&ks);
+    let (tpl, snap) = plain_template(env.dir.path(), "delete", 4096);
+    for crash in [Step::ConvertRollbackRestored, Step::ConvertRollbackTruncated, Step::ConvertRollbackUnmarked] {
+        let dir = env.dir.path().join(format!("rb-{}", crash.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = copy_db(&tpl, &dir);
+        let before = rotation_support::file_hash(&db);
+        // After the whole first chunk moved: the file grew and its top chunk is overwritten.
+        let fail = "encrypt:convert-data-synced@0";
+        let spec = format!("encrypt:{}@0", crash.name());
+        let vars: Vec<(&str, &Path)> =
+            vec![(KS, &ks), (DB, &db), (rotation::ENV_FAIL_AT, Path::new(fail)), (ENV_CRASH_AT, Path::new(&spec))];
+        let (mut ch, out) = child::spawn("child_entry", "encrypt", &vars);
+        let lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+        assert_eq!(ch.wait().unwrap().code(), None, "{spec}: the child should have died in the rollback: {lines:?}");
+        let what = format!("{fail} then {spec}");
+        if crash == Step::ConvertRollbackUnmarked {
+            assert_eq!(rotation_support::file_hash(&db), before, "{what}: the plain file is back");
+            assert_eq!(plain_snapshot(&db).unwrap(), snap, "{what}");
+        } else {
+            assert_eq!(std::fs::read(&db).unwrap()[..16], CONVERT_MAGIC, "{what}: the marker stays until the end");
+            assert_eq!(snapshot(&open(&tde, &db)), snap, "{what}: the next open finishes the conversion");
+        }
+    }
 }

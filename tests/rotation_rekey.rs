@@ -530,3 +530,142 @@ fn cli_ctrl_c_and_resume() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("rekeyed "), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Every way a database must stay readable after a failed rekey: same bytes as `before`,
+/// no rekey journal, read-only and read-write opens and the already open `held` connection
+/// all see `snap`, and the key did not change.
+fn assert_untouched(tde: &sqlite_tde::Tde, db: &Path, before: &[u8; 32], snap: &[String], held: &rusqlite::Connection) {
+    assert_eq!(&rotation_support::file_hash(db), before, "the database file changed");
+    assert!(!side(db, "-tderekey").exists(), "rekey journal left behind");
+    let ro = tde.open_with(db, &sqlite_tde::OpenOptions { key: None, read_only: true, must_exist: true }).unwrap();
+    assert_eq!(snapshot(&ro), snap, "read-only open");
+    drop(ro);
+    assert_eq!(snapshot(&open(tde, db)), snap, "read-write open");
+    assert_eq!(snapshot(held), snap, "already open connection");
+    assert_eq!(&rotation_support::file_hash(db), before, "reading changed the file");
+}
+
+/// Issue 12.3: a rekey on a full disk fails with a clear "no space" error before it writes
+/// the rekey state, and the database stays readable by everyone; with space back, it works.
+#[test]
+fn rekey_on_a_full_disk_fails_before_touching_the_database() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tde = tde_for(&ks);
+    let Some(fs) = rotation_support::SmallFs::mount(
+        "rekey_on_a_full_disk_fails_before_touching_the_database",
+        env.dir.path(),
+        8192,
+    ) else {
+        return;
+    };
+    let db = fs.dir.join("t.db");
+    {
+        let c = tde.open(&db).unwrap();
+        c.execute_batch("PRAGMA journal_mode=DELETE").unwrap();
+        populate(&c, 1500);
+    }
+    let held = open(&tde, &db);
+    let snap = snapshot(&held);
+    let (h0, _) = read_header(&db).unwrap();
+    let before = rotation_support::file_hash(&db);
+    // The journal needs one record of the whole (small) database; leave half of that.
+    let journal = 128 + std::fs::metadata(&db).unwrap().len() - 8192;
+    fs.fill_leaving(journal / 2);
+    assert!(fs.free_bytes() < journal, "{} bytes free, the journal needs {journal}", fs.free_bytes());
+
+    let e = rotation::rekey(&tde, &db, &RekeyOptions::default()).unwrap_err();
+    assert!(matches!(e, sqlite_tde::Error::NoSpace { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("no space left on device") && msg.contains("nothing was changed"), "{msg}");
+    assert_untouched(&tde, &db, &before, &snap, &held);
+
+    fs.free();
+    drop(held);
+    let r = rotation::rekey(&tde, &db, &RekeyOptions::default()).unwrap();
+    assert_eq!(r.status, "done");
+    let (h1, _) = read_header(&db).unwrap();
+    assert_ne!(h1.kcv, h0.kcv, "the rekey with space back must rotate the key");
+    assert_eq!(snapshot(&open(&tde, &db)), snap);
+}
+
+/// Issue 12.3: space runs out after the rekey state was written but before the first chunk
+/// was committed (injected at each step in between): the rekey is rolled back, the database
+/// file is byte for byte as before and readable. A failure once the first chunk's progress
+/// is being written is not undone: the next open finishes the rekey.
+#[test]
+fn rekey_failing_before_the_first_chunk_commits_is_rolled_back() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tde = tde_for(&ks);
+    let tpl = template(env.dir.path(), &ks, "delete", 4096);
+    let chunk = (256u64 << 10).to_string();
+    for step in [
+        Step::BeginHeaderWritten,
+        Step::BeginHeaderSynced,
+        Step::JournalDataWritten,
+        Step::JournalWritten,
+        Step::JournalSynced,
+        Step::DataHalfWritten,
+        Step::DataSynced,
+        Step::ProgressWritten,
+    ] {
+        let dir = env.dir.path().join(format!("fail-{}", step.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = copy_db(&tpl.db, &dir);
+        let held = open(&tde, &db);
+        let before = rotation_support::file_hash(&db);
+        let spec = format!("rekey:{}@0", step.name());
+        let vars: Vec<(&str, &Path)> =
+            vec![(KS, &ks), (DB, &db), (CHUNK_VAR, Path::new(&chunk)), (rotation::ENV_FAIL_AT, Path::new(&spec))];
+        let (mut ch, out) = child::spawn("child_entry", "rekey", &vars);
+        let lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+        assert_eq!(ch.wait().unwrap().code(), Some(0), "{spec}: {lines:?}");
+        let line = lines.iter().find(|l| l.contains("rekey-")).unwrap_or_else(|| panic!("{spec}: {lines:?}"));
+        assert!(line.contains("test fault injection"), "{spec}: the injected fault must surface: {line}");
+        if step == Step::ProgressWritten {
+            assert!(!line.contains("rolled back"), "{spec}: a committed chunk is not undone: {line}");
+            drop(held);
+            verify_after_crash(&tpl, &ks, &db, &spec, Some(true));
+            continue;
+        }
+        assert!(line.contains("rolled back") && line.contains("unchanged"), "{spec}: {line}");
+        assert_untouched(&tde, &db, &before, &tpl.snap, &held);
+        let (h, _) = read_header(&db).unwrap();
+        assert_eq!(h.kcv, tpl.kcv, "{spec}: the old key stays");
+    }
+}
+
+/// The rollback of a failed rekey is itself crash-safe: killed after each of its steps, the
+/// next open finds either the rekey still recorded at progress 0 (and finishes it) or the
+/// original header (the file byte for byte as before); the content is the same either way.
+#[test]
+fn rekey_rollback_killed_at_every_step() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let tpl = template(env.dir.path(), &ks, "delete", 4096);
+    let chunk = (256u64 << 10).to_string();
+    for crash in [Step::RollbackHotzoneRestored, Step::RollbackHeaderRestored] {
+        let dir = env.dir.path().join(format!("rb-{}", crash.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = copy_db(&tpl.db, &dir);
+        let before = rotation_support::file_hash(&db);
+        let fail = "rekey:data-synced@0";
+        let spec = format!("rekey:{}@0", crash.name());
+        let vars: Vec<(&str, &Path)> = vec![
+            (KS, &ks),
+            (DB, &db),
+            (CHUNK_VAR, Path::new(&chunk)),
+            (rotation::ENV_FAIL_AT, Path::new(fail)),
+            (ENV_CRASH_AT, Path::new(&spec)),
+        ];
+        let (mut ch, out) = child::spawn("child_entry", "rekey", &vars);
+        let lines: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+        assert_eq!(ch.wait().unwrap().code(), None, "{spec}: the child should have died in the rollback: {lines:?}");
+        let restored = crash == Step::RollbackHeaderRestored;
+        if restored {
+            assert_eq!(rotation_support::file_hash(&db), before, "{spec}: the header slot is back");
+        }
+        verify_after_crash(&tpl, &ks, &db, &format!("{fail} then {spec}"), Some(!restored));
+    }
+}

@@ -64,7 +64,9 @@ pub fn exit_code_of(e: &Error) -> u8 {
         | Error::Io(_)
         | Error::Config(_)
         | Error::EmptyReadOnly { .. }
-        | Error::SideFileConflict { .. } => EXIT_FAILURE,
+        | Error::SideFileConflict { .. }
+        | Error::NoSpace { .. } => EXIT_FAILURE,
+        Error::RolledBack { source, .. } => exit_code_of(source),
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlite_vfs::{BaseFile, LockLevel};
 
-use super::engine::{Hook, Outcome, RawDb, SideFile, Step};
+use super::engine::{Abort, Hook, Outcome, RawDb, SideFile, Step};
 use super::{
     check_writable, observe, parse_json, side_path, BaseDb, FsSide, Progress, VfsHook, CONVERT_JOURNAL_SUFFIX,
 };
@@ -167,11 +167,41 @@ pub struct ConvertEngine<'a, D: RawDb, S: SideFile> {
     pub state: ConvertState,
     pub slot: usize,
     pub hook: &'a mut dyn Hook,
+    /// Length the state file shrinks to before the first chunk grows the database: the
+    /// reservation's tail was held for that growth ([`ConvertEngine::prepare`]).
+    release_to: Option<u64>,
+    /// A state with a new progress was (being) written, or the engine resumed: no rollback.
+    committed: bool,
+}
+
+/// State-file bytes of a conversion of `plain_len` bytes in `chunk`s: both state slots and a
+/// chunk record of the biggest chunk, rounded up to whole 4 KiB blocks (so shrinking back to
+/// it frees the tail).
+fn state_file_len(plain_len: u64, chunk: u64) -> u64 {
+    (CHUNK_AT + CHUNK_HEAD as u64 + chunk.min(plain_len)).div_ceil(4096) * 4096
 }
 
 impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
-    /// Start converting the plain file in `db` to `header` (whose DEK `cipher` holds).
+    /// Start converting the plain file in `db` to `header` (whose DEK `cipher` holds):
+    /// [`Self::prepare`], then [`Self::mark`].
     pub fn begin(
+        db: &'a mut D,
+        side: &'a mut S,
+        cipher: &'a XtsCipher,
+        header: Header,
+        chunk: u64,
+        hook: &'a mut dyn Hook,
+    ) -> Result<Self> {
+        let mut e = Self::prepare(db, side, cipher, header, chunk, hook)?;
+        e.mark()?;
+        Ok(e)
+    }
+
+    /// Check the plain file and reserve the space the conversion needs, durably, before
+    /// anything is written: the state file's (two slots and the biggest chunk record) plus
+    /// the header region the database grows by, held in the state file's tail until the
+    /// first chunk moves. A failure leaves the database untouched and no state file behind.
+    pub fn prepare(
         db: &'a mut D,
         side: &'a mut S,
         cipher: &'a XtsCipher,
@@ -191,18 +221,68 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
         let unit = crate::crypto::DATA_UNIT as u64;
         let chunk = (chunk.max(unit) / unit) * unit;
         let state = ConvertState { sequence: 1, plain_len: len, progress: len, chunk, header };
+        let keep = state_file_len(len, chunk);
+        if let Err(e) = side.reserve(keep + HEADER_REGION_LEN as u64) {
+            let _ = side.remove();
+            return Err(e);
+        }
+        Ok(ConvertEngine { db, side, cipher, state, slot: 0, hook, release_to: Some(keep), committed: false })
+    }
+
+    /// Write the initial state, then the conversion marker over the plain file's magic.
+    pub fn mark(&mut self) -> Result<()> {
         // Slot B zeroed: a stale state of an earlier attempt must not win.
-        let mut bytes = state.encode()?;
+        let mut bytes = self.state.encode()?;
         bytes.resize(2 * SLOT_LEN, 0);
-        side.write_at(&bytes, 0)?;
-        hook.step(Step::ConvertStateWritten)?;
-        side.sync()?;
-        hook.step(Step::ConvertStateSynced)?;
-        db.write_at(&CONVERT_MAGIC, 0)?;
-        hook.step(Step::ConvertMarked)?;
-        db.sync()?;
-        hook.step(Step::ConvertMarkSynced)?;
-        Ok(ConvertEngine { db, side, cipher, state, slot: 0, hook })
+        self.side.write_at(&bytes, 0)?;
+        self.hook.step(Step::ConvertStateWritten)?;
+        self.side.sync()?;
+        self.hook.step(Step::ConvertStateSynced)?;
+        self.db.write_at(&CONVERT_MAGIC, 0)?;
+        self.hook.step(Step::ConvertMarked)?;
+        self.db.sync()?;
+        self.hook.step(Step::ConvertMarkSynced)?;
+        Ok(())
+    }
+
+    /// Undo a conversion that failed (with the error the caller holds) before its first
+    /// chunk was committed: the first chunk's plaintext back from its durable copy (the
+    /// move may have overwritten part of it), the file cut back to its plain length, then
+    /// the SQLite magic restored, then the state file removed, each synced before the next.
+    /// Until the magic is back the marker stays, so a crash in between is recovered by
+    /// finishing the conversion, from the same durable state as before.
+    pub fn roll_back(&mut self) -> Result<Abort> {
+        if self.committed {
+            return Ok(Abort::Committed);
+        }
+        let len = self.state.plain_len;
+        let mut magic = [0u8; 16];
+        self.db.read_exact_at(&mut magic, 0)?;
+        let state = self.side.load()?;
+        if magic == SQLITE_MAGIC && self.db.len()? == len {
+            // The marker never reached the file: nothing of the database was written.
+            self.side.remove()?;
+            return Ok(Abort::Untouched);
+        }
+        if let Some((start, mut data)) = state.as_deref().and_then(|b| decode_chunk(b, &self.state.header.db_uuid, len))
+        {
+            if start == 0 {
+                data[..16].copy_from_slice(&CONVERT_MAGIC);
+            }
+            self.db.write_at(&data, start)?;
+            self.db.sync()?;
+            self.hook.step(Step::ConvertRollbackRestored)?;
+        }
+        if self.db.len()? > len {
+            self.db.set_len(len)?;
+            self.db.sync()?;
+            self.hook.step(Step::ConvertRollbackTruncated)?;
+        }
+        self.db.write_at(&SQLITE_MAGIC, 0)?;
+        self.db.sync()?;
+        self.hook.step(Step::ConvertRollbackUnmarked)?;
+        self.side.remove()?;
+        Ok(Abort::RolledBack)
     }
 
     /// Continue an interrupted conversion from its state file.
@@ -211,7 +291,7 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
             side.load()?.ok_or_else(|| Error::Config("the in-place encryption state file is missing".into()))?;
         let (state, slot) = decode_state(&bytes)
             .ok_or_else(|| Error::Config("the in-place encryption state file is damaged".into()))?;
-        let mut e = ConvertEngine { db, side, cipher, state, slot, hook };
+        let mut e = ConvertEngine { db, side, cipher, state, slot, hook, release_to: None, committed: true };
         // A chunk whose copy is durable but whose progress is not: move it again from the copy.
         if let Some((start, data)) = decode_chunk(&bytes, &e.state.header.db_uuid, e.state.progress) {
             e.move_chunk(start, data)?;
@@ -243,6 +323,7 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
         self.hook.step(Step::ConvertDataWritten)?;
         self.db.sync()?;
         self.hook.step(Step::ConvertDataSynced)?;
+        self.committed = true;
         self.write_state(start)
     }
 
@@ -266,6 +347,11 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
             self.hook.step(Step::ConvertChunkWritten)?;
             self.side.sync()?;
             self.hook.step(Step::ConvertChunkSynced)?;
+            if let Some(keep) = self.release_to.take() {
+                // The database grows by the header region with this first move: hand it
+                // the space held for that.
+                self.side.release_after(keep)?;
+            }
             self.move_chunk(s, buf)?;
         }
         let _ = self.hook.progress(total, total);
@@ -387,7 +473,7 @@ fn run_locked(
         let mut raw = BaseDb(base);
         let mut side = FsSide::new(side_path(path, CONVERT_JOURNAL_SUFFIX));
         let mut hook = VfsHook::new("encrypt");
-        let mut engine = ConvertEngine::begin(
+        let mut engine = ConvertEngine::prepare(
             &mut raw,
             &mut side,
             &cipher,
@@ -395,7 +481,25 @@ fn run_locked(
             args.chunk.unwrap_or(DEFAULT_CONVERT_CHUNK),
             &mut hook,
         )?;
-        engine.run()?
+        // A failure before the first chunk is committed (typically a full disk) is undone:
+        // the plain file stays byte for byte as it was, readable by plain SQLite.
+        match engine.mark().and_then(|()| engine.run()) {
+            Ok(o) => o,
+            Err(e) => {
+                return match engine.roll_back() {
+                    Ok(Abort::Untouched) => Err(e),
+                    Ok(Abort::RolledBack) => Err(Error::RolledBack {
+                        path: path.to_string(),
+                        operation: "in-place encryption",
+                        source: Box::new(e),
+                    }),
+                    Ok(Abort::Committed) => Err(e),
+                    Err(u) => Err(Error::Config(format!(
+                        "{path}: in-place encryption failed ({e}) and undoing it failed too ({u}); the next open through tde finishes it"
+                    ))),
+                }
+            }
+        }
     };
     let plain_len = base.file_size()?.saturating_sub(HEADER_REGION_LEN as u64);
     match out {

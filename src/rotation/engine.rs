@@ -95,6 +95,18 @@ pub enum Step {
     ConvertHeaderSynced,
     /// The state file was removed.
     ConvertStateRemoved,
+    /// Rollback of a rekey that failed before its first chunk committed: the hotzone was
+    /// written back from the journal and synced.
+    RollbackHotzoneRestored,
+    /// ... the header slot `begin` overwrote has its previous bytes again, synced.
+    RollbackHeaderRestored,
+    /// Rollback of an in-place encryption: the first chunk's plaintext was written back
+    /// from its copy and synced.
+    ConvertRollbackRestored,
+    /// ... the file was cut back to its plain length and synced.
+    ConvertRollbackTruncated,
+    /// ... the SQLite magic replaced the marker, synced (the state file is removed next).
+    ConvertRollbackUnmarked,
 }
 
 impl Step {
@@ -139,6 +151,16 @@ impl Step {
         Step::ConvertStateRemoved,
     ];
 
+    /// Steps of the rollbacks ([`RekeyEngine::roll_back`], `ConvertEngine::roll_back`), only
+    /// passed after a failure.
+    pub const ROLLBACK: [Step; 5] = [
+        Step::RollbackHotzoneRestored,
+        Step::RollbackHeaderRestored,
+        Step::ConvertRollbackRestored,
+        Step::ConvertRollbackTruncated,
+        Step::ConvertRollbackUnmarked,
+    ];
+
     /// Stable name (used by `SQLITE_TDE_TEST_CRASH_AT`).
     pub fn name(self) -> &'static str {
         match self {
@@ -175,12 +197,17 @@ impl Step {
             Step::ConvertHeaderWritten => "convert-header-written",
             Step::ConvertHeaderSynced => "convert-header-synced",
             Step::ConvertStateRemoved => "convert-state-removed",
+            Step::RollbackHotzoneRestored => "rollback-hotzone-restored",
+            Step::RollbackHeaderRestored => "rollback-header-restored",
+            Step::ConvertRollbackRestored => "convert-rollback-restored",
+            Step::ConvertRollbackTruncated => "convert-rollback-truncated",
+            Step::ConvertRollbackUnmarked => "convert-rollback-unmarked",
         }
     }
 
     /// Parse a [`Step::name`].
     pub fn from_name(s: &str) -> Option<Step> {
-        Step::REKEY.into_iter().chain(Step::CONVERT).find(|x| x.name() == s)
+        Step::REKEY.into_iter().chain(Step::CONVERT).chain(Step::ROLLBACK).find(|x| x.name() == s)
     }
 }
 
@@ -225,6 +252,37 @@ pub trait SideFile {
     fn sync(&mut self) -> Result<()>;
     /// Delete the file (durably).
     fn remove(&mut self) -> Result<()>;
+    /// Allocate `len` bytes (the file's content does not matter yet), durably, so that the
+    /// writes of the operation cannot run out of space (docs/ARCHITECTURE.md, "Reserve
+    /// before commit"). The default writes zeros and syncs.
+    fn reserve(&mut self, len: u64) -> Result<()> {
+        const PIECE: u64 = 1 << 20;
+        let zeros = vec![0u8; PIECE.min(len) as usize];
+        let mut at = 0;
+        while at < len {
+            let n = PIECE.min(len - at);
+            self.write_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        self.sync()
+    }
+    /// Give back the space past `len` (part of a reservation that another file needs now).
+    /// The default keeps it: only a real file system has space to give back.
+    fn release_after(&mut self, _len: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What undoing a failed operation found (see [`RekeyEngine::roll_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// Nothing of the database had been written: there is nothing to undo.
+    Untouched,
+    /// The state was written but no chunk committed: the database is back to exactly its
+    /// bytes before the operation, and the side file is gone.
+    RolledBack,
+    /// A chunk was committed (or the operation was resumed): only finishing it is safe.
+    Committed,
 }
 
 /// How a run ended.
@@ -304,6 +362,11 @@ pub struct RekeyEngine<'a, D: RawDb, J: SideFile> {
     pub chunk: u64,
     pub hook: &'a mut dyn Hook,
     buf: Vec<u8>,
+    /// Set by [`Self::begin`]: the slot it overwrote, that slot's previous bytes, and the
+    /// header before the rekey.
+    undo: Option<(usize, Vec<u8>, Header)>,
+    /// A progress header was (being) written: a chunk may be committed, no rollback.
+    committed: bool,
 }
 
 impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
@@ -321,7 +384,7 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
     ) -> Self {
         let unit = crate::crypto::DATA_UNIT as u64;
         let chunk = (chunk.max(unit) / unit) * unit;
-        RekeyEngine { db, journal, old, new, header, slot, chunk, hook, buf: Vec::new() }
+        RekeyEngine { db, journal, old, new, header, slot, chunk, hook, buf: Vec::new(), undo: None, committed: false }
     }
 
     /// Write `h` (sequence + 1) to the slot not holding the newest header, and sync.
@@ -338,11 +401,28 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
         Ok(())
     }
 
-    /// Start: record `{new wrapped DEK, new KCV, progress 0}` in the header. `self.header`
-    /// must be the current header without rekey state, and `state` its rekey state.
+    /// Bytes the journal needs: one record, for the biggest chunk of this database.
+    pub fn journal_len(&mut self) -> Result<u64> {
+        let total = data_len(self.db.len()?);
+        Ok(journal::RECORD_HEADER_LEN as u64 + self.chunk.min(total))
+    }
+
+    /// Start: reserve the journal's space (durably), then record `{new wrapped DEK, new KCV,
+    /// progress 0}` in the header. `self.header` must be the current header without rekey
+    /// state, and `state` its rekey state. A failed reservation leaves the database untouched
+    /// and no journal behind.
     pub fn begin(&mut self, state: crate::format::RekeyState) -> Result<()> {
         debug_assert!(self.header.rekey.is_none());
         self.hook.step(Step::BeginGenerated)?;
+        let need = self.journal_len()?;
+        if let Err(e) = self.journal.reserve(need) {
+            let _ = self.journal.remove();
+            return Err(e);
+        }
+        let other = 1 - self.slot;
+        let mut before = vec![0u8; SLOT_LEN];
+        self.db.read_exact_at(&mut before, (other * SLOT_LEN) as u64)?;
+        self.undo = Some((other, before, self.header.clone()));
         let mut h = self.header.clone();
         h.rekey = Some(crate::format::RekeyState { progress: 0, ..state });
         self.write_header(h, Step::BeginHeaderWritten, Step::BeginHeaderSynced)
@@ -352,6 +432,7 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
     /// then continue. Idempotent (a crash during recovery is recovered the same way).
     pub fn recover(&mut self) -> Result<Outcome> {
         let r = self.header.rekey.clone().ok_or_else(|| Error::Config("recover: no rekey in progress".into()))?;
+        self.committed = true;
         if let Some(bytes) = self.journal.load()? {
             if let Some(rec) = journal::decode(&bytes) {
                 if rec.db_uuid == self.header.db_uuid && rec.new_kcv == r.kcv && rec.progress == r.progress {
@@ -413,13 +494,49 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
             self.db.sync()?;
             self.hook.step(Step::DataSynced)?;
             self.buf = buf;
-            // 3. Advance the progress.
+            // 3. Advance the progress. From here the original header slot may be overwritten.
+            self.committed = true;
             let mut h = self.header.clone();
             h.rekey.as_mut().unwrap().progress = p + n as u64;
             self.write_header(h, Step::ProgressWritten, Step::ProgressSynced)?;
         }
         let _ = self.hook.progress(total, total);
         self.finish()
+    }
+
+    /// Undo a rekey that failed (with the error the caller holds) before its first chunk was
+    /// committed: the hotzone back from the journal if its record is valid (the chunk may
+    /// have been written in place), then the overwritten header slot back to its exact
+    /// previous bytes, then the journal removed. Each step is synced before the next, and a
+    /// crash in between is recovered like any interrupted rekey (the header still says
+    /// "progress 0" until the slot is restored; a torn restore leaves the slot invalid and
+    /// the original header the newest valid one).
+    pub fn roll_back(&mut self) -> Result<Abort> {
+        if self.committed {
+            return Ok(Abort::Committed);
+        }
+        let Some((slot, before, original)) = self.undo.clone() else {
+            return Ok(if self.header.rekey.is_some() { Abort::Committed } else { Abort::Untouched });
+        };
+        if let Some(r) = self.header.rekey.clone().filter(|_| self.slot == slot) {
+            if let Some(rec) = self.journal.load()?.as_deref().and_then(journal::decode) {
+                if rec.db_uuid == self.header.db_uuid && rec.new_kcv == r.kcv && rec.progress == 0 {
+                    self.db.write_at(&rec.data, HEADER_REGION_LEN as u64)?;
+                    self.db.sync()?;
+                    self.hook.step(Step::RollbackHotzoneRestored)?;
+                }
+            }
+        }
+        // Also when the header write itself failed (`self.slot` unchanged): its bytes may
+        // have reached the file.
+        self.db.write_at(&before, (slot * SLOT_LEN) as u64)?;
+        self.db.sync()?;
+        self.hook.step(Step::RollbackHeaderRestored)?;
+        self.slot = 1 - slot;
+        self.header = original;
+        self.undo = None;
+        self.journal.remove()?;
+        Ok(Abort::RolledBack)
     }
 
     fn finish(&mut self) -> Result<Outcome> {

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod engine;
 pub mod journal;
 pub mod rekey;
+pub mod reserve;
 pub mod rewrap;
 
 use std::cell::RefCell;
@@ -43,6 +44,11 @@ pub const CONVERT_JOURNAL_SUFFIX: &str = "-tdeconvert";
 /// `OPERATION:STEP[@N]`, e.g. `rekey:progress-synced@2` aborts the process the third time
 /// (counting from 0) a rekey passes that step. Operations: `rekey`, `recover`, `encrypt`.
 pub const ENV_CRASH_AT: &str = "SQLITE_TDE_TEST_CRASH_AT";
+
+/// Environment variable of the fault-injection hook (debug builds only), same syntax as
+/// [`ENV_CRASH_AT`]: instead of aborting, the step fails with "no space left on device", as
+/// if a write there had hit a full disk (the process goes on and handles the error).
+pub const ENV_FAIL_AT: &str = "SQLITE_TDE_TEST_FAIL_AT";
 
 /// Path of a side file of `db`.
 pub fn side_path(db: &str, suffix: &str) -> PathBuf {
@@ -106,13 +112,21 @@ fn observe(p: &Progress) -> ControlFlow<()> {
 pub(crate) struct VfsHook {
     operation: &'static str,
     crash_at: Option<(Step, u64)>,
+    fail_at: Option<(Step, u64)>,
     counts: HashMap<Step, u64>,
 }
 
 impl VfsHook {
     pub(crate) fn new(operation: &'static str) -> VfsHook {
-        let crash_at = if cfg!(debug_assertions) {
-            std::env::var(ENV_CRASH_AT).ok().and_then(|v| {
+        let crash_at = Self::injection(ENV_CRASH_AT, operation);
+        let fail_at = Self::injection(ENV_FAIL_AT, operation);
+        VfsHook { operation, crash_at, fail_at, counts: HashMap::new() }
+    }
+
+    /// A test injection point `OPERATION:STEP[@N]` from `var`, for this operation.
+    fn injection(var: &str, operation: &str) -> Option<(Step, u64)> {
+        if cfg!(debug_assertions) {
+            std::env::var(var).ok().and_then(|v| {
                 let (op, rest) = v.split_once(':')?;
                 if op != operation {
                     return None;
@@ -125,8 +139,7 @@ impl VfsHook {
             })
         } else {
             None
-        };
-        VfsHook { operation, crash_at, counts: HashMap::new() }
+        }
     }
 }
 
@@ -138,6 +151,12 @@ impl engine::Hook for VfsHook {
         if self.crash_at == Some((step, seen)) {
             eprintln!("sqlite-tde: test crash injection: {}:{}@{seen}", self.operation, step.name());
             std::process::abort();
+        }
+        if self.fail_at == Some((step, seen)) {
+            return Err(Error::Io(std::io::Error::new(
+                ErrorKind::StorageFull,
+                format!("test fault injection: {}:{}@{seen}: no space left on device", self.operation, step.name()),
+            )));
         }
         Ok(())
     }
@@ -204,17 +223,8 @@ impl FsSide {
     fn dir(&self) -> &Path {
         self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
     }
-}
 
-impl engine::SideFile for FsSide {
-    fn load(&mut self) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(&self.path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.ctx(e)),
-        }
-    }
-    fn write_at(&mut self, bytes: &[u8], off: u64) -> Result<()> {
+    fn open(&mut self) -> Result<&File> {
         if self.file.is_none() {
             let existed = self.path.exists();
             let f = OpenOptions::new()
@@ -228,8 +238,49 @@ impl engine::SideFile for FsSide {
             self.created |= !existed;
             self.file = Some(f);
         }
-        let f = self.file.as_ref().unwrap();
+        Ok(self.file.as_ref().unwrap())
+    }
+
+    fn what(&self) -> &'static str {
+        if self.path.to_string_lossy().ends_with(REKEY_JOURNAL_SUFFIX) {
+            "rekey journal"
+        } else {
+            "in-place encryption state file"
+        }
+    }
+}
+
+impl engine::SideFile for FsSide {
+    fn load(&mut self) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(&self.path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.ctx(e)),
+        }
+    }
+    fn write_at(&mut self, bytes: &[u8], off: u64) -> Result<()> {
+        let f = self.open()?;
         f.write_all_at(bytes, off).map_err(|e| self.ctx(e))
+    }
+    fn reserve(&mut self, len: u64) -> Result<()> {
+        let r = self.open().and_then(|f| reserve::reserve(f, len).map_err(Error::Io));
+        match r {
+            Ok(()) => self.sync(),
+            Err(Error::Io(e)) if reserve::is_no_space(&e) => {
+                Err(Error::NoSpace { path: self.path.display().to_string(), what: self.what(), needed: len, source: e })
+            }
+            Err(Error::Io(e)) => Err(self.ctx(e)),
+            Err(e) => Err(e),
+        }
+    }
+    fn release_after(&mut self, len: u64) -> Result<()> {
+        if let Some(f) = &self.file {
+            if f.metadata().map_err(|e| self.ctx(e))?.len() > len {
+                f.set_len(len).map_err(|e| self.ctx(e))?;
+                f.sync_all().map_err(|e| self.ctx(e))?;
+            }
+        }
+        Ok(())
     }
     fn sync(&mut self) -> Result<()> {
         if let Some(f) = &self.file {

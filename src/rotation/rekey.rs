@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlite_vfs::{BaseFile, LockLevel};
 
-use super::engine::{Outcome, RekeyEngine, DEFAULT_CHUNK};
+use super::engine::{Abort, Outcome, RekeyEngine, DEFAULT_CHUNK};
 use super::{check_writable, parse_json, side_path, BaseDb, FsSide, VfsHook, REKEY_JOURNAL_SUFFIX};
 use crate::crypto::{key_check_value, Domain, XtsCipher};
 use crate::error::{take_last_open_error, Error, Result};
@@ -179,16 +179,25 @@ fn run_locked(
         let mut journal = FsSide::new(side_path(path, REKEY_JOURNAL_SUFFIX));
         let mut hook = VfsHook::new("rekey");
         let mut engine = RekeyEngine::new(&mut raw, &mut journal, &old, &new, header, slot, chunk, &mut hook);
-        engine.begin(state)?;
-        engine.run()
+        // A failure before the first chunk is committed (typically a full disk) is undone,
+        // so the database stays readable by everyone; later ones are finished by recovery.
+        engine.begin(state).and_then(|()| engine.run()).map_err(|e| (e, engine.roll_back()))
     };
     let out = match out {
         Ok(o) => o,
-        Err(e) => {
+        Err((e, Ok(Abort::Untouched))) => return Err(e),
+        Err((e, Ok(Abort::RolledBack))) => {
+            return Err(Error::RolledBack { path: path.to_string(), operation: "rekey", source: Box::new(e) })
+        }
+        Err((e, undo)) => {
+            let undo = match undo {
+                Err(u) => format!("; undoing it failed too: {u}"),
+                Ok(_) => String::new(),
+            };
             // The file may be between two keys: this connection must not read it any more.
             db.block(sqlite_vfs::VfsError::new(
                 sqlite_vfs::ErrorCode::Busy,
-                format!("{path}: rekey failed half-way ({e}); reopen the database to finish it"),
+                format!("{path}: rekey failed half-way ({e}{undo}); reopen the database to finish it"),
             ));
             return Err(e);
         }

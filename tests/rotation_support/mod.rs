@@ -87,3 +87,81 @@ pub fn status(c: &Connection) -> serde_json::Value {
     let s: String = c.query_row("PRAGMA tde_status", [], |r| r.get(0)).unwrap();
     serde_json::from_str(&s).unwrap()
 }
+
+/// SHA-256 of a whole file (byte-identity checks).
+pub fn file_hash(path: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).into()
+}
+
+/// A size-limited tmpfs mounted on a fresh directory (needs root), unmounted on drop: a real
+/// file system that runs out of space.
+pub struct SmallFs {
+    pub dir: PathBuf,
+    filler: PathBuf,
+}
+
+impl SmallFs {
+    /// Mount `kib` KiB of tmpfs under `parent`, or `None` after printing why the test is
+    /// skipped. Under CI (`SQLITE_TDE_CI=1`) an impossible mount fails the test instead.
+    pub fn mount(test: &str, parent: &Path, kib: u64) -> Option<SmallFs> {
+        let dir = parent.join("smallfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "tmpfs"])
+            .arg(&dir)
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => Some(format!("cannot run mount: {e}")),
+        };
+        if let Some(why) = why {
+            let msg = format!("{why} (a size-limited tmpfs needs root)");
+            if std::env::var("SQLITE_TDE_CI").as_deref() == Ok("1") {
+                panic!("{test}: {msg}");
+            }
+            eprintln!("SKIPPED {test}: {msg}");
+            return None;
+        }
+        let filler = dir.join("filler");
+        Some(SmallFs { dir, filler })
+    }
+
+    /// Fill the file system until a write fails with ENOSPC, then give back `leave` bytes:
+    /// about that much stays free.
+    pub fn fill_leaving(&self, leave: u64) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.filler).unwrap();
+        let block = vec![0xa5u8; 64 << 10];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let len = f.metadata().unwrap().len();
+        assert!(len > leave, "the tmpfs is too small to leave {leave} bytes");
+        f.set_len(len - leave).unwrap();
+    }
+
+    /// Free bytes of the file system.
+    pub fn free_bytes(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(&self.dir).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    }
+
+    /// Remove the filler: the space is back.
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(&self.filler);
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy: a connection of a failing test may still hold a file in it.
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
