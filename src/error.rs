@@ -22,6 +22,9 @@ pub enum Error {
     /// A rekey was interrupted and must be finished first.
     #[error("{path}: a rekey is in progress; run `sqlite-tde rekey --resume {path}`")]
     RekeyInProgress { path: String },
+    /// The caller named a key, and the existing database is under another CMK.
+    #[error("{path}: database is under key {database_key}, not the requested {requested} (the file may have been replaced; if it was rewrapped to a new key on purpose, name that key)")]
+    KeyMismatch { path: String, database_key: String, requested: String },
     /// A side file exists under both its legacy (format version 1) and its current name.
     #[error("{path}: both {legacy} and {current} exist: a format-1 build of sqlite-tde (which keeps SQLite's side-file names) wrote next to this one; stop it, and keep the file that holds the newer transactions under {current}")]
     SideFileConflict { path: String, legacy: String, current: String },
@@ -68,6 +71,7 @@ impl Error {
                 _ => ErrorCode::Auth,
             },
             Error::WrongKey { .. } => ErrorCode::NotADatabase,
+            Error::KeyMismatch { .. } => ErrorCode::Auth,
             Error::RekeyInProgress { .. } => ErrorCode::Busy,
             Error::EmptyReadOnly { .. } | Error::SideFileConflict { .. } => ErrorCode::CantOpen,
             Error::Vfs(v) => v.code,

@@ -58,7 +58,11 @@ impl fmt::Display for CliError {
 /// Exit code of a crate error.
 pub fn exit_code_of(e: &Error) -> u8 {
     match e {
-        Error::Header { .. } | Error::Kms { .. } | Error::WrongKey { .. } | Error::RekeyInProgress { .. } => EXIT_KEY,
+        Error::Header { .. }
+        | Error::Kms { .. }
+        | Error::WrongKey { .. }
+        | Error::KeyMismatch { .. }
+        | Error::RekeyInProgress { .. } => EXIT_KEY,
         Error::Sqlite(s) => exit_code_of_sqlite(s),
         Error::Vfs(_)
         | Error::Io(_)

@@ -112,6 +112,14 @@ pub trait Kms: Send + Sync {
         let _ = key_uri;
         None
     }
+
+    /// The key URI a header records for `key` (key id, alias or URI), as this KMS resolves it
+    /// now: how a caller's named key is compared with the key an existing database is under.
+    /// `Ok(None)`: this provider cannot resolve names (only identical URIs then match).
+    fn resolve_key_uri(&self, key: &str) -> Result<Option<String>, KmsError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// The sqlite-tde KMS front end for management commands: the embedded service over

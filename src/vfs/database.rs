@@ -438,6 +438,7 @@ pub fn open_existing(
     base: &mut BaseFile,
     read_only: bool,
     may_defer: bool,
+    pinned: Option<&str>,
 ) -> Result<Opened> {
     let mut attempts = 0;
     let mut recovered = None;
@@ -477,6 +478,11 @@ pub fn open_existing(
                 return Err(Error::Header { path: path.to_string(), source });
             }
         };
+        // Before anything acts on the header (recovery, unwrap): a database under another key
+        // than the one the caller named is refused as it is.
+        if let Some(k) = pinned {
+            super::pinning::check(ctx, path, &header.key, k)?;
+        }
         if header.rekey.is_some() {
             if read_only {
                 return Err(Error::Config(format!(
@@ -629,10 +635,11 @@ pub fn open_existing_or_wait(
     base: &mut BaseFile,
     read_only: bool,
     may_defer: bool,
+    pinned: Option<&str>,
 ) -> Result<Opened> {
     let mut tries = 0;
     loop {
-        match open_existing(ctx, path, base, read_only, may_defer) {
+        match open_existing(ctx, path, base, read_only, may_defer, pinned) {
             Err(Error::Header {
                 source: HeaderError::Truncated | HeaderError::Corrupt(_) | HeaderError::NotEncrypted,
                 ..

@@ -60,6 +60,9 @@ pub struct TdeFile {
     write_cache: WriteCache,
     /// The connection's lock epoch and cipher generation `write_cache` belongs to.
     cache_epoch: Option<(u64, u64)>,
+    /// The key the caller named (URI `key=`, `SQLITE_TDE_KEY`, `PRAGMA tde_key`): an existing
+    /// database must be under it (`pinning`).
+    pinned: Option<String>,
 }
 
 /// The encrypted view of `base` for `storage` (`None`: stored as is, or not yet created).
@@ -127,7 +130,8 @@ impl TdeFile {
         let path = self.path.clone();
         let size = self.base.file_size()?;
         let db = if size > 0 {
-            match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false)? {
+            let pinned = self.pinned.as_deref();
+            match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false, pinned)? {
                 Opened::Ready(db) => db,
                 Opened::Deferred => return Err(Error::RekeyInProgress { path }),
                 Opened::Empty if create && !self.read_only => database::create(&self.ctx, &path, &key, &mut self.base)?,
@@ -235,19 +239,27 @@ impl TdeFile {
         if let Err(e) = self.settle(false) {
             return PragmaOutcome::Failed(e.to_string());
         }
+        let value = value.map(|v| v.trim_matches(|c| c == '\'' || c == '"'));
+        if value == Some("") {
+            return PragmaOutcome::Failed("tde_key: empty key".into());
+        }
         match (&mut self.storage, value) {
             (Storage::PendingMain { key }, Some(v)) => {
-                let v = v.trim_matches(|c| c == '\'' || c == '"');
-                if v.is_empty() {
-                    return PragmaOutcome::Failed("tde_key: empty key".into());
-                }
                 *key = v.to_string();
+                self.pinned = Some(v.to_string());
                 PragmaOutcome::Handled(Some(format!("pending:{v}")))
             }
             (Storage::PendingMain { key }, None) => PragmaOutcome::Handled(Some(format!("pending:{key}"))),
-            _ => {
-                let uri = self.db.as_ref().map(|d| d.header().key.uri);
-                PragmaOutcome::Handled(uri)
+            (_, value) => {
+                let Some(key) = self.db.as_ref().map(|d| d.header().key) else { return PragmaOutcome::NotFound };
+                if let Some(v) = value {
+                    // Naming a key on an existing database pins it: under another key it is refused.
+                    if let Err(e) = super::pinning::check(&self.ctx, &self.path, &key, v) {
+                        return json_outcome(Err(e));
+                    }
+                    self.pinned = Some(v.to_string());
+                }
+                PragmaOutcome::Handled(Some(key.uri))
             }
         }
     }
@@ -449,22 +461,18 @@ pub fn open(
     let path = req.path.unwrap_or("(anonymous)").to_string();
     let read_only = req.flags.read_only();
     let mut convert = false;
+    let mut pinned = None;
     let (storage, db) = match req.kind {
         FileKind::MainDb => {
             convert = req.uri_parameter(URI_CONVERT_PARAM).is_some();
-            let pending = || {
-                let key = req
-                    .uri_parameter(URI_KEY_PARAM)
-                    .or_else(|| std::env::var(ENV_KEY).ok().filter(|k| !k.is_empty()))
-                    .unwrap_or_else(|| ctx.default_key.clone());
-                Storage::PendingMain { key }
-            };
+            pinned = req.uri_parameter(URI_KEY_PARAM).or_else(|| std::env::var(ENV_KEY).ok().filter(|k| !k.is_empty()));
+            let pending = || Storage::PendingMain { key: pinned.clone().unwrap_or_else(|| ctx.default_key.clone()) };
             if base.file_size()? == 0 {
                 (pending(), None)
             } else if convert && crate::rotation::convert::is_plain_sqlite(&mut base)? {
                 (Storage::Plain, None)
             } else {
-                match database::open_existing_or_wait(ctx, &path, &mut base, read_only, true)? {
+                match database::open_existing_or_wait(ctx, &path, &mut base, read_only, true, pinned.as_deref())? {
                     Opened::Ready(db) => {
                         let db = Arc::new(db);
                         let (_, cipher) = db.cipher();
@@ -527,6 +535,7 @@ pub fn open(
         convert,
         write_cache: WriteCache::default(),
         cache_epoch: None,
+        pinned,
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod blockio;
 pub mod database;
 mod file;
+mod pinning;
 mod sidefiles;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct TdeContext {
     pub default_key: String,
     pub cache: KeyCache,
     pub vfs_name: String,
+    /// Key names resolved for key pinning.
+    pub(crate) resolved_names: pinning::ResolvedNames,
 }
 
 impl std::fmt::Debug for TdeContext {
@@ -124,6 +127,7 @@ fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
         default_key: config.default_key,
         cache: KeyCache::with_probe(config.cache, config.epoch_probe),
         vfs_name: config.name,
+        resolved_names: pinning::ResolvedNames::default(),
     });
     // Revocations made in this process's embedded KMS (disable, deletion, ...) drop cached
     // data keys at once, for static and extension registrations alike.

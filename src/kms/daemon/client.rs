@@ -162,6 +162,11 @@ impl Kms for UnixKms {
         self.client().describe_key(id).ok().map(|k| k.primary_version)
     }
 
+    fn resolve_key_uri(&self, key: &str) -> Result<Option<String>, KmsError> {
+        let id = key.strip_prefix("local:").unwrap_or(key);
+        self.client().describe_key(id).map(|k| Some(format!("local:{}", k.key_id)))
+    }
+
     fn decrypt_data_key(
         &self,
         key_ref: &KeyRef,

@@ -1515,6 +1515,11 @@ impl Kms for LocalKms {
         self.describe_key(id).ok().map(|k| k.primary_version)
     }
 
+    fn resolve_key_uri(&self, key: &str) -> Result<Option<String>, KmsError> {
+        let id = key.strip_prefix("local:").unwrap_or(key);
+        self.describe_key(id).map(|k| Some(key_uri(&k.key_id)))
+    }
+
     fn decrypt_data_key(
         &self,
         key_ref: &KeyRef,

@@ -489,6 +489,10 @@ impl Kms for OpenBaoKms {
         is_openbao_uri(key_uri).then(|| self.key_info(key_uri).ok().map(|k| k.latest_version)).flatten()
     }
 
+    fn resolve_key_uri(&self, key: &str) -> Result<Option<String>, KmsError> {
+        self.resolve_key(key).map(|k| Some(k.to_string()))
+    }
+
     fn generate_data_key(&self, key: &str, context: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
         let key = self.resolve_key(key)?;
         let body = serde_json::to_vec(&serde_json::json!({
