@@ -220,13 +220,17 @@ pub fn create(paths: &KeystorePaths, absent: Absent) -> Result<(KeystoreData, Ro
 }
 
 /// Under `keystore.lock`: remove what killed writers of `keystore.json` and `root.key` left
-/// (their temp files, which hold every key's sealed material), temp files of builds before
+/// (their temp files, which hold every key's sealed material), and of a restore (journal,
+/// audit files), temp files of builds before
 /// temp files were named after their target (`.tmp-` and six characters), and a creation
 /// marker that outlived its creation.
 pub fn remove_stale(paths: &KeystorePaths) -> Result<usize, KmsError> {
     let dir = &paths.dir;
+    // Restores write these under all three locks, so holding keystore.lock excludes them too.
+    let restore = [super::snapshot::PENDING, "audit.log", "audit.head"].map(|n| dir.join(n));
     let ours: Vec<String> = [paths.file(), dir.join(ROOT_KEY_FILE), dir.join(CREATING_MARKER)]
         .iter()
+        .chain(restore.iter())
         .map(|p| crate::fsutil::temp_prefix(p))
         .collect();
     let legacy = |n: &str| n.len() == 11 && n.starts_with(".tmp-") && n[5..].bytes().all(|b| b.is_ascii_alphanumeric());

@@ -353,6 +353,11 @@ impl LocalKms {
                     KmsError::Keystore(m) => {
                         KmsError::Keystore(format!("{m} (pass the root key with --root-key FILE)"))
                     }
+                    KmsError::WrongRootKey(_) => KmsError::WrongRootKey(format!(
+                        "{} (the snapshot {} was made under another root key; nothing was changed)",
+                        dir.display(),
+                        input.display()
+                    )),
                     other => other,
                 })?,
                 false,
