@@ -48,7 +48,7 @@ impl Error {
                 _ => ErrorCode::NotADatabase,
             },
             Error::Kms { source, .. } => match source {
-                KmsError::Unavailable(_) | KmsError::Keystore(_) | KmsError::NoKeystore { .. } => ErrorCode::CantOpen,
+                KmsError::Unavailable(_) | KmsError::Keystore(_) => ErrorCode::CantOpen,
                 KmsError::InvalidCiphertext { .. } => ErrorCode::NotADatabase,
                 _ => ErrorCode::Auth,
             },
