@@ -92,6 +92,9 @@ fn mistyped_keystore_dir_is_a_clear_error_and_creates_nothing() {
         let err = refused(cli(&typo).args(args));
         assert!(err.contains(&typo.display().to_string()) && err.contains("right keystore"), "{args:?}: {err}");
     }
+    // A new database under a named key needs that key: no keystore is created for it.
+    let err = refused(cli(&typo).arg("sql").arg(env.path("new.db")).args(["--key", "alias/app", "SELECT 1"]));
+    assert!(err.contains("key alias/app not found in keystore") && err.contains("empty/new"), "{err}");
     assert!(!typo.exists(), "a non-creating use created the keystore directory");
 
     // An empty directory is the same as a missing one.

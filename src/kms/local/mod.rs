@@ -81,14 +81,26 @@ impl std::fmt::Debug for LocalKms {
     }
 }
 
-/// Whether a request may create a missing keystore: only requests that make new
-/// ciphertext or keys (GenerateDataKey for a new database, Encrypt, CreateKey, secrets put)
-/// do. Everything else needs an existing keystore (`Some(key)`: the key it looks for, named
+/// Whether a request may create a missing keystore: only requests that make new keys or new
+/// ciphertext under the default key (CreateKey; GenerateDataKey for a new database, Encrypt
+/// and secrets put, under the default key) do. Everything else needs an existing keystore (`Some(key)`: the key it looks for, named
 /// in the error).
 #[derive(Debug, Clone, Copy)]
 enum Use<'a> {
     Create,
     Existing(Option<&'a str>),
+}
+
+impl<'a> Use<'a> {
+    /// New ciphertext under `key`: only the default key comes into being on first use, so
+    /// only it may create the keystore; a named key must already be in an existing one.
+    fn new_ciphertext(key: &'a str) -> Use<'a> {
+        if key == DEFAULT_KEY_ALIAS {
+            Use::Create
+        } else {
+            Use::Existing(Some(key))
+        }
+    }
 }
 
 /// Per-request bookkeeping for the audit record.
@@ -1200,7 +1212,7 @@ impl LocalKms {
         } else {
             ("GenerateDataKeyWithoutPlaintext", actions::GENERATE_DATA_KEY_WITHOUT_PLAINTEXT)
         };
-        self.read_op(principal, op, Use::Create, |ctx, data, root| {
+        self.read_op(principal, op, Use::new_ciphertext(key), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
@@ -1243,7 +1255,7 @@ impl LocalKms {
         if key == DEFAULT_KEY_ALIAS {
             self.ensure_default_key(Use::Create)?;
         }
-        self.read_op(principal, "Encrypt", Use::Create, |ctx, data, root| {
+        self.read_op(principal, "Encrypt", Use::new_ciphertext(key), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
@@ -1420,7 +1432,7 @@ impl LocalKms {
         if key == DEFAULT_KEY_ALIAS {
             self.ensure_default_key(Use::Create)?;
         }
-        self.read_op(principal, op, Use::Create, |ctx, data, root| {
+        self.read_op(principal, op, Use::new_ciphertext(key), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
