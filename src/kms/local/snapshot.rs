@@ -418,3 +418,33 @@ impl LocalKms {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::local::rootkey::PassphraseParams;
+
+    fn key(pass: &[u8]) -> RootKey {
+        let p = PassphraseParams { salt: "00".repeat(16), m_cost_kib: 8, t_cost: 1, p_cost: 1 };
+        RootKey::from_passphrase(pass, &p).unwrap()
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_refused_without_panicking() {
+        let root = key(b"a");
+        let entries = vec![("keystore.json".to_string(), b"{}".to_vec()), ("audit.log".to_string(), b"x\n".to_vec())];
+        let good = encode(&root, 1, [3; 32], &entries);
+        let snap = decode(&good).unwrap();
+        assert_eq!(snap.entries, entries);
+        assert!(mac_of(&root, &good[..snap.mac_at]).verify_slice(&good[snap.mac_at..snap.mac_at + 32]).is_ok());
+        assert!(mac_of(&key(b"b"), &good[..snap.mac_at]).verify_slice(&good[snap.mac_at..snap.mac_at + 32]).is_err());
+        for n in 0..good.len() {
+            assert!(decode(&good[..n]).is_err(), "truncated to {n}");
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            assert!(decode(&bad).is_err(), "flip at {i}");
+        }
+    }
+}
