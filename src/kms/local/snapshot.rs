@@ -407,8 +407,10 @@ impl LocalKms {
         crate::fsutil::write_atomic(&journal, &bytes, 0o600).map_err(|e| werr(&journal, e))?;
         apply_pending(&dir)?;
         drop(locks);
-        *self.root.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let root = self.root_key(&keystore::load(&self.paths)?.ok_or_else(|| self.no_keystore(None))?)?;
+        // The files are in place: the restore is done. Its record uses the key it was checked
+        // with (the environment may name the root key only for later uses, e.g. --root-key).
+        let root = std::sync::Arc::new(root);
+        *self.root.lock().unwrap_or_else(|p| p.into_inner()) = Some(root.clone());
         self.record(&root, &OpCtx::new(principal, "RestoreKeystore"), Outcome::Allowed, None)?;
         Ok(RestoreReport {
             dir: dir.clone(),
