@@ -116,6 +116,9 @@ fn golden(got: Out, want: Out) {
     }
 }
 
+const CREATED_NOTICE: &str = "sqlite-tde: created a new keystore in [TMP]/keystore (root key [TMP]/keystore/root.key). \
+Back up this directory (`sqlite-tde kms backup FILE`): databases encrypted under its keys cannot be opened without it\n";
+
 const VERIFY_OK: &str = "\
 database: a.db
 format_version: 1
@@ -254,7 +257,7 @@ key_id: [UUID]
 key_version: 1
 header_slots: A valid (sequence 1, active), B valid (sequence 0)
 key_check: not checked
-problem [kms]: cannot unwrap the data key: KMS key not found: [UUID]
+problem [kms]: cannot unwrap the data key: key [UUID] not found in keystore [TMP]/other (the keystore is empty/new: is this the right keystore? see --keystore / SQLITE_TDE_KEYSTORE)
 result: 1 problem
 ",
             "sqlite-tde: a.db: 1 problem found\n",
@@ -285,7 +288,7 @@ fn backup_and_restore_golden() {
         out(
             3,
             "",
-            "sqlite-tde: c.db: KMS key not found: alias/nope (keystore [TMP]/keystore; use --keystore or SQLITE_TDE_KEYSTORE for another one)\n",
+            "sqlite-tde: c.db: key alias/nope not found in keystore [TMP]/keystore (the keystore is empty/new: is this the right keystore? see --keystore / SQLITE_TDE_KEYSTORE)\n",
         ),
     );
     assert!(!env.path("c.db").exists());
@@ -385,7 +388,7 @@ COMMIT;
         out(
             3,
             "",
-            "sqlite-tde: [TMP]/a.db: KMS key not found: [UUID] (keystore [TMP]/other; use --keystore or SQLITE_TDE_KEYSTORE for another one)\n",
+            "sqlite-tde: [TMP]/a.db: key [UUID] not found in keystore [TMP]/other (the keystore is empty/new: is this the right keystore? see --keystore / SQLITE_TDE_KEYSTORE)\n",
         ),
     );
 
@@ -424,7 +427,8 @@ COMMIT;
 fn info_sql_and_kms_golden() {
     let env = Env::new();
     let o = env.run(&["kms", "create-key", "--alias", "alias/app"]);
-    golden(o, out(0, "[UUID]\n", ""));
+    // The first use creates the keystore and says so, once.
+    golden(o, out(0, "[UUID]\n", CREATED_NOTICE));
     golden(
         env.run(&[
             "sql",

@@ -260,7 +260,12 @@ fn kms_child_entry() {
         .register_with_kms(std::sync::Arc::new(LocalKms::new(&ks).with_principal("ops")))
         .unwrap();
     let seed = std::process::id() as usize;
-    let live: Vec<_> = kms.list_keys().unwrap().into_iter().filter(|k| k.state != KeyState::Deleted).collect();
+    // The first child finds no keystore: listing does not create one, its first create-key does.
+    let listed = match kms.list_keys() {
+        Err(KmsError::NoKeystore { .. }) => Vec::new(),
+        other => other.unwrap(),
+    };
+    let live: Vec<_> = listed.into_iter().filter(|k| k.state != KeyState::Deleted).collect();
     let mut keys: Vec<String> =
         live.iter().filter(|k| k.origin == Origin::Internal).map(|k| k.key_id.clone()).collect();
     let mut byok: Vec<String> =

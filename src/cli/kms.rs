@@ -14,6 +14,7 @@ use crate::connection::ENV_KMS;
 use crate::kms::api::{CreateKeyParams, KmsClient};
 use crate::kms::clock::{format_time, parse_time, Clock, SystemClock};
 use crate::kms::daemon::{DaemonConfig, ServeOptions};
+use crate::kms::local::snapshot::RestoreOptions;
 use crate::kms::local::LocalKms;
 use crate::kms::model::{normalize_alias, KeyInfo, Origin, Protection};
 use crate::kms::policy::KeyPolicy;
@@ -196,6 +197,29 @@ pub enum KmsCommand {
     Token(TokenCommand),
     /// Show the principal the KMS sees for this caller.
     Whoami,
+    /// Write a consistent snapshot of the keystore (keys, policies, audit log and head,
+    /// secrets) to OUT, taken under the keystore's locks. The key material in it stays sealed
+    /// under the root key, which the snapshot does NOT contain: back the root key up
+    /// separately (root.key, the SQLITE_TDE_ROOT_KEY_FILE file, or the passphrase).
+    Backup {
+        #[arg(value_name = "OUT")]
+        out: PathBuf,
+    },
+    /// Replace the keystore with a snapshot from `kms backup`, after checking it (checksums,
+    /// that it belongs to the root key in force, that every key's material opens). Atomic: a
+    /// crash leaves the old keystore or the new one. The root key is never replaced.
+    Restore {
+        #[arg(value_name = "IN")]
+        input: PathBuf,
+        /// The root key file to check the snapshot against; installed as root.key when the
+        /// keystore keeps its root key in its directory and root.key is missing there.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+        /// Restore even though the keystore holds key versions the snapshot lacks (databases
+        /// under them become unopenable).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `kms alias ...`
@@ -264,6 +288,30 @@ fn spec() -> String {
 
 fn client(global: &Global) -> CliResult<KmsClient> {
     Ok(crate::kms::service_for(&spec(), &global.keystore, None)?)
+}
+
+/// Backup and restore work on the keystore directory itself, not through a daemon.
+fn local_only(global: &Global, what: &str) -> CliResult<LocalKms> {
+    if !spec().starts_with("local") {
+        return Err(CliError::usage(format!(
+            "kms {what} works on the keystore directory (--keystore); run it where the keystore is, without --kms unix:"
+        )));
+    }
+    Ok(LocalKms::new(&global.keystore))
+}
+
+fn principal() -> String {
+    crate::kms::policy::default_principal()
+}
+
+fn root_key_hint(keystore: &std::path::Path) -> String {
+    if let Some(f) = std::env::var_os(crate::kms::local::ENV_ROOT_KEY_FILE) {
+        format!("{}", PathBuf::from(f).display())
+    } else if std::env::var_os(crate::kms::local::ENV_PASSPHRASE).is_some() {
+        "the passphrase".to_string()
+    } else {
+        format!("{}", keystore.join("root.key").display())
+    }
 }
 
 fn print_json(out: &mut dyn Write, v: &impl serde::Serialize) -> CliResult {
@@ -577,6 +625,30 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                     cfg.tokens.retain(|t| &t.principal != principal);
                     cfg.store(&global.keystore)?;
                     writeln!(out, "revoked {} token(s)", before - cfg.tokens.len())?;
+                }
+            }
+        }
+        KmsCommand::Backup { out: dest } => {
+            let r = local_only(global, "backup")?.backup(&principal(), dest)?;
+            if global.json {
+                print_json(&mut out, &r)?;
+            } else {
+                writeln!(out, "wrote {} ({} keys; {})", r.path.display(), r.keys, r.files.join(", "))?;
+                eprintln!(
+                    "sqlite-tde: the snapshot does not contain the root key: keep a copy of it apart ({})",
+                    root_key_hint(&global.keystore)
+                );
+            }
+        }
+        KmsCommand::Restore { input, root_key, force } => {
+            let opts = RestoreOptions { root_key: root_key.clone(), force: *force };
+            let r = local_only(global, "restore")?.restore(&principal(), input, &opts)?;
+            if global.json {
+                print_json(&mut out, &r)?;
+            } else {
+                writeln!(out, "restored {} ({} keys; {})", r.dir.display(), r.keys, r.files.join(", "))?;
+                if r.root_key_installed {
+                    writeln!(out, "installed the root key as {}", global.keystore.join("root.key").display())?;
                 }
             }
         }

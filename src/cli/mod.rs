@@ -166,6 +166,7 @@ pub fn run(cli: Cli) -> CliResult {
         std::env::set_var(crate::kms::ENV_PRINCIPAL, p);
     }
     let global = Global { keystore: cli.keystore.unwrap_or_else(default_keystore_dir), json: cli.json };
+    crate::kms::events::on_keystore_created(|ev| eprintln!("sqlite-tde: {}", creation_notice(ev)));
     match &cli.command {
         Command::Kms(cmd) => kms::run(&global, cmd),
         Command::Secrets(cmd) => secrets::run(&global, cmd),
@@ -181,6 +182,21 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Decrypt(args) => convert::run_decrypt(&global, args),
         Command::Bench(args) => bench::run(&global, args),
     }
+}
+
+/// What the operator is told, once, when a command creates a keystore: where it is, and that
+/// losing it loses every database under its keys.
+pub fn creation_notice(ev: &crate::kms::events::KeystoreCreated) -> String {
+    let root = match &ev.root_key_file {
+        Some(f) if f.starts_with(&ev.dir) => format!("root key {}", f.display()),
+        Some(f) => format!("root key {} (outside the keystore: back it up separately)", f.display()),
+        None => "root key derived from SQLITE_TDE_PASSPHRASE (keep the passphrase)".to_string(),
+    };
+    format!(
+        "created a new keystore in {} ({root}). Back up this directory (`sqlite-tde kms backup FILE`): \
+         databases encrypted under its keys cannot be opened without it",
+        ev.dir.display()
+    )
 }
 
 #[cfg(test)]

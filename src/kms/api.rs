@@ -443,6 +443,11 @@ impl WireError {
             KmsError::Unavailable(_) => "Unavailable",
             KmsError::WrongRootKey(_) => "WrongRootKey",
             KmsError::Keystore(_) => "Keystore",
+            KmsError::NoKeystore { dir, key } => {
+                w.key = key.clone();
+                w.reason = Some(dir.clone());
+                "NoKeystore"
+            }
             KmsError::Audit(_) => "AuditFailure",
             KmsError::InvalidRequest(_) => "InvalidRequest",
             KmsError::Crypto(_) => "Crypto",
@@ -474,6 +479,7 @@ impl WireError {
                 KmsError::WrongRootKey(strip(&self.message, "wrong root key or passphrase for keystore "))
             }
             "Keystore" => KmsError::Keystore(strip(&self.message, "keystore error: ")),
+            "NoKeystore" => KmsError::NoKeystore { dir: self.reason.unwrap_or_default(), key: self.key },
             "AuditFailure" => KmsError::Audit(strip(&self.message, "audit log unavailable, request refused: ")),
             "InvalidRequest" => KmsError::InvalidRequest(strip(&self.message, "invalid request: ")),
             "Unavailable" => KmsError::Unavailable(strip(&self.message, "KMS unavailable: ")),

@@ -24,6 +24,8 @@ use super::KmsError;
 pub const AUDIT_FILE: &str = "audit.log";
 pub const HEAD_FILE: &str = "audit.head";
 pub const LOCK_FILE: &str = "audit.lock";
+/// Prefix of `audit.head`'s temp files.
+pub const HEAD_TMP_PREFIX: &str = ".tmp-head-";
 
 const DIGEST_PREFIX: &[u8] = b"sqlite-tde/audit/v1\n";
 const ZERO_DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -188,6 +190,8 @@ impl AuditLog {
     pub fn append(&self, mac_key: &[u8; 32], now: u64, ev: &AuditEvent) -> Result<AuditRecord, KmsError> {
         let lock_path = self.dir.join(LOCK_FILE);
         let _lock = crate::fsutil::lock_exclusive(&lock_path).map_err(|e| io_err("cannot lock", &lock_path, e))?;
+        // Head temp files are written only under this lock: any left is a killed writer's.
+        let _ = crate::fsutil::remove_stale_temps(&self.dir, HEAD_TMP_PREFIX);
         let path = self.path();
         let created = !path.exists();
         let mut file = OpenOptions::new()
@@ -396,7 +400,7 @@ fn tail(file: &mut File, path: &Path) -> Result<(u64, String), KmsError> {
 /// the previous head, which verification tolerates).
 fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-head-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(HEAD_TMP_PREFIX).tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_data()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -46,3 +46,31 @@ impl KeyEventListener for TdeContext {
         self.cache.invalidate_key(key_uri);
     }
 }
+
+/// What a keystore creation reports: where it is and where its root key lives, so the front
+/// end can tell the operator what to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeystoreCreated {
+    /// The keystore directory.
+    pub dir: std::path::PathBuf,
+    /// Where the root key is: a file (inside `dir` or the operator's), or `None` when it is
+    /// derived from a passphrase.
+    pub root_key_file: Option<std::path::PathBuf>,
+}
+
+type CreatedHook = Box<dyn Fn(&KeystoreCreated) + Send + Sync>;
+
+static CREATED_HOOKS: Mutex<Vec<CreatedHook>> = Mutex::new(Vec::new());
+
+/// Be told when this process creates a keystore (the CLI prints a notice; the library itself
+/// never prints).
+pub fn on_keystore_created(hook: impl Fn(&KeystoreCreated) + Send + Sync + 'static) {
+    CREATED_HOOKS.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(hook));
+}
+
+/// Report a keystore this process just created.
+pub fn notify_keystore_created(ev: &KeystoreCreated) {
+    for h in CREATED_HOOKS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        h(ev);
+    }
+}

@@ -67,12 +67,27 @@ pub enum KmsError {
     WrongRootKey(String),
     #[error("keystore error: {0}")]
     Keystore(String),
+    /// The keystore directory holds no keystore yet (missing or empty), or a brand-new one
+    /// without the key: the usual sign of a mistyped keystore path. Nothing was created.
+    #[error("{}", no_keystore_message(dir, key.as_deref()))]
+    NoKeystore { dir: String, key: Option<String> },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("audit log unavailable, request refused: {0}")]
     Audit(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+}
+
+fn no_keystore_message(dir: &str, key: Option<&str>) -> String {
+    const WHICH: &str = "is this the right keystore? see --keystore / SQLITE_TDE_KEYSTORE";
+    match key {
+        Some(k) => format!("key {k} not found in keystore {dir} (the keystore is empty/new: {WHICH})"),
+        None => format!(
+            "no keystore in {dir} (the directory is missing or empty: {WHICH}; a keystore is created by the first \
+             `kms create-key`, `secrets put` or new database)"
+        ),
+    }
 }
 
 /// What the VFS needs from a key management service. CMK material never crosses this

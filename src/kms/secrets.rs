@@ -162,6 +162,8 @@ fn add_version(
     let store = Store::of(kms.dir());
     crate::fsutil::create_private_dir(kms.dir()).map_err(|e| KmsError::Keystore(e.to_string()))?;
     let _lock = store.locked()?;
+    // Only writers holding secrets.lock make these temp files: any left is a killed writer's.
+    let _ = crate::fsutil::remove_stale_temps(kms.dir(), &crate::fsutil::temp_prefix(&store.file));
     let mut data = store.load()?;
     let existing = data.secrets.get(name).cloned();
     let key = match (&existing, key) {

@@ -92,3 +92,46 @@ pub fn softhsm_available() -> bool {
     }
     ok
 }
+
+/// The `sqlite-tde` binary on keystore `ks`, with none of the caller's KMS environment.
+pub fn cli(ks: &Path) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(cli_std(ks))
+}
+
+/// [`cli`] as a plain `std::process::Command` (to run several at once).
+pub fn cli_std(ks: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
+    for v in [
+        "SQLITE_TDE_KEYSTORE",
+        "SQLITE_TDE_KMS",
+        "SQLITE_TDE_ROOT_KEY_FILE",
+        "SQLITE_TDE_PASSPHRASE",
+        "SQLITE_TDE_PRINCIPAL",
+        "SQLITE_TDE_KMS_TOKEN",
+        "SQLITE_TDE_TEST_NOW",
+        "SQLITE_TDE_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c.arg("--keystore").arg(ks);
+    c
+}
+
+/// Every regular file directly in `dir`, by name, with its bytes (directory contents to
+/// compare before and after an operation that must change nothing).
+pub fn dir_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                out.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Temp files left in `dir` (`.tmp-*`).
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    dir_files(dir).into_keys().filter(|n| n.starts_with(".tmp-")).collect()
+}

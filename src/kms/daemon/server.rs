@@ -136,6 +136,7 @@ pub fn serve(kms: Arc<LocalKms>, opts: ServeOptions) -> Result<(), KmsError> {
         return Err(KmsError::InvalidRequest("the socket must not be accessible to others (use 0600 or 0660)".into()));
     }
     // Open the keystore (and create it with its root key) before accepting anyone.
+    kms.open_or_create()?;
     kms.op_list_aliases(crate::kms::local::SERVICE_PRINCIPAL)?;
     // One thread for the protocol; KMS work (file I/O, fsync) runs on the blocking pool.
     let rt = tokio::runtime::Builder::new_current_thread()

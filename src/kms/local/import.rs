@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::keystore::{ImportRecord, KeyRecord, KeyVersionRecord, PendingImportParams};
-use super::{authorize, key_uri, material_context, wrap, LocalKms};
+use super::{authorize, key_uri, material_context, wrap, LocalKms, Use};
 use crate::crypto::random_array;
 use crate::kms::api::ImportParameters;
 use crate::kms::model::{limits, KeyInfo, KeyState, Origin};
@@ -79,7 +79,7 @@ impl LocalKms {
         let private_der =
             private.to_pkcs8_der().map_err(|e| KmsError::Keystore(format!("cannot encode wrapping key: {e}")))?;
         let token = Zeroizing::new(random_array::<32>()?);
-        self.write_op(principal, "GetParametersForImport", |ctx, txn| {
+        self.write_op(principal, "GetParametersForImport", Use::Existing(Some(key)), |ctx, txn| {
             let rec = txn.data.resolve(key)?;
             ctx.key(&rec.key_id);
             authorize(ctx, rec, actions::GET_PARAMETERS_FOR_IMPORT)?;
@@ -112,7 +112,7 @@ impl LocalKms {
         encrypted_material: &[u8],
         expires: Option<u64>,
     ) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "ImportKeyMaterial", |ctx, txn| {
+        self.write_op(principal, "ImportKeyMaterial", Use::Existing(Some(key)), |ctx, txn| {
             let rec = txn.data.resolve(key)?;
             ctx.key(&rec.key_id);
             authorize(ctx, rec, actions::IMPORT_KEY_MATERIAL)?;
@@ -191,7 +191,7 @@ impl LocalKms {
 
     /// DeleteImportedKeyMaterial: the key becomes PendingImport at once.
     pub fn op_delete_imported(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "DeleteImportedKeyMaterial", |ctx, txn| {
+        self.write_op(principal, "DeleteImportedKeyMaterial", Use::Existing(Some(key)), |ctx, txn| {
             let rec = txn.data.resolve(key)?;
             ctx.key(&rec.key_id);
             authorize(ctx, rec, actions::DELETE_IMPORTED_KEY_MATERIAL)?;

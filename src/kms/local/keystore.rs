@@ -268,6 +268,12 @@ pub fn store(paths: &KeystorePaths, data: &KeystoreData) -> Result<(), KmsError>
         .map_err(|e| KmsError::Keystore(format!("cannot write {}: {e}", paths.file().display())))
 }
 
+/// Write the first keystore file: fails rather than replaces an existing one.
+pub fn store_new(paths: &KeystorePaths, data: &KeystoreData) -> Result<(), KmsError> {
+    crate::fsutil::write_new(&paths.file(), &encode(data), 0o600)
+        .map_err(|e| KmsError::Keystore(format!("cannot create {}: {e}", paths.file().display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

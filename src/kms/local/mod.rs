@@ -9,8 +9,10 @@
 //! is refused (fail closed).
 
 pub mod import;
+mod init;
 mod keystore;
 mod rootkey;
+pub mod snapshot;
 pub(crate) mod wrap;
 
 use std::path::{Path, PathBuf};
@@ -19,8 +21,7 @@ use std::sync::{Arc, Mutex};
 pub use keystore::{HsmRef, ImportRecord, KeyRecord, KeyVersionRecord, KeystoreData, RotationRecord, KEYSTORE_VERSION};
 pub use rootkey::{RootKey, RootSource, ENV_PASSPHRASE, ENV_ROOT_KEY_FILE};
 
-use keystore::{KeystorePaths, RootConfig};
-use rootkey::PassphraseParams;
+use keystore::KeystorePaths;
 use zeroize::Zeroizing;
 
 use super::api::{
@@ -77,6 +78,28 @@ impl std::fmt::Debug for LocalKms {
             .field("dir", &self.paths.dir)
             .field("principal", &self.principal)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether a request may create a missing keystore: only requests that make new keys or new
+/// ciphertext under the default key (CreateKey; GenerateDataKey for a new database, Encrypt
+/// and secrets put, under the default key) do. Everything else needs an existing keystore (`Some(key)`: the key it looks for, named
+/// in the error).
+#[derive(Debug, Clone, Copy)]
+enum Use<'a> {
+    Create,
+    Existing(Option<&'a str>),
+}
+
+impl<'a> Use<'a> {
+    /// New ciphertext under `key`: only the default key comes into being on first use, so
+    /// only it may create the keystore; a named key must already be in an existing one.
+    fn new_ciphertext(key: &'a str) -> Use<'a> {
+        if key == DEFAULT_KEY_ALIAS {
+            Use::Create
+        } else {
+            Use::Existing(Some(key))
+        }
     }
 }
 
@@ -295,11 +318,10 @@ impl LocalKms {
         self.clock.now()
     }
 
+    /// Take `keystore.lock` (the directory exists: only creation makes it).
     fn lock(&self) -> Result<std::fs::File, KmsError> {
-        crate::fsutil::create_private_dir(&self.paths.dir)
-            .map_err(|e| KmsError::Keystore(format!("cannot create {}: {e}", self.paths.dir.display())))?;
         crate::fsutil::lock_exclusive(&self.paths.lock())
-            .map_err(|e| KmsError::Keystore(format!("cannot lock keystore: {e}")))
+            .map_err(|e| KmsError::Keystore(format!("cannot lock keystore {}: {e}", self.paths.dir.display())))
     }
 
     /// Load the root key per the environment and check it against the keystore.
@@ -308,57 +330,61 @@ impl LocalKms {
         if let Some(k) = slot.as_ref() {
             return Ok(k.clone());
         }
-        let key = match RootSource::from_env(&self.paths.dir) {
-            RootSource::KeystoreFile(p) | RootSource::OperatorFile(p) => RootKey::load_file(&p)?,
-            RootSource::Passphrase => {
-                let params = data.root.passphrase.as_ref().ok_or_else(|| {
-                    KmsError::WrongRootKey(format!(
-                        "{} (it was not created with a passphrase; unset {ENV_PASSPHRASE})",
-                        self.paths.dir.display()
-                    ))
-                })?;
-                let pass = Zeroizing::new(std::env::var(ENV_PASSPHRASE).unwrap_or_default());
-                RootKey::from_passphrase(pass.as_bytes(), params)?
-            }
-        };
-        if key.check_value() != data.root.check {
-            return Err(KmsError::WrongRootKey(self.paths.dir.display().to_string()));
-        }
-        let key = Arc::new(key);
+        let key = Arc::new(init::load_root(&self.paths.dir, data)?);
         *slot = Some(key.clone());
         Ok(key)
     }
 
-    /// Read the keystore, creating it (and the root key) on first use.
-    fn load_or_init(&self) -> Result<KeystoreData, KmsError> {
+    /// Read the keystore. Only a creating use (`Use::Create`) creates a missing one; any
+    /// other use of a missing or new keystore is told so and leaves the directory as it was
+    /// (not even creating it).
+    fn load(&self, u: Use<'_>) -> Result<KeystoreData, KmsError> {
+        self.finish_pending_restore()?;
         if let Some(d) = keystore::load(&self.paths)? {
             return Ok(d);
         }
+        init::check_absent(&self.paths.dir)?;
+        match u {
+            Use::Existing(key) => Err(self.no_keystore(key)),
+            Use::Create => self.create(),
+        }
+    }
+
+    /// Open the keystore, creating it if the directory is missing or empty (a creating use:
+    /// `kms serve`, which must be able to answer CreateKey), and check the root key.
+    pub fn open_or_create(&self) -> Result<(), KmsError> {
+        let data = self.load(Use::Create)?;
+        self.root_key(&data).map(drop)
+    }
+
+    fn no_keystore(&self, key: Option<&str>) -> KmsError {
+        KmsError::NoKeystore { dir: self.paths.dir.display().to_string(), key: key.map(str::to_string) }
+    }
+
+    /// Create the keystore (first creating use): under `keystore.lock`, so that processes
+    /// starting at once agree on one root key; the loser of the race reads the winner's.
+    fn create(&self) -> Result<KeystoreData, KmsError> {
+        crate::fsutil::create_private_dir(&self.paths.dir)
+            .map_err(|e| KmsError::Keystore(format!("cannot create {}: {e}", self.paths.dir.display())))?;
         let _lock = self.lock()?;
         if let Some(d) = keystore::load(&self.paths)? {
             return Ok(d);
         }
-        let source = RootSource::from_env(&self.paths.dir);
-        let (key, passphrase) = match &source {
-            RootSource::KeystoreFile(p) => (RootKey::generate_file(p)?, None),
-            RootSource::OperatorFile(p) => (RootKey::load_file(p)?, None),
-            RootSource::Passphrase => {
-                let params = PassphraseParams::generate()?;
-                let pass = Zeroizing::new(std::env::var(ENV_PASSPHRASE).unwrap_or_default());
-                if pass.is_empty() {
-                    return Err(KmsError::InvalidRequest(format!("{ENV_PASSPHRASE} is empty")));
-                }
-                (RootKey::from_passphrase(pass.as_bytes(), &params)?, Some(params))
-            }
-        };
-        let data = KeystoreData {
-            root: RootConfig { kind: source.kind().into(), check: key.check_value(), passphrase },
-            keys: Default::default(),
-            aliases: Default::default(),
-        };
-        keystore::store(&self.paths, &data)?;
+        let absent = init::check_absent(&self.paths.dir)?;
+        let (data, key, ev) = init::create(&self.paths, absent)?;
         *self.root.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(key));
+        super::events::notify_keystore_created(&ev);
         Ok(data)
+    }
+
+    /// A NotFound from an empty or new keystore: most likely the wrong keystore.
+    fn explain_not_found(&self, data: &KeystoreData, e: KmsError) -> KmsError {
+        match e {
+            KmsError::NotFound(k) if data.keys.values().all(|r| r.manager == KeyManager::Service) => {
+                self.no_keystore(Some(&k))
+            }
+            other => other,
+        }
     }
 
     // ----- audit -----
@@ -411,16 +437,17 @@ impl LocalKms {
         &self,
         principal: &str,
         operation: &str,
+        u: Use<'_>,
         f: impl FnOnce(&mut OpCtx<'_>, &KeystoreData, &RootKey) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        let mut data = self.load_or_init()?;
+        let mut data = self.load(u)?;
         if Self::due(&data, self.now()) {
             self.maintain(false)?;
-            data = self.load_or_init()?;
+            data = self.load(u)?;
         }
         let root = self.root_key(&data)?;
         let mut ctx = OpCtx::new(principal, operation);
-        let r = f(&mut ctx, &data, &root);
+        let r = f(&mut ctx, &data, &root).map_err(|e| self.explain_not_found(&data, e));
         self.finish(&root, &ctx, r)
     }
 
@@ -430,18 +457,20 @@ impl LocalKms {
         &self,
         principal: &str,
         operation: &str,
+        u: Use<'_>,
         f: impl FnOnce(&mut OpCtx<'_>, &mut Txn<'_>) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        self.load_or_init()?;
+        self.load(u)?;
         let _lock = self.lock()?;
         let mut data = keystore::load(&self.paths)?.ok_or_else(|| KmsError::Keystore("keystore vanished".into()))?;
         let root = self.root_key(&data)?;
+        init::remove_stale(&self.paths)?;
         let now = self.now();
         let mut revoked = Vec::new();
         let maintained = self.maintain_locked(&mut data, &root, now, false, &mut revoked)?;
         let mut ctx = OpCtx::new(principal, operation);
         let mut txn = Txn { data: data.clone(), root: &root, now, revoked: Vec::new() };
-        let r = f(&mut ctx, &mut txn);
+        let r = f(&mut ctx, &mut txn).map_err(|e| self.explain_not_found(&data, e));
         let r = match r {
             Ok(v) => {
                 self.record(&root, &ctx, Outcome::Allowed, None)?;
@@ -484,6 +513,7 @@ impl LocalKms {
         let _lock = self.lock()?;
         let Some(mut data) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
         let root = self.root_key(&data)?;
+        init::remove_stale(&self.paths)?;
         let mut revoked = Vec::new();
         let report = self.maintain_locked(&mut data, &root, self.now(), explicit, &mut revoked)?;
         if !report.is_empty() {
@@ -800,7 +830,7 @@ impl LocalKms {
     /// CreateKey.
     pub fn op_create_key(&self, principal: &str, p: &CreateKeyParams) -> Result<KeyInfo, KmsError> {
         let alias = p.alias.as_deref().map(normalize_alias);
-        self.write_op(principal, "CreateKey", |ctx, txn| {
+        self.write_op(principal, "CreateKey", Use::Create, |ctx, txn| {
             if let Some(a) = &alias {
                 validate_alias(a)?;
                 if is_default_alias(a) {
@@ -880,12 +910,12 @@ impl LocalKms {
     }
 
     /// Make sure the service-managed default key exists.
-    fn ensure_default_key(&self) -> Result<(), KmsError> {
-        let data = self.load_or_init()?;
+    fn ensure_default_key(&self, u: Use<'_>) -> Result<(), KmsError> {
+        let data = self.load(u)?;
         if data.aliases.contains_key(DEFAULT_KEY_ALIAS) {
             return Ok(());
         }
-        self.write_op(SERVICE_PRINCIPAL, "CreateKey:default", |ctx, txn| {
+        self.write_op(SERVICE_PRINCIPAL, "CreateKey:default", u, |ctx, txn| {
             if let Some(id) = txn.data.aliases.get(DEFAULT_KEY_ALIAS) {
                 ctx.key(&id.clone());
                 return Ok(());
@@ -926,9 +956,9 @@ impl LocalKms {
     /// DescribeKey.
     pub fn op_describe(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
         if key == DEFAULT_KEY_ALIAS {
-            self.ensure_default_key()?;
+            self.ensure_default_key(Use::Existing(Some(key)))?;
         }
-        self.read_op(principal, "DescribeKey", |ctx, data, _| {
+        self.read_op(principal, "DescribeKey", Use::Existing(Some(key)), |ctx, data, _| {
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
             authorize(ctx, rec, actions::DESCRIBE_KEY)?;
@@ -938,12 +968,14 @@ impl LocalKms {
 
     /// ListKeys (every key, tombstones included).
     pub fn op_list_keys(&self, principal: &str) -> Result<Vec<KeyInfo>, KmsError> {
-        self.read_op(principal, "ListKeys", |_, data, _| Ok(data.keys.values().map(|r| info(data, r)).collect()))
+        self.read_op(principal, "ListKeys", Use::Existing(None), |_, data, _| {
+            Ok(data.keys.values().map(|r| info(data, r)).collect())
+        })
     }
 
     /// ListAliases.
     pub fn op_list_aliases(&self, principal: &str) -> Result<Vec<AliasInfo>, KmsError> {
-        self.read_op(principal, "ListAliases", |_, data, _| {
+        self.read_op(principal, "ListAliases", Use::Existing(None), |_, data, _| {
             Ok(data.aliases.iter().map(|(a, k)| AliasInfo { alias: a.clone(), key_id: k.clone() }).collect())
         })
     }
@@ -957,7 +989,7 @@ impl LocalKms {
         target: Option<&str>,
     ) -> Result<AliasInfo, KmsError> {
         let alias = normalize_alias(alias);
-        self.write_op(principal, op, |ctx, txn| {
+        self.write_op(principal, op, Use::Existing(target.or(Some(&alias))), |ctx, txn| {
             validate_alias(&alias)?;
             if is_default_alias(&alias) {
                 return Err(
@@ -1016,7 +1048,7 @@ impl LocalKms {
 
     /// EnableKey.
     pub fn op_enable(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "EnableKey", |ctx, txn| {
+        self.write_op(principal, "EnableKey", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::ENABLE_KEY)?;
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
             match rec.state {
@@ -1038,7 +1070,7 @@ impl LocalKms {
     /// DisableKey: every cryptographic operation with the key fails from now on, and this
     /// process's key caches drop data keys unwrapped under it.
     pub fn op_disable(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "DisableKey", |ctx, txn| {
+        self.write_op(principal, "DisableKey", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::DISABLE_KEY)?;
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
             match rec.state {
@@ -1054,7 +1086,7 @@ impl LocalKms {
 
     /// ScheduleKeyDeletion (7 to 30 days, default 30).
     pub fn op_schedule_deletion(&self, principal: &str, key: &str, days: Option<u32>) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "ScheduleKeyDeletion", |ctx, txn| {
+        self.write_op(principal, "ScheduleKeyDeletion", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::SCHEDULE_KEY_DELETION)?;
             let days = days.unwrap_or(limits::DEFAULT_DELETION_DAYS);
             if !(limits::MIN_DELETION_DAYS..=limits::MAX_DELETION_DAYS).contains(&days) {
@@ -1081,7 +1113,7 @@ impl LocalKms {
 
     /// CancelKeyDeletion: the key returns Disabled (PendingImport if it has no material).
     pub fn op_cancel_deletion(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "CancelKeyDeletion", |ctx, txn| {
+        self.write_op(principal, "CancelKeyDeletion", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::CANCEL_KEY_DELETION)?;
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
             if rec.state != KeyState::PendingDeletion {
@@ -1102,7 +1134,7 @@ impl LocalKms {
             Some(_) => ("EnableKeyRotation", actions::ENABLE_KEY_ROTATION),
             None => ("DisableKeyRotation", actions::DISABLE_KEY_ROTATION),
         };
-        self.write_op(principal, op, |ctx, txn| {
+        self.write_op(principal, op, Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, action)?;
             let now = txn.now;
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
@@ -1128,7 +1160,7 @@ impl LocalKms {
     /// RotateKeyOnDemand: new material under the same key id; new wraps use it, old
     /// ciphertext keeps decrypting.
     pub fn op_rotate(&self, principal: &str, key: &str) -> Result<KeyInfo, KmsError> {
-        self.write_op(principal, "RotateKeyOnDemand", |ctx, txn| {
+        self.write_op(principal, "RotateKeyOnDemand", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::ROTATE_KEY)?;
             let rec = &txn.data.keys[&id];
             if rec.origin == Origin::External {
@@ -1144,7 +1176,7 @@ impl LocalKms {
     /// `kms rotate-due`: perform every due rotation, deletion and expiry now.
     pub fn op_rotate_due(&self, principal: &str) -> Result<MaintenanceReport, KmsError> {
         let report = self.maintain(true)?;
-        let data = self.load_or_init()?;
+        let data = self.load(Use::Existing(None))?;
         let root = self.root_key(&data)?;
         let ctx = OpCtx::new(principal, "RotateDue");
         self.finish(&root, &ctx, Ok(report))
@@ -1173,14 +1205,14 @@ impl LocalKms {
         with_plaintext: bool,
     ) -> Result<DataKeyResponse, KmsError> {
         if key == DEFAULT_KEY_ALIAS {
-            self.ensure_default_key()?;
+            self.ensure_default_key(Use::Create)?;
         }
         let (op, action) = if with_plaintext {
             ("GenerateDataKey", actions::GENERATE_DATA_KEY)
         } else {
             ("GenerateDataKeyWithoutPlaintext", actions::GENERATE_DATA_KEY_WITHOUT_PLAINTEXT)
         };
-        self.read_op(principal, op, |ctx, data, root| {
+        self.read_op(principal, op, Use::new_ciphertext(key), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
@@ -1221,9 +1253,9 @@ impl LocalKms {
         context: &EncryptionContext,
     ) -> Result<EncryptResponse, KmsError> {
         if key == DEFAULT_KEY_ALIAS {
-            self.ensure_default_key()?;
+            self.ensure_default_key(Use::Create)?;
         }
-        self.read_op(principal, "Encrypt", |ctx, data, root| {
+        self.read_op(principal, "Encrypt", Use::new_ciphertext(key), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
@@ -1247,7 +1279,8 @@ impl LocalKms {
         context: &EncryptionContext,
         key: Option<&str>,
     ) -> Result<DecryptResponse, KmsError> {
-        self.read_op(principal, "Decrypt", |ctx, data, root| {
+        let named = wrap::parse(blob).map(|(h, _)| h.key_id).ok();
+        self.read_op(principal, "Decrypt", Use::Existing(named.as_deref()), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let (hdr, _) = wrap::parse(blob)?;
             ctx.key(&hdr.key_id);
@@ -1271,10 +1304,11 @@ impl LocalKms {
         destination_key: Option<&str>,
         destination_context: Option<&EncryptionContext>,
     ) -> Result<ReEncryptResponse, KmsError> {
+        let named = wrap::parse(blob).map(|(h, _)| h.key_id).ok();
         if destination_key == Some(DEFAULT_KEY_ALIAS) {
-            self.ensure_default_key()?;
+            self.ensure_default_key(Use::Existing(named.as_deref()))?;
         }
-        self.read_op(principal, "ReEncrypt", |ctx, data, root| {
+        self.read_op(principal, "ReEncrypt", Use::Existing(named.as_deref()), |ctx, data, root| {
             ctx.context = Some(source_context.digest());
             let (hdr, _) = wrap::parse(blob)?;
             ctx.key(&hdr.key_id);
@@ -1304,7 +1338,7 @@ impl LocalKms {
 
     /// GetKeyPolicy.
     pub fn op_get_policy(&self, principal: &str, key: &str) -> Result<KeyPolicy, KmsError> {
-        self.read_op(principal, "GetKeyPolicy", |ctx, data, _| {
+        self.read_op(principal, "GetKeyPolicy", Use::Existing(Some(key)), |ctx, data, _| {
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
             authorize(ctx, rec, actions::GET_KEY_POLICY)?;
@@ -1319,7 +1353,7 @@ impl LocalKms {
 
     /// PutKeyPolicy.
     pub fn op_put_policy(&self, principal: &str, key: &str, policy: &KeyPolicy) -> Result<KeyPolicy, KmsError> {
-        self.write_op(principal, "PutKeyPolicy", |ctx, txn| {
+        self.write_op(principal, "PutKeyPolicy", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::PUT_KEY_POLICY)?;
             policy.validate().map_err(KmsError::InvalidRequest)?;
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
@@ -1335,7 +1369,7 @@ impl LocalKms {
 
     /// `kms lint`: separation-of-duties findings for every customer-managed key.
     pub fn op_lint(&self, principal: &str) -> Result<Vec<KeyLint>, KmsError> {
-        self.read_op(principal, "Lint", |_, data, _| {
+        self.read_op(principal, "Lint", Use::Existing(None), |_, data, _| {
             Ok(data
                 .keys
                 .values()
@@ -1359,7 +1393,7 @@ impl LocalKms {
         key: Option<&str>,
         since: Option<u64>,
     ) -> Result<Vec<AuditRecord>, KmsError> {
-        self.read_op(principal, "ReadAudit", |ctx, data, _| {
+        self.read_op(principal, "ReadAudit", Use::Existing(key), |ctx, data, _| {
             let id = match key {
                 Some(k) if k.starts_with("alias/") => Some(data.resolve_id(k)?),
                 Some(k) => Some(k.to_string()),
@@ -1378,7 +1412,7 @@ impl LocalKms {
 
     /// Verify the audit chain (with record MACs: this service holds the root key).
     pub fn op_verify_audit(&self, principal: &str) -> Result<VerifyReport, KmsError> {
-        let data = self.load_or_init()?;
+        let data = self.load(Use::Existing(None))?;
         let root = self.root_key(&data)?;
         let report = self.audit.verify(Some(&root.derive(AUDIT_KEY_LABEL)));
         let ctx = OpCtx::new(principal, "VerifyAudit");
@@ -1396,9 +1430,9 @@ impl LocalKms {
         context: &EncryptionContext,
     ) -> Result<EncryptResponse, KmsError> {
         if key == DEFAULT_KEY_ALIAS {
-            self.ensure_default_key()?;
+            self.ensure_default_key(Use::Create)?;
         }
-        self.read_op(principal, op, |ctx, data, root| {
+        self.read_op(principal, op, Use::new_ciphertext(key), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let rec = data.resolve(key)?;
             ctx.key(&rec.key_id);
@@ -1422,7 +1456,8 @@ impl LocalKms {
         blob: &[u8],
         context: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        self.read_op(principal, op, |ctx, data, root| {
+        let named = wrap::parse(blob).map(|(h, _)| h.key_id).ok();
+        self.read_op(principal, op, Use::Existing(named.as_deref()), |ctx, data, root| {
             ctx.context = Some(context.digest());
             let (hdr, _) = wrap::parse(blob)?;
             ctx.key(&hdr.key_id);
@@ -1442,7 +1477,7 @@ impl LocalKms {
         key: Option<&str>,
         r: Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        let data = self.load_or_init()?;
+        let data = self.load(Use::Existing(key))?;
         let root = self.root_key(&data)?;
         let mut ctx = OpCtx::new(principal, op);
         if let Some(k) = key {

@@ -140,17 +140,28 @@ impl RootKey {
         Ok(RootKey(key))
     }
 
-    /// Generate a new root key and write it to `path` (mode 0600, atomically).
+    /// Generate a new root key and write it to `path` (mode 0600), which must not exist: an
+    /// existing root key is never replaced (it may be the only way into a keystore's keys).
     pub fn generate_file(path: &Path) -> Result<RootKey, KmsError> {
-        let key = Zeroizing::new(random_array::<32>()?);
+        let key = RootKey(Zeroizing::new(random_array::<32>()?));
+        key.write_new_file(path)?;
+        Ok(key)
+    }
+
+    /// Write this key to `path` in the sqlite-tde format (mode 0600), which must not exist.
+    pub fn write_new_file(&self, path: &Path) -> Result<(), KmsError> {
         let mut file = Zeroizing::new(vec![0u8; ROOT_KEY_FILE_LEN]);
         file[..8].copy_from_slice(&ROOT_KEY_MAGIC);
         file[8..10].copy_from_slice(&1u16.to_le_bytes());
-        file[16..48].copy_from_slice(&key[..]);
+        file[16..48].copy_from_slice(&self.0[..]);
         let sum = Sha256::digest(&file[..48]);
         file[48..].copy_from_slice(&sum);
-        crate::fsutil::write_atomic(path, &file, 0o600)
-            .map_err(|e| KmsError::Keystore(format!("cannot write {}: {e}", path.display())))?;
-        Ok(RootKey(key))
+        crate::fsutil::write_new(path, &file, 0o600).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KmsError::Keystore(format!("{} already exists: a root key is never replaced", path.display()))
+            } else {
+                KmsError::Keystore(format!("cannot write {}: {e}", path.display()))
+            }
+        })
     }
 }

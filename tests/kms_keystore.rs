@@ -1,0 +1,481 @@
+//! The embedded keystore never destroys itself: a missing `keystore.json` or root key is
+//! refused with what to restore (never re-created over), a mistyped keystore directory is
+//! reported and left uncreated, concurrent first uses agree on one root key, killed
+//! mutations leave no temp files for good, and `kms backup` / `kms restore` round-trip the
+//! whole keystore (atomically, checked against the root key). Issue 12 item 2.
+
+#[path = "common/child.rs"]
+mod child;
+mod kms_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kms_support::*;
+use sqlite_tde::kms::local::LocalKms;
+use sqlite_tde::kms::EncryptionContext;
+
+/// Run and return (exit code, stdout, stderr).
+fn run(c: &mut assert_cmd::Command) -> (i32, String, String) {
+    let o = c.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(c: &mut assert_cmd::Command) -> String {
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "command failed: {err}");
+    out
+}
+
+/// A failure with exit code 3 (key/KMS error); returns stderr.
+fn refused(c: &mut assert_cmd::Command) -> String {
+    let (code, out, err) = run(c);
+    assert_eq!(code, 3, "expected exit 3, got {code}: stdout {out:?} stderr {err:?}");
+    err
+}
+
+fn make_db(ks: &Path, db: &Path) {
+    ok(cli(ks).arg("sql").arg(db).args(["CREATE TABLE t(x)", "INSERT INTO t VALUES('hello')"]));
+}
+
+fn select(ks: &Path, db: &Path) -> assert_cmd::Command {
+    let mut c = cli(ks);
+    c.arg("sql").arg(db).arg("SELECT x FROM t");
+    c
+}
+
+fn create_key(ks: &Path, alias: &str) -> assert_cmd::Command {
+    let mut c = cli(ks);
+    c.args(["kms", "create-key", "--alias", alias]);
+    c
+}
+
+#[test]
+fn deleted_keystore_json_then_select_is_a_clear_error_and_root_key_is_untouched() {
+    let env = KmsEnv::new();
+    let db = env.path("app.db");
+    make_db(&env.ks, &db);
+    let root = fs::read(env.ks.join("root.key")).unwrap();
+    let saved = env.path("keystore.json.bak");
+    fs::copy(env.ks.join("keystore.json"), &saved).unwrap();
+    fs::remove_file(env.ks.join("keystore.json")).unwrap();
+    let before = dir_files(&env.ks);
+
+    // A read-only SELECT, and a creating use, are both refused: nothing is created.
+    for mut c in [select(&env.ks, &db), create_key(&env.ks, "alias/new")] {
+        let err = refused(&mut c);
+        assert!(err.contains("keystore.json is missing") && err.contains("kms restore"), "{err}");
+        assert_eq!(dir_files(&env.ks), before, "a refused request changed the keystore directory");
+    }
+    assert_eq!(fs::read(env.ks.join("root.key")).unwrap(), root, "root.key must never be replaced");
+
+    // Restoring keystore.json from a backup brings every database back.
+    fs::copy(&saved, env.ks.join("keystore.json")).unwrap();
+    assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+}
+
+#[test]
+fn mistyped_keystore_dir_is_a_clear_error_and_creates_nothing() {
+    let env = KmsEnv::new();
+    let db = env.path("app.db");
+    make_db(&env.ks, &db);
+    let typo = env.path("keystroe");
+
+    let err = refused(&mut select(&typo, &db));
+    assert!(err.contains("not found in keystore") && err.contains("empty/new"), "{err}");
+    for args in [&["kms", "list"][..], &["kms", "describe", "alias/sqlite-tde/default"], &["kms", "audit", "--verify"]]
+    {
+        let err = refused(cli(&typo).args(args));
+        assert!(err.contains(&typo.display().to_string()) && err.contains("right keystore"), "{args:?}: {err}");
+    }
+    // A new database under a named key needs that key: no keystore is created for it.
+    let err = refused(cli(&typo).arg("sql").arg(env.path("new.db")).args(["--key", "alias/app", "SELECT 1"]));
+    assert!(err.contains("key alias/app not found in keystore") && err.contains("empty/new"), "{err}");
+    assert!(!typo.exists(), "a non-creating use created the keystore directory");
+
+    // An empty directory is the same as a missing one.
+    fs::create_dir(&typo).unwrap();
+    let err = refused(&mut select(&typo, &db));
+    assert!(err.contains("empty/new"), "{err}");
+    assert!(dir_files(&typo).is_empty(), "{:?}", dir_files(&typo).keys());
+}
+
+#[test]
+fn missing_root_key_with_keystore_present_is_a_clear_error_and_nothing_is_written() {
+    let env = KmsEnv::new();
+    let db = env.path("app.db");
+    make_db(&env.ks, &db);
+    let aside = env.path("root.key.bak");
+    fs::rename(env.ks.join("root.key"), &aside).unwrap();
+    let before = dir_files(&env.ks);
+
+    for mut c in [select(&env.ks, &db), create_key(&env.ks, "alias/new"), {
+        let mut c = cli(&env.ks);
+        c.args(["kms", "list"]);
+        c
+    }] {
+        let err = refused(&mut c);
+        assert!(err.contains("root.key") && err.contains("is missing") && err.contains("Restore"), "{err}");
+        assert_eq!(dir_files(&env.ks), before, "a refused request changed the keystore directory");
+    }
+    assert!(!env.ks.join("root.key").exists(), "the root key must never be re-created");
+    fs::rename(&aside, env.ks.join("root.key")).unwrap();
+    assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+}
+
+#[test]
+fn separate_root_key_file_and_passphrase_are_checked_never_recreated() {
+    // A root key file outside the keystore: the exists/missing checks apply to it.
+    let env = KmsEnv::new();
+    let db = env.path("app.db");
+    let rk = env.path("operator.key");
+    fs::write(&rk, hex::encode([7u8; 32])).unwrap();
+    let with_rk = |mut c: assert_cmd::Command| {
+        c.env("SQLITE_TDE_ROOT_KEY_FILE", &rk);
+        c
+    };
+    ok(&mut with_rk({
+        let mut c = cli(&env.ks);
+        c.arg("sql").arg(&db).args(["CREATE TABLE t(x)", "INSERT INTO t VALUES('hello')"]);
+        c
+    }));
+    assert!(!env.ks.join("root.key").exists());
+    let aside = env.path("operator.key.bak");
+    fs::rename(&rk, &aside).unwrap();
+    let before = dir_files(&env.ks);
+    let err = refused(&mut with_rk(select(&env.ks, &db)));
+    assert!(err.contains("SQLITE_TDE_ROOT_KEY_FILE") && err.contains("is missing"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+    fs::rename(&aside, &rk).unwrap();
+    fs::remove_file(env.ks.join("keystore.json")).unwrap();
+    let before = dir_files(&env.ks);
+    for c in [select(&env.ks, &db), create_key(&env.ks, "alias/new")] {
+        let err = refused(&mut with_rk(c));
+        assert!(err.contains("keystore.json is missing"), "{err}");
+        assert_eq!(dir_files(&env.ks), before);
+    }
+
+    // A passphrase: a wrong one fails clearly and re-creates nothing.
+    let env = KmsEnv::new();
+    let db = env.path("pp.db");
+    let with_pass = |mut c: assert_cmd::Command, p: &str| {
+        c.env("SQLITE_TDE_PASSPHRASE", p);
+        c
+    };
+    ok(&mut with_pass(
+        {
+            let mut c = cli(&env.ks);
+            c.arg("sql").arg(&db).args(["CREATE TABLE t(x)", "INSERT INTO t VALUES('hello')"]);
+            c
+        },
+        "correct horse",
+    ));
+    let before = dir_files(&env.ks);
+    assert!(!before.contains_key("root.key"));
+    for c in [select(&env.ks, &db), create_key(&env.ks, "alias/new")] {
+        let err = refused(&mut with_pass(c, "wrong horse"));
+        assert!(err.contains("wrong passphrase"), "{err}");
+        assert_eq!(dir_files(&env.ks), before);
+    }
+    let err = refused(&mut select(&env.ks, &db));
+    assert!(err.contains("set SQLITE_TDE_PASSPHRASE"), "{err}");
+    assert_eq!(dir_files(&env.ks), before, "no root.key may appear for a passphrase keystore");
+    assert!(ok(&mut with_pass(select(&env.ks, &db), "correct horse")).contains("hello"));
+}
+
+#[test]
+fn concurrent_first_uses_create_one_keystore_with_one_notice() {
+    let env = KmsEnv::new();
+    let n = 6;
+    let kids: Vec<_> = (0..n)
+        .map(|i| {
+            let mut c = cli_std(&env.ks);
+            c.args(["kms", "create-key", "--alias", &format!("alias/k{i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut notices = 0;
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        if err.contains("created a new keystore") {
+            assert!(err.contains(&env.ks.display().to_string()) && err.contains("Back up this directory"), "{err}");
+            notices += 1;
+        }
+    }
+    assert_eq!(notices, 1, "exactly one process creates the keystore and says so");
+    let files = dir_files(&env.ks);
+    assert_eq!(files.keys().filter(|n| n.contains("root")).count(), 1, "{:?}", files.keys());
+    // Every process's key is in the one keystore and usable under its one root key.
+    let list = ok(cli(&env.ks).args(["kms", "list"]));
+    for i in 0..n {
+        assert!(list.contains(&format!("alias/k{i}")), "{list}");
+        let db = env.path(&format!("db{i}"));
+        ok(cli(&env.ks)
+            .arg("sql")
+            .arg(&db)
+            .args(["--key", &format!("alias/k{i}")])
+            .args(["CREATE TABLE t(x)", "INSERT INTO t VALUES('hello')"]));
+        assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+    }
+    // Later creating uses say nothing.
+    let (_, _, err) = run(&mut create_key(&env.ks, "alias/later"));
+    assert!(!err.contains("created a new keystore"), "{err}");
+}
+
+#[test]
+fn creation_only_in_an_empty_directory_and_an_interrupted_one_resumes() {
+    // A directory holding other things is not taken for a new keystore.
+    let env = KmsEnv::new();
+    fs::create_dir_all(&env.ks).unwrap();
+    fs::write(env.ks.join("notes.txt"), b"not a keystore").unwrap();
+    let before = dir_files(&env.ks);
+    let err = refused(&mut create_key(&env.ks, "alias/a"));
+    assert!(err.contains("not empty") && err.contains("notes.txt"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+
+    // root.key alone (no creation marker): refused, root.key untouched.
+    let env = KmsEnv::new();
+    fs::create_dir_all(&env.ks).unwrap();
+    fs::write(env.ks.join("root.key"), [9u8; 32]).unwrap();
+    let before = dir_files(&env.ks);
+    let err = refused(&mut create_key(&env.ks, "alias/a"));
+    assert!(err.contains("keystore.json is missing but root.key is there"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+
+    // A creation killed between root.key and keystore.json (marker left): the next creating
+    // use finishes it with that root key.
+    fs::write(env.ks.join("keystore.creating"), b"").unwrap();
+    ok(&mut create_key(&env.ks, "alias/a"));
+    assert_eq!(fs::read(env.ks.join("root.key")).unwrap(), [9u8; 32]);
+    assert!(!env.ks.join("keystore.creating").exists());
+    let db = env.path("a.db");
+    ok(cli(&env.ks).arg("sql").arg(&db).args([
+        "--key",
+        "alias/a",
+        "CREATE TABLE t(x)",
+        "INSERT INTO t VALUES('hello')",
+    ]));
+    assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+}
+
+#[test]
+fn backup_restore_round_trip_with_audit_head_and_secrets() {
+    let env = KmsEnv::new();
+    let db = env.path("app.db");
+    ok(&mut create_key(&env.ks, "alias/app"));
+    ok(cli(&env.ks).args(["secrets", "put", "db-password", "--key", "alias/app"]).write_stdin("s3cret"));
+    ok(cli(&env.ks).arg("sql").arg(&db).args([
+        "--key",
+        "alias/app",
+        "CREATE TABLE t(x)",
+        "INSERT INTO t VALUES('hello')",
+    ]));
+    let snap = env.path("ks.snapshot");
+    let (code, out, err) = run(cli(&env.ks).args(["kms", "backup"]).arg(&snap));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("keystore.json") && out.contains("audit.head") && out.contains("secrets.json"), "{out}");
+    assert!(err.contains("does not contain the root key"), "{err}");
+    let root_file = fs::read(env.ks.join("root.key")).unwrap();
+    let snap_bytes = fs::read(&snap).unwrap();
+    assert!(!snap_bytes.windows(32).any(|w| w == &root_file[16..48]), "the snapshot must not hold the root key");
+    let head_at_backup = fs::read(env.ks.join("audit.head")).unwrap();
+
+    // Disaster: everything but root.key is gone.
+    for f in ["keystore.json", "audit.log", "audit.head", "secrets.json"] {
+        fs::remove_file(env.ks.join(f)).unwrap();
+    }
+    refused(&mut select(&env.ks, &db));
+    let out = ok(cli(&env.ks).args(["kms", "restore"]).arg(&snap));
+    assert!(out.contains("restored"), "{out}");
+    assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+    assert_eq!(ok(cli(&env.ks).args(["secrets", "get", "db-password"])).trim(), "s3cret");
+    assert!(ok(cli(&env.ks).args(["kms", "audit", "--verify"])).contains("audit log OK"));
+    let audit = ok(cli(&env.ks).args(["kms", "audit"]));
+    assert!(audit.contains("BackupKeystore") && audit.contains("RestoreKeystore"), "{audit}");
+    assert_eq!(fs::read(env.ks.join("root.key")).unwrap(), root_file);
+    assert_ne!(fs::read(env.ks.join("audit.head")).unwrap(), head_at_backup, "the restore is itself audited");
+
+    // A corrupted snapshot is refused before anything changes.
+    let mut bad = snap_bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    let bad_path = env.path("bad.snapshot");
+    fs::write(&bad_path, &bad).unwrap();
+    let before = dir_files(&env.ks);
+    let err = refused_or_failed(cli(&env.ks).args(["kms", "restore"]).arg(&bad_path));
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+
+    // Another keystore's snapshot does not open under this root key.
+    let other = KmsEnv::new();
+    ok(&mut create_key(&other.ks, "alias/other"));
+    let other_snap = other.path("other.snapshot");
+    ok(cli(&other.ks).args(["kms", "backup"]).arg(&other_snap));
+    let err = refused(cli(&env.ks).args(["kms", "restore"]).arg(&other_snap));
+    assert!(err.contains("another root key"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+
+    // An older snapshot would lose a key version: refused unless forced.
+    ok(cli(&env.ks).args(["kms", "rotate", "alias/app"]));
+    let before = dir_files(&env.ks);
+    let err = refused(cli(&env.ks).args(["kms", "restore"]).arg(&snap));
+    assert!(err.contains("lacks 1 key version") && err.contains("--force"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+    ok(cli(&env.ks).args(["kms", "restore", "--force"]).arg(&snap));
+    assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+
+    // Total loss, root.key included: the snapshot plus the separately kept root key.
+    let rk_copy = env.path("root.key.offsite");
+    fs::write(&rk_copy, &root_file).unwrap();
+    fs::remove_dir_all(&env.ks).unwrap();
+    let out = ok(cli(&env.ks).args(["kms", "restore"]).arg(&snap).arg("--root-key").arg(&rk_copy));
+    assert!(out.contains("installed the root key"), "{out}");
+    assert_eq!(fs::read(env.ks.join("root.key")).unwrap(), root_file);
+    assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
+    assert_eq!(ok(cli(&env.ks).args(["secrets", "get", "db-password"])).trim(), "s3cret");
+}
+
+/// A refusal with any non-zero exit (bad input may be a usage-class error); returns stderr.
+fn refused_or_failed(c: &mut assert_cmd::Command) -> String {
+    let (code, _, err) = run(c);
+    assert_ne!(code, 0, "expected a refusal");
+    err
+}
+
+// ----- kill -9 -----
+
+const ROLE_KS: &str = "SQLITE_TDE_TEST_KEYSTORE_KS";
+const ROLE_SNAPS: &str = "SQLITE_TDE_TEST_KEYSTORE_SNAPS";
+
+/// Child process: `create-key` in a loop (role `create-loop`), or restore two snapshots in
+/// turn (role `restore-loop`), acknowledging each completed operation.
+#[test]
+fn keystore_child_entry() {
+    let Ok(role) = std::env::var(child::ROLE_VAR) else { return };
+    let ks = PathBuf::from(std::env::var_os(ROLE_KS).unwrap());
+    let kms = LocalKms::new(&ks).with_principal("ops");
+    match role.as_str() {
+        "create-loop" => {
+            for i in 0.. {
+                kms.create_key(None, &format!("loop {i}")).unwrap();
+                println!("ack create");
+            }
+        }
+        "restore-loop" => {
+            let snaps = PathBuf::from(std::env::var_os(ROLE_SNAPS).unwrap());
+            let opts = sqlite_tde::kms::local::snapshot::RestoreOptions { root_key: None, force: true };
+            for i in 0.. {
+                let which = if i % 2 == 0 { "a" } else { "b" };
+                kms.restore("ops", &snaps.join(which), &opts).unwrap();
+                println!("ack restore {which}");
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn killed_mutations_leave_no_temp_files_after_the_next_mutation() {
+    let env = KmsEnv::new();
+    let kms = LocalKms::new(&env.ks).with_principal("ops");
+    // Enough keys that each keystore.json write takes a while.
+    for i in 0..40 {
+        kms.create_key(None, &format!("filler {i}")).unwrap();
+    }
+    let mut kills = 0;
+    let mut stale = Vec::new();
+    while kills < 200 {
+        let (mut c, mut out) = child::spawn("keystore_child_entry", "create-loop", &[(ROLE_KS, &env.ks)]);
+        for _ in 0..1 + kills % 3 {
+            assert!(child::wait_for(&mut out, "ack ").is_some(), "child died on its own");
+        }
+        std::thread::sleep(std::time::Duration::from_micros((kills as u64 * 733) % 3000));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        kills += 1;
+        stale = temp_files(&env.ks);
+        if !stale.is_empty() && kills >= 10 {
+            break;
+        }
+    }
+    assert!(!stale.is_empty(), "{kills} kills left no temp file: the test could not exercise the cleanup");
+    eprintln!("{kills} kills; stale temp files before the next mutation: {stale:?}");
+    // What builds before the fix left (`.tmp-` + 6 characters) goes too.
+    fs::write(env.ks.join(".tmp-AbC123"), b"old sealed material").unwrap();
+    kms.create_key(None, "next").unwrap();
+    assert_eq!(temp_files(&env.ks), Vec::<String>::new(), "the next mutation under the lock removes them");
+    // Every key is still there and usable.
+    let data = kms.read_keystore().unwrap().unwrap();
+    assert!(data.keys.len() > 40);
+    let ctx = EncryptionContext::from_pairs([("sqlite-tde:db".to_string(), "x".to_string())]);
+    for id in data.keys.keys() {
+        kms.op_generate_data_key("ops", id, &ctx, None, true).unwrap();
+    }
+}
+
+#[test]
+fn restore_killed_midway_leaves_the_old_or_the_new_keystore() {
+    let env = KmsEnv::new();
+    let kms = LocalKms::new(&env.ks).with_principal("ops");
+    let snaps = env.path("snaps");
+    fs::create_dir(&snaps).unwrap();
+    kms.create_key(Some("alias/a"), "in both").unwrap();
+    kms.backup("ops", &snaps.join("a")).unwrap();
+    let a_ks = fs::read(env.ks.join("keystore.json")).unwrap();
+    for i in 0..20 {
+        kms.create_key(None, &format!("only in b {i}")).unwrap();
+    }
+    sqlite_tde::kms::secrets::put(&kms, "ops", "s", b"v", Some("alias/a"), "").unwrap();
+    kms.backup("ops", &snaps.join("b")).unwrap();
+    let b_ks = fs::read(env.ks.join("keystore.json")).unwrap();
+    let b_secrets = fs::read(env.ks.join("secrets.json")).unwrap();
+
+    let mut journals = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..40u64 {
+        let (mut c, mut out) =
+            child::spawn("keystore_child_entry", "restore-loop", &[(ROLE_KS, &env.ks), (ROLE_SNAPS, &snaps)]);
+        for _ in 0..1 + round % 3 {
+            assert!(child::wait_for(&mut out, "ack ").is_some(), "child died on its own");
+        }
+        std::thread::sleep(std::time::Duration::from_micros((round * 1777) % 5000));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        if env.ks.join("restore.pending").exists() {
+            journals += 1;
+        }
+        // The next use finishes an interrupted restore; the state is one snapshot's, whole.
+        let fresh = LocalKms::new(&env.ks).with_principal("ops");
+        fresh.list_keys().unwrap();
+        assert!(!env.ks.join("restore.pending").exists());
+        let ks = fs::read(env.ks.join("keystore.json")).unwrap();
+        let secrets = fs::read(env.ks.join("secrets.json")).ok();
+        if ks == a_ks {
+            assert_eq!(secrets, None, "round {round}: snapshot a's keystore with b's secrets");
+            seen.insert("a");
+        } else {
+            assert_eq!(ks, b_ks, "round {round}: keystore.json is neither snapshot's");
+            assert_eq!(secrets.as_ref(), Some(&b_secrets), "round {round}: snapshot b's keystore without its secrets");
+            seen.insert("b");
+        }
+        let v = fresh.op_verify_audit("ops").unwrap();
+        assert!(v.ok, "round {round}: audit log and head out of step: {:?}", v.problems);
+        if journals >= 3 && round >= 10 {
+            break;
+        }
+    }
+    eprintln!("kills that left a restore journal to finish: {journals}; states seen: {seen:?}");
+    assert!(journals > 0, "no kill landed inside a restore: the test exercised nothing");
+    // Killed restores' temp files go with the next mutations under the locks.
+    kms.create_key(None, "after").unwrap();
+    sqlite_tde::kms::secrets::put(&kms, "ops", "s", b"w", None, "").unwrap();
+    assert_eq!(temp_files(&env.ks), Vec::<String>::new());
+}
