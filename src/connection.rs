@@ -44,8 +44,11 @@ pub struct TdeBuilder {
 /// Options of one open.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
-    /// CMK (key id or `alias/NAME`) for a database created by this open; ignored for an
-    /// existing database, whose header names its key. `None`: the VFS's default key.
+    /// CMK (key id, `alias/NAME` or key URI) of the database: a new one is created under it,
+    /// an existing one must be under it (after alias resolution), else the open fails with
+    /// [`Error::KeyMismatch`](crate::Error::KeyMismatch) and changes nothing. `None`: a new
+    /// database gets the VFS's default key, an existing one opens under whatever key its
+    /// header names.
     pub key: Option<String>,
     /// Open read-only.
     pub read_only: bool,
