@@ -22,7 +22,7 @@
 //!   by another process is noticed at the next open rather than after `revalidate_after`.
 //!   [`KeyCache::invalidate_key`] is the in-process equivalent (KMS events).
 
-use std::num::NonZeroUsize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -166,10 +166,10 @@ impl KeyCache {
 
     /// A cache whose entries are revalidated as soon as `probe` changes.
     pub fn with_probe(config: CacheConfig, probe: Option<EpochProbe>) -> KeyCache {
-        let cap = NonZeroUsize::new(config.max_entries.max(1)).unwrap();
         KeyCache {
             config,
-            inner: Mutex::new(lru::LruCache::new(cap)),
+            // Bounded by `trim`, not by the map: entries in use are never evicted.
+            inner: Mutex::new(lru::LruCache::unbounded()),
             probe,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -315,10 +315,42 @@ impl KeyCache {
             epoch,
             quiet_until: None,
         };
-        if lru.push(key, entry).is_some() {
+        lru.push(key, entry);
+        self.trim(&mut lru);
+        cipher
+    }
+
+    /// Evict least recently used entries beyond `max_entries`, but only entries no open
+    /// connection uses: evicting one in use frees nothing (the connection keeps its cipher) and
+    /// costs a KMS call and an audit record at its next revalidation or reopen. With more
+    /// databases open than `max_entries`, the cache holds one entry per open database.
+    fn trim(&self, lru: &mut lru::LruCache<CacheKey, Entry>) {
+        let max = self.config.max_entries.max(1);
+        if lru.len() <= max {
+            return;
+        }
+        // An entry's cipher is in use when something beyond the cache's own entries (aliases
+        // of a rewrapped header share one cipher) holds a reference to it.
+        let mut held_by_cache: HashMap<*const XtsCipher, usize> = HashMap::new();
+        for (_, e) in lru.iter() {
+            *held_by_cache.entry(Arc::as_ptr(&e.cipher)).or_default() += 1;
+        }
+        let mut excess = lru.len() - max;
+        let doomed: Vec<CacheKey> = lru
+            .iter()
+            .rev()
+            .filter(|(_, e)| Arc::strong_count(&e.cipher) <= held_by_cache[&Arc::as_ptr(&e.cipher)])
+            .take_while(|_| {
+                let more = excess > 0;
+                excess = excess.saturating_sub(1);
+                more
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            lru.pop(&k);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        cipher
     }
 
     /// After a rewrap: the same DEK is now also reachable under `new` (another wrapped form,
@@ -339,9 +371,8 @@ impl KeyCache {
             epoch: e.epoch,
             quiet_until: None,
         };
-        if lru.push(new, entry).is_some() {
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-        }
+        lru.push(new, entry);
+        self.trim(&mut lru);
         true
     }
 

@@ -379,3 +379,29 @@ fn embedded_kms_disable_from_another_process() {
     assert_eq!(count(&c).unwrap(), 3);
     assert!(tde.open_with(&db, &existing()).is_ok());
 }
+
+/// More open databases than `max_entries`: entries in use by open connections are never
+/// evicted, so reopening any of them costs no KMS call (before, the LRU thrashed: a KMS Decrypt
+/// and an fsynced audit record per open, every pass).
+#[test]
+fn more_open_databases_than_cache_entries_do_not_thrash() {
+    let cfg = CacheConfig { max_entries: 8, ..CacheConfig::default() };
+    let s = setup(cfg, false);
+    let paths: Vec<_> = (0..12).map(|i| create(&s, &format!("many-{i}.db"))).collect();
+    let held: Vec<_> = paths.iter().map(|p| s.tde.open_with(p, &existing()).unwrap()).collect();
+    let before = s.kms.calls();
+    for _pass in 0..2 {
+        for p in &paths {
+            let c = s.tde.open_with(p, &existing()).unwrap();
+            assert_eq!(count(&c).unwrap(), 3);
+        }
+    }
+    assert_eq!(s.kms.calls() - before, 0, "reopening open databases went to the KMS");
+    let m = s.tde.context().cache.metrics();
+    assert!(m.entries >= 12, "entries in use were evicted: {m:?}");
+    // Once they are closed, the limit applies again at the next insert.
+    drop(held);
+    create(&s, "one-more.db");
+    let m = s.tde.context().cache.metrics();
+    assert!(m.entries <= 8, "unused entries beyond max_entries were kept: {m:?}");
+}
