@@ -105,3 +105,17 @@ pub fn lock_exclusive(path: &Path) -> io::Result<File> {
 pub fn open_lock_file(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
 }
+
+/// Open `path` for reading only if it is a regular file. Opening a FIFO for reading blocks
+/// until a writer appears (a tool pointed at one would hang), and a device or socket is never
+/// a database: both are refused at once. `O_NONBLOCK` keeps the open itself from blocking; it
+/// has no effect on reads of a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits()).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() { "is a directory" } else { "is not a regular file (a FIFO, socket or device)" };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+    }
+    Ok(file)
+}

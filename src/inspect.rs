@@ -2,7 +2,6 @@
 //! plaintext (identity, key reference, wrapped DEK), so tools can report which key a database
 //! needs before, or without, being able to unwrap it.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -18,10 +17,7 @@ use crate::format::{choose_slot, Header, HeaderError, HEADER_REGION_LEN};
 pub fn read_header(path: &Path) -> Result<(Header, usize), Error> {
     let shown = path.display().to_string();
     let io_err = |e: std::io::Error| Error::Io(std::io::Error::new(e.kind(), format!("{shown}: {e}")));
-    let file = File::open(path).map_err(io_err)?;
-    if file.metadata().map_err(io_err)?.is_dir() {
-        return Err(io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory")));
-    }
+    let file = crate::fsutil::open_regular(path).map_err(io_err)?;
     let mut region = Vec::with_capacity(HEADER_REGION_LEN);
     file.take(HEADER_REGION_LEN as u64).read_to_end(&mut region).map_err(io_err)?;
     if region.is_empty() {

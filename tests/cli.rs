@@ -251,3 +251,20 @@ fn usage_errors_and_help() {
         .success()
         .stdout(predicate::str::contains("Exit codes:").and(predicate::str::contains("3  key, KMS or header error")));
 }
+
+/// `info` and `verify` on a FIFO (or any non-regular file) fail at once with a clear error;
+/// opening a FIFO for reading used to block until a writer came, so the command hung.
+#[test]
+fn info_and_verify_on_a_fifo_fail_at_once() {
+    let env = Env::new();
+    let fifo = env.db("pipe.db");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for sub in ["info", "verify"] {
+        let started = std::time::Instant::now();
+        let out = env.cmd().arg(sub).arg(&fifo).timeout(std::time::Duration::from_secs(20)).output().unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{sub} on a FIFO hung");
+        assert!(!out.status.success(), "{sub} on a FIFO succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not a regular file"), "{sub}: {stderr}");
+    }
+}

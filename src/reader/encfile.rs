@@ -58,7 +58,8 @@ impl EncryptedFile {
         domain: Domain,
         data_offset: u64,
     ) -> io::Result<Option<EncryptedFile>> {
-        let file = match File::open(path) {
+        // A side file that is a FIFO would block the open: refuse non-regular files.
+        let file = match crate::fsutil::open_regular(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),

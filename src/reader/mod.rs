@@ -216,10 +216,7 @@ impl Reader {
     /// Open with options. Fails on a header, key or structural problem (see [`Finding`]).
     pub fn open_with(path: impl AsRef<Path>, kms: &dyn Kms, opts: ReaderOptions) -> Result<Reader> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| io_err(path, e))?;
-        if file.metadata().map_err(|e| io_err(path, e))?.is_dir() {
-            return Err(io_err(path, io::Error::new(io::ErrorKind::InvalidInput, "is a directory")));
-        }
+        let file = crate::fsutil::open_regular(path).map_err(|e| io_err(path, e))?;
         let region = read_region(&file).map_err(|e| io_err(path, e))?;
         if region.is_empty() {
             return Err(Error::Header { path: path.display().to_string(), source: HeaderError::Truncated });

@@ -11,7 +11,6 @@
 //! only garbles that 16-byte block. `integrity_check` catches it in b-tree structure, but not
 //! inside record payloads or free pages.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -230,7 +229,7 @@ pub fn verify_with(
 ) -> Result<Report> {
     let io = |e: io::Error| Error::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
     let mut r = Report::new(path);
-    let file = File::open(path).map_err(io)?;
+    let file = crate::fsutil::open_regular(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if meta.is_dir() {
         return Err(io(io::Error::new(io::ErrorKind::InvalidInput, "is a directory")));
