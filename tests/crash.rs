@@ -15,14 +15,7 @@ const KS: &str = "SQLITE_TDE_TEST_KEYSTORE";
 const DB: &str = "SQLITE_TDE_TEST_DB";
 
 fn tde_for(keystore: &Path) -> Tde {
-    // One VFS name per keystore path, so parent and child processes agree.
-    let name = format!("tde-crash-{:x}", {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        keystore.hash(&mut h);
-        h.finish()
-    });
-    Tde::builder().keystore(keystore).vfs_name(name).register().unwrap()
+    child::tde_for("tde-crash", keystore)
 }
 
 /// Entry point of the child processes (does nothing in a normal test run).

@@ -30,13 +30,7 @@ const COMMITS: i64 = 100;
 const ROWS_PER_TX: i64 = 20;
 
 fn tde_for(keystore: &Path) -> Tde {
-    let name = format!("tde-stock-{:x}", {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        keystore.hash(&mut h);
-        h.finish()
-    });
-    Tde::builder().keystore(keystore).vfs_name(name).register().unwrap()
+    child::tde_for("tde-stock", keystore)
 }
 
 /// Child: commit `COMMITS` transactions in journal mode ROLE, then start one more that spills

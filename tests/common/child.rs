@@ -37,3 +37,15 @@ pub fn wait_for(out: &mut BufReader<ChildStdout>, prefix: &str) -> Option<String
         }
     }
 }
+
+/// A VFS over `keystore` registered under a name derived from the keystore path, so a parent
+/// and the child processes it spawns agree on it without passing it around.
+pub fn tde_for(prefix: &str, keystore: &Path) -> sqlite_tde::Tde {
+    let name = format!("{prefix}-{:x}", {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        keystore.hash(&mut h);
+        h.finish()
+    });
+    sqlite_tde::Tde::builder().keystore(keystore).vfs_name(name).register().unwrap()
+}
