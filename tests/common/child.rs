@@ -40,6 +40,7 @@ pub fn wait_for(out: &mut BufReader<ChildStdout>, prefix: &str) -> Option<String
 
 /// A VFS over `keystore` registered under a name derived from the keystore path, so a parent
 /// and the child processes it spawns agree on it without passing it around.
+#[allow(dead_code)] // not every test binary that includes this module spawns tde children
 pub fn tde_for(prefix: &str, keystore: &Path) -> sqlite_tde::Tde {
     let name = format!("{prefix}-{:x}", {
         use std::hash::{Hash, Hasher};
