@@ -307,3 +307,39 @@ fn damaged_page_fails_integrity_check() {
     let r = check(&env, &bad);
     assert!(r.problems.iter().any(|p| p.message.contains("all zero")), "{:?}", r.problems);
 }
+
+/// A journal with a zero first byte is never hot (SQLite's hasHotJournal reads only that
+/// byte): the journal of a transaction not yet synced (zero magic and record count, then the
+/// nonce, sizes and records), and a header zeroed at commit (PERSIST mode). Neither is a
+/// problem; both were reported as damage (exit 4) before.
+#[test]
+fn unsynced_and_zeroed_journal_headers_are_not_problems() {
+    let env = Env::new();
+    let db = healthy(&env, "h.db");
+    let snap = env.path("snap.db");
+    {
+        let c = env.tde.open(&db).unwrap();
+        // A small transaction: no cache spill, so the journal is never synced before commit.
+        c.execute_batch("BEGIN; UPDATE items SET score = score + 1 WHERE id = 3;").unwrap();
+        copy_files(&db, &snap);
+        c.execute_batch("ROLLBACK").unwrap();
+    }
+    assert!(std::fs::metadata(PathBuf::from(format!("{}-journal", snap.display()))).unwrap().len() > 0);
+    let r = check(&env, &snap);
+    let j = r.journal.clone().expect("a journal");
+    assert!(!j.hot && j.state.contains("not synced"), "{j:?}");
+    assert!(r.ok, "{:?}", r.problems);
+    cli(&env).arg("verify").arg(&snap).assert().success();
+
+    let persist = env.path("persist.db");
+    {
+        let c = env.tde.open(&persist).unwrap();
+        c.execute_batch("PRAGMA journal_mode=PERSIST;").unwrap();
+        workload::populate(&c, "VFY", 50);
+    }
+    let r = check(&env, &persist);
+    let j = r.journal.clone().expect("a persisted journal");
+    assert!(!j.hot && j.state.contains("zeroed header"), "{j:?}");
+    assert!(r.ok, "{:?}", r.problems);
+    cli(&env).arg("verify").arg(&persist).assert().success();
+}
