@@ -18,10 +18,15 @@ use crate::format::{choose_slot, Header, HeaderError, HEADER_REGION_LEN};
 pub fn read_header(path: &Path) -> Result<(Header, usize), Error> {
     let shown = path.display().to_string();
     let io_err = |e: std::io::Error| Error::Io(std::io::Error::new(e.kind(), format!("{shown}: {e}")));
-    let file = File::open(path).map_err(io_err)?;
-    if file.metadata().map_err(io_err)?.is_dir() {
+    // Before opening: opening a FIFO blocks until a writer appears (`info` hung on one).
+    let kind = std::fs::metadata(path).map_err(io_err)?.file_type();
+    if kind.is_dir() {
         return Err(io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory")));
     }
+    if !kind.is_file() {
+        return Err(io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let file = File::open(path).map_err(io_err)?;
     let mut region = Vec::with_capacity(HEADER_REGION_LEN);
     file.take(HEADER_REGION_LEN as u64).read_to_end(&mut region).map_err(io_err)?;
     if region.is_empty() {

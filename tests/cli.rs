@@ -248,3 +248,20 @@ fn usage_errors_and_help() {
         .success()
         .stdout(predicate::str::contains("Exit codes:").and(predicate::str::contains("3  key, KMS or header error")));
 }
+
+/// `info` on a FIFO fails at once with a clear error (opening it used to block forever,
+/// waiting for a writer).
+#[test]
+fn info_on_a_fifo_fails_at_once() {
+    let env = Env::new();
+    let fifo = env.db("pipe.db");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    env.cmd()
+        .arg("info")
+        .arg(&fifo)
+        .timeout(std::time::Duration::from_secs(10))
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains("not a regular file"));
+}
