@@ -11,7 +11,8 @@
 //! trailer (optional): super-journal name, its length (4), its checksum (4), magic (8)
 //! ```
 //!
-//! A journal whose first byte is zero is not hot (journal_mode=PERSIST zeroes its header).
+//! A journal whose first byte is zero is not hot (journal_mode=PERSIST zeroes its header; a
+//! transaction's journal has a zero magic until its first sync).
 //! A journal that names a super-journal which no longer exists belongs to a committed
 //! multi-database transaction and is not played back. Rolling back truncates the database to
 //! the size recorded in the first segment, then writes back every valid record's page.
@@ -108,11 +109,19 @@ pub fn scan(j: &EncryptedFile, db_dir: &Path) -> io::Result<(JournalScan, Journa
     }
     let mut head = [0u8; 28];
     j.read_at(&mut head, 0)?;
+    // SQLite's hasHotJournal reads only the first byte: zero is never hot, whatever follows.
+    // Two normal states have it: a header zeroed at commit (PERSIST mode, or exclusive locking
+    // mode), and a transaction whose journal is not synced yet (writeJournalHdr leaves the
+    // magic and record count zero until the first sync, the nonce, sizes and records follow).
     if head[0] == 0 {
-        s.state = "not hot (zeroed header: a finished transaction)".into();
-        if head.iter().any(|&b| b != 0) {
-            s.problem = Some("the journal header neither decrypts to the journal magic nor is zeroed".into());
+        s.state = if head[..12].iter().any(|&b| b != 0) {
+            "not hot (first byte zero: SQLite ignores and deletes it)"
+        } else if head[12..].iter().any(|&b| b != 0) {
+            "not hot (header not synced yet: a transaction in progress, or interrupted before its journal was synced)"
+        } else {
+            "not hot (zeroed header: a finished transaction)"
         }
+        .into();
         return Ok((s, index));
     }
     if head[..8] != JOURNAL_MAGIC {

@@ -444,10 +444,13 @@ fn check_wal(r: &mut Report, reader: &Reader, path: &Path) -> Result<()> {
         }
     }
     if w.partial_tail_bytes > 0 {
-        r.problem(
-            Area::Wal,
-            format!("the WAL ends with a torn frame: {} bytes after the last complete frame", w.partial_tail_bytes),
-        );
+        // Not damage: an append that did not finish (crash, ENOSPC). A commit frame is only
+        // acknowledged once written whole, so no committed transaction is in these bytes.
+        r.warnings.push(format!(
+            "the WAL ends with {} bytes of an incomplete frame: an uncommitted tail (an append interrupted by a \
+             crash or a full disk); SQLite ignores it",
+            w.partial_tail_bytes
+        ));
     }
     if w.ignored_frames > 0 && w.lost_commits == 0 {
         r.warnings.push(format!(

@@ -135,11 +135,15 @@ pub struct WalScan {
     /// Frames up to and including the last commit frame of the valid prefix: what SQLite
     /// applies (`mxFrame`).
     pub committed_frames: u64,
-    /// Commit frames among them (transactions).
+    /// Transactions among them: commit frames, without the copies of a commit frame SQLite
+    /// appends to pad the WAL to a sector boundary (synchronous=FULL without powersafe
+    /// overwrite).
     pub commits: u64,
     /// Database size in pages after the last commit (0: no commit).
     pub db_pages: u32,
-    /// Bytes after the last complete frame (a torn append).
+    /// Bytes after the last complete frame: an append that did not finish (crash, ENOSPC).
+    /// SQLite's recovery reads only complete frames, and a commit is only acknowledged once its
+    /// frame is written whole, so these bytes never hold a committed transaction.
     pub partial_tail_bytes: u64,
     /// The first frame that is not valid, if any frame is not.
     pub first_invalid: Option<InvalidFrame>,
@@ -209,6 +213,9 @@ pub fn scan(wal: &EncryptedFile, mut progress: impl FnMut(u64, u64)) -> io::Resu
     // Frames since the last commit: (page, frame index, had holes).
     let mut pending: Vec<(u32, u64, bool)> = Vec::new();
     let mut frame = vec![0u8; flen as usize];
+    // The previous valid frame, when it was a commit frame: its page number, database size
+    // and page (a padding frame repeats all three).
+    let mut last_commit: Option<Vec<u8>> = None;
     for i in 0..s.frames_in_file {
         if i % 256 == 0 {
             progress(i, s.frames_in_file);
@@ -256,6 +263,10 @@ pub fn scan(wal: &EncryptedFile, mut progress: impl FnMut(u64, u64)) -> io::Resu
             continue;
         }
         s.valid_frames += 1;
+        let padding = commit != 0
+            && last_commit.as_deref().is_some_and(|p| {
+                p[..8] == frame[..8] && p[FRAME_HEADER_LEN as usize..] == frame[FRAME_HEADER_LEN as usize..]
+            });
         pending.push((pgno, i, info.holes > 0));
         index.headers.insert(i, frame[..24].try_into().unwrap());
         if commit != 0 {
@@ -264,8 +275,13 @@ pub fn scan(wal: &EncryptedFile, mut progress: impl FnMut(u64, u64)) -> io::Resu
                 index.pages.insert(p, f);
             }
             s.committed_frames = i + 1;
-            s.commits += 1;
+            s.commits += u64::from(!padding);
             s.db_pages = commit;
+            if !padding {
+                last_commit = Some(frame.clone());
+            }
+        } else {
+            last_commit = None;
         }
     }
     progress(s.frames_in_file, s.frames_in_file);
