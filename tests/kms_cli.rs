@@ -8,6 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
+mod kms_support;
+
 use assert_cmd::Command;
 use predicates::prelude::*;
 
@@ -19,16 +21,7 @@ struct Env {
 }
 
 fn clean(c: &mut Command) {
-    for v in [
-        "SQLITE_TDE_KEYSTORE",
-        "SQLITE_TDE_KMS",
-        "SQLITE_TDE_ROOT_KEY_FILE",
-        "SQLITE_TDE_PASSPHRASE",
-        "SQLITE_TDE_PRINCIPAL",
-        "SQLITE_TDE_KMS_TOKEN",
-        "SQLITE_TDE_TEST_NOW",
-        "SQLITE_TDE_KEY",
-    ] {
+    for v in kms_support::KMS_ENV {
         c.env_remove(v);
     }
 }

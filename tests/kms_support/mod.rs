@@ -98,19 +98,23 @@ pub fn cli(ks: &Path) -> assert_cmd::Command {
     assert_cmd::Command::from_std(cli_std(ks))
 }
 
+/// The environment that selects a KMS, keystore, principal, key or clock: removed from every
+/// CLI child, so the developer's own settings never leak into a test.
+pub const KMS_ENV: &[&str] = &[
+    "SQLITE_TDE_KEYSTORE",
+    "SQLITE_TDE_KMS",
+    "SQLITE_TDE_ROOT_KEY_FILE",
+    "SQLITE_TDE_PASSPHRASE",
+    "SQLITE_TDE_PRINCIPAL",
+    "SQLITE_TDE_KMS_TOKEN",
+    "SQLITE_TDE_TEST_NOW",
+    "SQLITE_TDE_KEY",
+];
+
 /// [`cli`] as a plain `std::process::Command` (to run several at once).
 pub fn cli_std(ks: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
-    for v in [
-        "SQLITE_TDE_KEYSTORE",
-        "SQLITE_TDE_KMS",
-        "SQLITE_TDE_ROOT_KEY_FILE",
-        "SQLITE_TDE_PASSPHRASE",
-        "SQLITE_TDE_PRINCIPAL",
-        "SQLITE_TDE_KMS_TOKEN",
-        "SQLITE_TDE_TEST_NOW",
-        "SQLITE_TDE_KEY",
-    ] {
+    for v in KMS_ENV {
         c.env_remove(v);
     }
     c.arg("--keystore").arg(ks);
