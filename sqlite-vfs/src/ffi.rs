@@ -1104,6 +1104,12 @@ unsafe extern "C" fn x_access<S: Shim>(
 // registration holds the live base VFS; the remaining arguments are SQLite's own, forwarded
 // unchanged to the base VFS with the base's own `sqlite3_vfs` pointer.
 
+// The forwarding trampolines below run no Rust code that can panic (field reads and one C
+// call), so they need no catch_unwind. Each relies on the same fact:
+// SAFETY (all of them): SQLite calls them with the VFS registered by `register`, whose
+// registration holds the live base VFS; the remaining arguments are SQLite's own, forwarded
+// unchanged to the base VFS with the base's own `sqlite3_vfs` pointer.
+
 unsafe extern "C" fn x_full_pathname(
     vfs: *mut sys::sqlite3_vfs,
     z_name: *const c_char,
