@@ -54,6 +54,10 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Fail instead of creating a missing database.
     pub must_exist: bool,
+    /// Finish an interrupted rekey or in-place encryption whose state was written by a
+    /// format-1 build (not authenticated: anyone who can write the file could have forged
+    /// it). Only on an operator's explicit decision (`--trust-format-1`); docs/FORMAT.md §11.
+    pub trust_format_1: bool,
 }
 
 /// Registrations made by this process, by VFS name (a name can be registered only once).
@@ -215,6 +219,9 @@ impl Tde {
         if let Some(k) = &opts.key {
             uri.push_str("&key=");
             uri.push_str(&uri_escape(k));
+        }
+        if opts.trust_format_1 {
+            uri.push_str(&format!("&{}=1", crate::vfs::URI_TRUST_FORMAT_1_PARAM));
         }
         let mut flags = OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if opts.read_only {

@@ -35,6 +35,7 @@ mod tests {
 
     fn header(seq: u64) -> Header {
         Header {
+            format: crate::format::FORMAT_VERSION,
             sequence: seq,
             db_uuid: [3; 16],
             dek_created: 1,
@@ -61,9 +62,10 @@ mod tests {
         std::fs::write(&p, &plain).unwrap();
         assert!(matches!(read_header(&p), Err(Error::Header { source: HeaderError::PlainSqlite, .. })));
 
+        let meta = crate::crypto::MetaKey::derive(&crate::crypto::DataKey::generate().unwrap());
         let mut region = vec![0u8; HEADER_REGION_LEN + 100];
-        region[..SLOT_LEN].copy_from_slice(&header(1).encode().unwrap());
-        region[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&header(2).encode().unwrap());
+        region[..SLOT_LEN].copy_from_slice(&header(1).encode(&meta).unwrap());
+        region[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&header(2).encode(&meta).unwrap());
         std::fs::write(&p, &region).unwrap();
         let (h, slot) = read_header(&p).unwrap();
         assert_eq!((h.sequence, slot), (2, 1));

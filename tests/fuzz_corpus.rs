@@ -91,6 +91,11 @@ fn corpus_kms_request() {
 }
 
 #[test]
+fn corpus_rotation_state() {
+    replay("rotation_state", targets::rotation_state, 50);
+}
+
+#[test]
 fn corpus_vfs_io() {
     replay("vfs_io", targets::vfs_io, 50);
 }
@@ -108,8 +113,10 @@ fn write_seed_corpus() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(name), bytes).unwrap();
     };
-    // header
+    // header (format 2, MACed under the fuzz key; the checked-in format 1 seeds stay)
+    let meta = sqlite_tde::crypto::MetaKey::derive(&targets::fuzz_data_key());
     let h = Header {
+        format: sqlite_tde::format::FORMAT_VERSION,
         sequence: 3,
         db_uuid: [9; 16],
         dek_created: 1_700_000_000,
@@ -119,13 +126,14 @@ fn write_seed_corpus() {
         rekey: None,
     };
     let mut region = vec![0u8; HEADER_REGION_LEN];
-    region[..SLOT_LEN].copy_from_slice(&h.encode().unwrap());
+    region[..SLOT_LEN].copy_from_slice(&h.encode(&meta).unwrap());
     let mut older = h.clone();
     older.sequence = 2;
-    region[SLOT_LEN..].copy_from_slice(&older.encode().unwrap());
-    put("header", "region-two-slots", &region);
-    put("header", "slot-a-only", &region[..SLOT_LEN]);
-    put("header", "truncated-3000", &region[..3000]);
+    region[SLOT_LEN..].copy_from_slice(&older.encode(&meta).unwrap());
+    put("header", "v2-region-two-slots", &region);
+    put("header", "v2-slot-a-only", &region[..SLOT_LEN]);
+    put("header", "v2-truncated-3000", &region[..3000]);
+    put("header", "v1-slot-a-only", &h.encode_format_1().unwrap());
     let mut rk = h.clone();
     rk.rekey = Some(RekeyState {
         key: KeyRef { uri: "local:new".into(), version: 1 },
@@ -133,7 +141,12 @@ fn write_seed_corpus() {
         kcv: [2; 32],
         progress: 8192,
     });
-    put("header", "slot-rekey", &rk.encode().unwrap());
+    put("header", "v2-slot-rekey", &rk.encode(&meta).unwrap());
+    // rotation side files
+    use sqlite_tde::rotation::journal;
+    put("rotation_state", "journal-v2", &journal::encode(&meta, &[9; 16], &[2; 32], 4096, &[0x5a; 4096]));
+    put("rotation_state", "journal-v1", &journal::encode_format_1(&[9; 16], &[2; 32], 0, &[0xa5; 512]));
+    put("rotation_state", "empty", b"");
     let mut plain = b"SQLite format 3\0".to_vec();
     plain.resize(200, 0);
     put("header", "plain-sqlite", &plain);

@@ -60,7 +60,7 @@ fn replaced_database_is_refused_when_the_key_is_named() {
     let before = bytes(&f.victim);
     for name in ["alias/app", f.key_id.as_str(), &format!("local:{}", f.key_id)] {
         assert_mismatch(f.env.tde.open_with(&f.victim, &named(name)), name);
-        let ro = OpenOptions { key: Some(name.into()), read_only: true, must_exist: true };
+        let ro = OpenOptions { key: Some(name.into()), read_only: true, must_exist: true, ..Default::default() };
         assert_mismatch(f.env.tde.open_with(&f.victim, &ro), name);
     }
     assert!(bytes(&f.victim) == before, "a refused open changed the file");

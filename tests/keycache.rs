@@ -120,7 +120,7 @@ fn setup(cfg: CacheConfig, with_probe: bool) -> Setup {
 }
 
 fn existing() -> OpenOptions {
-    OpenOptions { key: None, read_only: false, must_exist: true }
+    OpenOptions { key: None, read_only: false, must_exist: true, ..Default::default() }
 }
 
 fn create(s: &Setup, name: &str) -> std::path::PathBuf {

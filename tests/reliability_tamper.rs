@@ -496,9 +496,22 @@ fn header_swap_and_replay_after_rewrap() {
     let ctx = EncryptionContext::for_database(&old.db_uuid);
     let (wrapped, key) = kms.rewrap_data_key(&old.key, &old.wrapped_dek, &ctx, Some(&new_key.key_id)).unwrap();
     let newer = Header { sequence: old.sequence + 1, wrapped_dek: wrapped, key, ..old.clone() };
-    let mut v = ab.clone();
     let other = 1 - slot;
-    v[other * SLOT_LEN..(other + 1) * SLOT_LEN].copy_from_slice(&newer.encode().unwrap());
+    // Written without the DEK (a KMS principal that may re-encrypt but holds no data key: the
+    // slot's MAC cannot be right): refused.
+    let mut v = ab.clone();
+    let stranger = sqlite_tde::crypto::MetaKey::derive(&sqlite_tde::crypto::DataKey::generate().unwrap());
+    v[other * SLOT_LEN..(other + 1) * SLOT_LEN].copy_from_slice(&newer.encode(&stranger).unwrap());
+    std::fs::write(&a, &v).unwrap();
+    let o = classify(&open, &a, &da, &[]);
+    assert!(matches!(&o, Outcome::CleanError(m) if m.starts_with("header: Forged")), "{o:?}");
+    assert_eq!(std::fs::read(&a).unwrap(), v, "a refused open changed the file");
+    t.add("rewrapped header without the data key's MAC", &o);
+    // By a holder of the DEK (what `rewrap` does): accepted.
+    let dek = kms.decrypt_data_key(&old.key, &old.wrapped_dek, &ctx).unwrap();
+    let meta = sqlite_tde::crypto::MetaKey::derive(&dek);
+    let mut v = ab.clone();
+    v[other * SLOT_LEN..(other + 1) * SLOT_LEN].copy_from_slice(&newer.encode(&meta).unwrap());
     std::fs::write(&a, &v).unwrap();
     t.add("rewrapped header (control)", &classify(&open, &a, &da, &[]));
     std::fs::write(&a, &ab).unwrap();

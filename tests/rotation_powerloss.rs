@@ -177,6 +177,7 @@ fn keys() -> Keys {
 
 fn base_header(kcv: [u8; 32]) -> Header {
     Header {
+        format: sqlite_tde::format::FORMAT_VERSION,
         sequence: 1,
         db_uuid: UUID,
         dek_created: 1,
@@ -203,10 +204,10 @@ fn make_db(k: &Keys, len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let mut plain: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
     let mut phys = vec![0u8; HEADER_REGION_LEN];
     let h = base_header(k.old_kcv);
-    phys[..SLOT_LEN].copy_from_slice(&h.encode().unwrap());
+    phys[..SLOT_LEN].copy_from_slice(&h.encode(k.old.meta()).unwrap());
     let mut b = h.clone();
     b.sequence = 0;
-    phys[SLOT_LEN..].copy_from_slice(&b.encode().unwrap());
+    phys[SLOT_LEN..].copy_from_slice(&b.encode(k.old.meta()).unwrap());
     let mut data = plain.clone();
     k.old.encrypt(Domain::Database, 0, &mut data);
     // Holes: a few blocks that are zero on disk (and so zero in the plaintext).
@@ -257,7 +258,7 @@ fn recover(db: &mut SimFile, j: &mut SimFile, k: &Keys, hook: &mut dyn Hook) -> 
         return Ok(());
     }
     let mut e = RekeyEngine::new(db, j, &k.old, &k.new, h, slot, 64 << 10, hook);
-    assert_eq!(e.recover()?, Outcome::Done);
+    assert_eq!(e.recover(false)?, Outcome::Done);
     Ok(())
 }
 
@@ -404,7 +405,7 @@ fn convert_outcome(db: &mut SimFile, side: &mut SimFile, k: &Keys) -> (Vec<u8>, 
     let region = &db.current[..db.current.len().min(HEADER_REGION_LEN)];
     if convert::recovery_needed(region, state.as_deref()) {
         let mut quiet = Quiet;
-        let mut e = ConvertEngine::resume(db, side, &k.new, &mut quiet).unwrap();
+        let mut e = ConvertEngine::resume(db, side, &k.new, &mut quiet, false).unwrap();
         assert_eq!(e.run().unwrap(), Outcome::Done);
     }
     if db.current.starts_with(b"SQLite format 3\0") {

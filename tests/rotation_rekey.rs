@@ -454,7 +454,10 @@ fn read_only_file_and_connection_get_clear_errors() {
     // A read-only connection cannot finish an interrupted rekey: it says so.
     let (code, _) = run_child("rekey", &ks, &db, Some("rekey:progress-synced@0"), 16 << 10);
     assert_eq!(code, None);
-    let ro = tde.open_with(&db, &sqlite_tde::OpenOptions { key: None, read_only: true, must_exist: true });
+    let ro = tde.open_with(
+        &db,
+        &sqlite_tde::OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() },
+    );
     let e = ro.expect_err("a read-only open of a half-rekeyed database must fail");
     assert!(e.to_string().contains("read-only") && e.to_string().contains("rekey"), "{e}");
     // A read-write open finishes it.
@@ -537,7 +540,9 @@ fn cli_ctrl_c_and_resume() {
 fn assert_untouched(tde: &sqlite_tde::Tde, db: &Path, before: &[u8; 32], snap: &[String], held: &rusqlite::Connection) {
     assert_eq!(&rotation_support::file_hash(db), before, "the database file changed");
     assert!(!side(db, "-tderekey").exists(), "rekey journal left behind");
-    let ro = tde.open_with(db, &sqlite_tde::OpenOptions { key: None, read_only: true, must_exist: true }).unwrap();
+    let ro = tde
+        .open_with(db, &sqlite_tde::OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() })
+        .unwrap();
     assert_eq!(snapshot(&ro), snap, "read-only open");
     drop(ro);
     assert_eq!(snapshot(&open(tde, db)), snap, "read-write open");

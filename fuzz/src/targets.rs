@@ -8,21 +8,36 @@
 
 use std::cell::RefCell;
 
-use sqlite_tde::crypto::{DataKey, Domain, XtsCipher};
-use sqlite_tde::format::{choose_slot, logical_len, physical_len, Header, SlotStatus, HEADER_REGION_LEN, SLOT_LEN};
+use sqlite_tde::crypto::{DataKey, Domain, MetaKey, XtsCipher};
+use sqlite_tde::format::{
+    authenticate, choose_slot, logical_len, physical_len, Header, SlotStatus, FORMAT_VERSION, HEADER_REGION_LEN,
+    SLOT_LEN,
+};
 use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::{EncryptionContext, Kms};
 use sqlite_tde::vfs::blockio::{EncryptedIo, MemFile, WriteCache};
 use sqlite_vfs::{FileKind, ReadStatus};
 
+/// The fixed DEK whose metadata key authenticates the format 2 seeds of the corpus (so the
+/// fuzzer reaches the MAC check with slots that pass it).
+pub fn fuzz_data_key() -> DataKey {
+    DataKey::from_slice(&(1..=64u8).collect::<Vec<_>>()).expect("distinct halves")
+}
+
 /// Header region parser: `choose_slot` over the input as a region, `Header::decode` over each
-/// slot-sized window; any header that decodes must survive an encode/decode round trip.
+/// slot-sized window; any header that decodes must survive an encode/decode round trip, and
+/// authentication must only ever pass for slots MACed under the fuzz key.
 pub fn header(data: &[u8]) {
+    let meta = MetaKey::derive(&fuzz_data_key());
     let _ = choose_slot(data);
     for slot in [data, data.get(SLOT_LEN..).unwrap_or(&[])] {
         if let SlotStatus::Valid(h) = Header::decode(slot) {
-            let again = h.encode().expect("a decoded header re-encodes");
-            assert_eq!(Header::decode(&again), SlotStatus::Valid(h), "encode/decode round trip");
+            let again = h.encode(&meta).expect("a decoded header re-encodes");
+            let want = Header { format: FORMAT_VERSION, ..h };
+            assert_eq!(Header::decode(&again), SlotStatus::Valid(want), "encode/decode round trip");
+            let mut region = again.clone();
+            region.resize(HEADER_REGION_LEN, 0);
+            assert_eq!(authenticate(&region, 0, &meta), Ok(true), "a slot this key encoded authenticates");
         }
     }
     // The same bytes as slot A of a full region (so short inputs reach the slot parser too).
@@ -31,7 +46,23 @@ pub fn header(data: &[u8]) {
     region[..n].copy_from_slice(&data[..n]);
     if let Ok((h, slot)) = choose_slot(&region) {
         assert!(slot < 2);
-        let _ = h.encode();
+        let _ = h.encode(&meta);
+        let _ = authenticate(&region, slot, &meta);
+    }
+}
+
+/// Rotation side files: the rekey journal record and the in-place encryption state parsers,
+/// with and without trust in format 1. A record or state that passes must be consistent.
+pub fn rotation_state(data: &[u8]) {
+    use sqlite_tde::rotation::{convert, journal};
+    let meta = MetaKey::derive(&fuzz_data_key());
+    for trust in [false, true] {
+        if let Some(r) = journal::decode(data, &meta, trust) {
+            assert!(r.data.len() + journal::RECORD_HEADER_LEN <= data.len());
+        }
+    }
+    if let Some((_, slot)) = convert::decode_state(data) {
+        assert!(slot < 2);
     }
 }
 

@@ -232,11 +232,20 @@ pub fn copy(src: &Connection, dst: &mut Connection, timeout: Duration, what: &st
 /// hot journal left by a crashed writer is rolled back first (a read-only connection cannot);
 /// read-only when the file cannot be written. The copy itself only reads.
 pub fn open_source_conn(tde: &Tde, keystore: &Path, db: &Path) -> CliResult<Connection> {
-    match open::open(tde, keystore, db, &OpenOptions { key: None, read_only: false, must_exist: true }) {
+    match open::open(
+        tde,
+        keystore,
+        db,
+        &OpenOptions { key: None, read_only: false, must_exist: true, ..Default::default() },
+    ) {
         Ok(c) => Ok(c),
-        Err(e) => {
-            open::open(tde, keystore, db, &OpenOptions { key: None, read_only: true, must_exist: true }).map_err(|_| e)
-        }
+        Err(e) => open::open(
+            tde,
+            keystore,
+            db,
+            &OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() },
+        )
+        .map_err(|_| e),
     }
 }
 
@@ -261,7 +270,7 @@ pub fn run_backup(global: &Global, args: &BackupArgs) -> CliResult {
             &tde,
             &global.keystore,
             &tmp.path,
-            &OpenOptions { key: Some(key), read_only: false, must_exist: false },
+            &OpenOptions { key: Some(key), read_only: false, must_exist: false, ..Default::default() },
         )
         .map_err(tmp.rename_in(&args.dest))?;
         copy(&src, &mut dst, Duration::from_secs(args.busy_timeout), "backup").map_err(tmp.rename_in(&args.dest))?
@@ -357,7 +366,7 @@ pub fn run_restore(global: &Global, args: &RestoreArgs) -> CliResult {
             &tde,
             &global.keystore,
             &args.db,
-            &OpenOptions { key: None, read_only: false, must_exist: true },
+            &OpenOptions { key: None, read_only: false, must_exist: true, ..Default::default() },
         )?;
         copy(&src, &mut dst, timeout, "restore")?
     } else {
@@ -368,7 +377,7 @@ pub fn run_restore(global: &Global, args: &RestoreArgs) -> CliResult {
                 &tde,
                 &global.keystore,
                 &tmp.path,
-                &OpenOptions { key, read_only: false, must_exist: false },
+                &OpenOptions { key, read_only: false, must_exist: false, ..Default::default() },
             )
             .map_err(tmp.rename_in(&args.db))?;
             copy(&src, &mut dst, timeout, "restore").map_err(tmp.rename_in(&args.db))?

@@ -34,6 +34,11 @@ pub struct EncryptArgs {
     /// Only finish an interrupted in-place encryption.
     #[arg(long, requires = "in_place")]
     pub resume: bool,
+    /// With --resume: finish a conversion interrupted under an earlier sqlite-tde (format 1),
+    /// whose state file is not authenticated. Only if you know that build started it: anyone
+    /// who can write the files can forge such a state (docs/FORMAT.md §11).
+    #[arg(long, requires = "resume")]
+    pub trust_format_1: bool,
     /// Bytes moved per crash-safe step of --in-place (rounded down to 4 KiB) [default: 32 MiB].
     #[arg(long, value_name = "BYTES", requires = "in_place")]
     pub chunk_size: Option<u64>,
@@ -102,6 +107,7 @@ pub fn run_encrypt(global: &Global, args: &EncryptArgs) -> CliResult {
                 chunk: args.chunk_size,
                 busy_timeout: Some(Duration::from_millis(args.busy_timeout)),
                 resume_only: args.resume,
+                trust_format_1: args.trust_format_1,
             };
             convert::encrypt_in_place(&tde, &args.plain, &opts)
         } else {

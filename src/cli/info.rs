@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::{CliError, CliResult};
 use super::{open, Global};
-use crate::format::{Header, FORMAT_VERSION};
+use crate::format::Header;
 use crate::inspect::read_header;
 use crate::OpenOptions;
 
@@ -68,7 +68,7 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
 /// The report's fields from the header, in display order.
 fn header_fields(h: &Header, slot: usize) -> Vec<(&'static str, Value)> {
     let mut v = vec![
-        ("format_version", json!(FORMAT_VERSION)),
+        ("format_version", json!(h.format)),
         ("cipher", json!(CIPHER_NAME)),
         ("db_uuid", json!(uuid::Uuid::from_bytes(h.db_uuid).hyphenated().to_string())),
         ("key_id", json!(h.key.key_id())),
@@ -110,7 +110,12 @@ fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
 /// Facts that need the key: open read-only through the VFS and ask SQLite.
 fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, CliError> {
     let tde = open::register(keystore)?;
-    let conn = open::open(&tde, keystore, db, &OpenOptions { key: None, read_only: true, must_exist: true })?;
+    let conn = open::open(
+        &tde,
+        keystore,
+        db,
+        &OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() },
+    )?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;

@@ -20,6 +20,7 @@ pub mod script;
 pub mod secrets;
 pub mod shell;
 pub mod sql;
+pub mod upgrade;
 pub mod verify;
 
 use std::ffi::OsString;
@@ -107,6 +108,9 @@ pub enum Command {
     /// Rotate the CMK: wrap the data key under the CMK's newest version (or another CMK),
     /// without touching pages; `--all` for a fleet of files.
     Rewrap(rewrap::RewrapArgs),
+    /// Rewrite format-1 headers (not authenticated) in the current format; `--all` for a
+    /// fleet of files.
+    Upgrade(upgrade::UpgradeArgs),
     /// Rotate the data key: re-encrypt every page under a new one (crash-safe, resumable).
     Rekey(rekey::RekeyArgs),
     /// Encrypt a plain SQLite database: a new encrypted copy, or --in-place.
@@ -177,6 +181,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Restore(args) => backup::run_restore(&global, args),
         Command::Export(args) => export::run(&global, args),
         Command::Rewrap(args) => rewrap::run(&global, args),
+        Command::Upgrade(args) => upgrade::run(&global, args),
         Command::Rekey(args) => rekey::run(&global, args),
         Command::Encrypt(args) => convert::run_encrypt(&global, args),
         Command::Decrypt(args) => convert::run_decrypt(&global, args),

@@ -32,6 +32,11 @@ pub struct RekeyArgs {
     /// Only finish an interrupted rekey; do not start a new one.
     #[arg(long)]
     pub resume: bool,
+    /// With --resume: finish a rekey interrupted under an earlier sqlite-tde (format 1), whose
+    /// rekey state is not authenticated. Only if you know that build started it: anyone who
+    /// can write the file can forge such a state (docs/FORMAT.md §11).
+    #[arg(long, requires = "resume")]
+    pub trust_format_1: bool,
     /// Bytes re-encrypted per crash-safe step (rounded down to 4 KiB) [default: 32 MiB].
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u64>,
@@ -49,6 +54,7 @@ pub fn run(global: &Global, args: &RekeyArgs) -> CliResult {
         chunk: args.chunk_size,
         busy_timeout: Duration::from_millis(args.busy_timeout),
         resume_only: args.resume,
+        trust_format_1: args.trust_format_1,
     };
     let result = rotation::with_progress(Reporter::observer(&reporter), || rotation::rekey(&tde, &args.db, &opts));
     let rep = reporter.lock().unwrap_or_else(|e| e.into_inner());

@@ -39,7 +39,7 @@ pub struct RewrapArgs {
 }
 
 /// sqlite-tde database files under `path` (the file itself, or recursively a directory).
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+pub(super) fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let md = std::fs::metadata(path)?;
     if md.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).collect();
@@ -102,20 +102,21 @@ pub fn run(global: &Global, args: &RewrapArgs) -> CliResult {
                         out,
                         "{}",
                         json!({"event": "file", "path": f, "status": r.status, "key_uri": r.key_uri,
-                        "key_version": r.key_version, "previous_key_uri": r.previous_key_uri, "previous_key_version": r.previous_key_version})
+                        "format_upgraded": r.format_upgraded, "key_version": r.key_version, "previous_key_uri": r.previous_key_uri, "previous_key_version": r.previous_key_version})
                     )?;
                 } else if global.json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
                 } else {
                     writeln!(
                         out,
-                        "{:<10} {}  {} v{} -> {} v{}",
+                        "{:<10} {}  {} v{} -> {} v{}{}",
                         r.status,
                         f.display(),
                         r.previous_key_uri,
                         r.previous_key_version,
                         r.key_uri,
-                        r.key_version
+                        r.key_version,
+                        if r.format_upgraded { "  (header upgraded from format 1)" } else { "" }
                     )?;
                 }
             }

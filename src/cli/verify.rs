@@ -102,7 +102,12 @@ pub fn verify_database(tde: &Tde, keystore: &Path, db: &Path, quick: bool) -> Cl
 }
 
 fn integrity_check(tde: &Tde, keystore: &Path, db: &Path, quick: bool) -> CliResult<Vec<String>> {
-    let conn = open::open(tde, keystore, db, &OpenOptions { key: None, read_only: true, must_exist: true })?;
+    let conn = open::open(
+        tde,
+        keystore,
+        db,
+        &OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() },
+    )?;
     let pragma = if quick { "PRAGMA quick_check" } else { "PRAGMA integrity_check" };
     let mut stmt = conn.prepare(pragma)?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;

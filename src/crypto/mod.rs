@@ -1,14 +1,16 @@
 //! Cryptographic primitives: the page cipher (AES-256-XTS), secret key types, the key-check
-//! value and tweak derivation. Nothing here does I/O.
+//! value, metadata MACs and tweak derivation. Nothing here does I/O.
 
 mod kcv;
 mod keys;
+mod meta;
 mod random;
 mod tweak;
 mod xts;
 
 pub use kcv::{kcv_matches, key_check_value, KCV_LEN};
 pub use keys::{scrub_stack, with_scrubbed_stack, DataKey, DATA_KEY_LEN};
+pub use meta::{MacPurpose, MetaKey, MAC_LEN};
 pub use random::{fill_random, random_array};
 pub use tweak::{Domain, DATA_UNIT, DATA_UNIT_LOG2};
 pub use xts::XtsCipher;

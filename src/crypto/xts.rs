@@ -24,6 +24,7 @@
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
 
+use super::meta::MetaKey;
 use super::tweak::{Domain, DATA_UNIT};
 use super::DataKey;
 
@@ -50,6 +51,8 @@ struct Schedules {
     /// Round keys for the VAES-512 kernel; `Some` only if the CPU supports it.
     #[cfg(target_arch = "x86_64")]
     fast: Option<x86::Keys>,
+    /// The metadata MAC key root of the same DEK (header slots, rotation side files).
+    meta: MetaKey,
 }
 
 impl std::fmt::Debug for XtsCipher {
@@ -126,10 +129,16 @@ impl XtsCipher {
             tweak: Aes256::new_from_slice(&k[32..]).expect("32-byte key"),
             #[cfg(target_arch = "x86_64")]
             fast: if fast { x86::Keys::new(k) } else { None },
+            meta: MetaKey::derive(key),
         });
         // Best effort: a kernel without MADV_DONTDUMP still encrypts correctly.
         let _ = sqlite_vfs::mem::exclude_value_from_core_dumps(&*k);
         XtsCipher { k }
+    }
+
+    /// The metadata MAC keys of this cipher's DEK.
+    pub fn meta(&self) -> &MetaKey {
+        &self.k.meta
     }
 
     /// The implementation in use: `"vaes512"` or `"portable"`.

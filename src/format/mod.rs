@@ -8,8 +8,8 @@ mod names;
 mod size;
 
 pub use header::{
-    choose_slot, Header, HeaderError, KeyRef, RekeyState, SlotStatus, CIPHER_AES_256_XTS, FORMAT_VERSION,
-    HEADER_REGION_LEN, MAGIC, SLOT_LEN, SLOT_USED_LEN,
+    authenticate, choose_slot, Header, HeaderError, KeyRef, RekeyState, SlotStatus, CIPHER_AES_256_XTS, FORMAT_VERSION,
+    FORMAT_VERSION_1, HEADER_REGION_LEN, MAGIC, SLOT_LEN, SLOT_USED_LEN,
 };
 pub use names::{legacy_side_path, physical_name, side_path, SideFile};
 pub use size::{logical_len, physical_len};

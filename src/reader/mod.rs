@@ -224,6 +224,8 @@ impl Reader {
         let (header, slot) =
             choose_slot(&region).map_err(|source| Error::Header { path: path.display().to_string(), source })?;
         let cipher = unwrap_key(path, kms, &header)?;
+        crate::format::authenticate(&region, slot, cipher.meta())
+            .map_err(|source| Error::Header { path: path.display().to_string(), source })?;
         let reader = Self::assemble(path, file, header, slot, cipher, opts)?;
         if let Some(f) = reader.findings.first() {
             return Err(Error::Header {

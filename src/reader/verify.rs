@@ -295,7 +295,7 @@ pub fn verify_with(
             return Ok(r);
         }
     };
-    r.format_version = Some(FORMAT_VERSION);
+    r.format_version = Some(header.format);
     r.cipher = Some("aes-256-xts");
     r.db_uuid = Some(uuid::Uuid::from_bytes(header.db_uuid).hyphenated().to_string());
     r.key_uri = Some(header.key.uri.clone());
@@ -333,6 +333,17 @@ pub fn verify_with(
         }
     };
     r.key_check = "ok";
+    match crate::format::authenticate(&region, slot, cipher.meta()) {
+        Ok(true) => {}
+        Ok(false) => r.warnings.push(format!(
+            "format {} header: not authenticated (written by an earlier sqlite-tde); `sqlite-tde upgrade` rewrites it as format {FORMAT_VERSION}",
+            header.format
+        )),
+        Err(e) => {
+            r.problem(Area::Header, e.to_string());
+            return Ok(r);
+        }
+    }
 
     // 3. Pages, WAL and journal.
     let reader = Reader::assemble(path, file, header, slot, cipher, ReaderOptions::default())?;

@@ -26,7 +26,7 @@ use super::engine::{Abort, Hook, Outcome, RawDb, SideFile, Step};
 use super::{
     check_writable, observe, parse_json, side_path, BaseDb, FsSide, Progress, VfsHook, CONVERT_JOURNAL_SUFFIX,
 };
-use crate::crypto::{Domain, XtsCipher};
+use crate::crypto::{Domain, MacPurpose, MetaKey, XtsCipher, MAC_LEN};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::format::{choose_slot, Header, HeaderError, HEADER_REGION_LEN, SLOT_LEN};
 use crate::vfs::database::{
@@ -42,8 +42,19 @@ const SQLITE_MAGIC: [u8; 16] = *b"SQLite format 3\0";
 
 const STATE_MAGIC: [u8; 8] = *b"SQLTDECV";
 const CHUNK_MAGIC: [u8; 8] = *b"SQLTDECC";
-const STATE_VERSION: u16 = 1;
+/// State format written by this build: MACed under the target DEK, with the digest of the
+/// plain bytes the conversion left in place.
+const STATE_VERSION: u16 = 2;
+/// Format 1: checksummed only; resumed only when the caller trusts format 1 state.
+const STATE_VERSION_1: u16 = 1;
 const STATE_SUM_AT: usize = SLOT_LEN - 32;
+const STATE_MAC_AT: usize = STATE_SUM_AT - MAC_LEN;
+/// Where the digest of the plain file's bytes `PLAIN_PROBE` sits in a state slot.
+const PLAIN_DIGEST_AT: usize = 48 + HEADER_IMAGE_LEN;
+/// Bytes of the plain file that stay where they are until the final header is written (the
+/// rest of SQLite's page 1 header; every page is at least 512 bytes): what a state says about
+/// the file it belongs to.
+const PLAIN_PROBE: std::ops::Range<u64> = 16..512;
 /// Offset of the chunk record in the state file (after two 4 KiB state slots).
 const CHUNK_AT: u64 = 2 * SLOT_LEN as u64;
 const CHUNK_HEAD: usize = 128;
@@ -75,10 +86,23 @@ pub struct ConvertState {
     pub chunk: u64,
     /// The header the encrypted file gets (sequence 1).
     pub header: Header,
+    /// SHA-256 of the plain file's bytes [`PLAIN_PROBE`] when the conversion started
+    /// (format 1 states: zero).
+    pub plain_digest: [u8; 32],
+    /// Format of the slot it was read from.
+    pub format: u16,
+}
+
+/// Digest of the bytes of `db` a conversion never moves before its end ([`PLAIN_PROBE`]).
+fn plain_digest(db: &mut impl RawDb) -> Result<[u8; 32]> {
+    let mut probe = vec![0u8; (PLAIN_PROBE.end - PLAIN_PROBE.start) as usize];
+    db.read_exact_at(&mut probe, PLAIN_PROBE.start)?;
+    Ok(Sha256::digest(&probe).into())
 }
 
 impl ConvertState {
-    fn encode(&self) -> Result<Vec<u8>> {
+    /// A format 2 slot, MACed under `meta` (the target DEK's metadata key).
+    fn encode(&self, meta: &MetaKey) -> Result<Vec<u8>> {
         let mut b = vec![0u8; SLOT_LEN];
         b[0..8].copy_from_slice(&STATE_MAGIC);
         b[8..10].copy_from_slice(&STATE_VERSION.to_le_bytes());
@@ -86,15 +110,25 @@ impl ConvertState {
         b[24..32].copy_from_slice(&self.plain_len.to_le_bytes());
         b[32..40].copy_from_slice(&self.progress.to_le_bytes());
         b[40..48].copy_from_slice(&self.chunk.to_le_bytes());
-        let image = self.header.encode().map_err(|source| Error::Header { path: "convert state".into(), source })?;
+        let image =
+            self.header.encode(meta).map_err(|source| Error::Header { path: "convert state".into(), source })?;
         b[48..48 + HEADER_IMAGE_LEN].copy_from_slice(&image[..HEADER_IMAGE_LEN]);
+        b[PLAIN_DIGEST_AT..PLAIN_DIGEST_AT + 32].copy_from_slice(&self.plain_digest);
+        let tag = meta.mac(MacPurpose::ConvertState, &[&b[..STATE_MAC_AT]]);
+        b[STATE_MAC_AT..STATE_SUM_AT].copy_from_slice(&tag);
         let sum = Sha256::digest(&b[..STATE_SUM_AT]);
         b[STATE_SUM_AT..].copy_from_slice(&sum);
         Ok(b)
     }
 
+    /// Parse a slot (checksum only: the MAC needs the DEK the slot names, see
+    /// [`authenticate_state`]).
     fn decode(b: &[u8]) -> Option<ConvertState> {
-        if b.len() < SLOT_LEN || b[0..8] != STATE_MAGIC || u16::from_le_bytes([b[8], b[9]]) != STATE_VERSION {
+        if b.len() < SLOT_LEN || b[0..8] != STATE_MAGIC {
+            return None;
+        }
+        let format = u16::from_le_bytes([b[8], b[9]]);
+        if format != STATE_VERSION && format != STATE_VERSION_1 {
             return None;
         }
         if Sha256::digest(&b[..STATE_SUM_AT]).as_slice() != &b[STATE_SUM_AT..SLOT_LEN] {
@@ -107,7 +141,31 @@ impl ConvertState {
             crate::format::SlotStatus::Valid(h) => h,
             _ => return None,
         };
-        Some(ConvertState { sequence: u(16), plain_len: u(24), progress: u(32), chunk: u(40), header })
+        let plain_digest = if format == STATE_VERSION {
+            b[PLAIN_DIGEST_AT..PLAIN_DIGEST_AT + 32].try_into().unwrap()
+        } else {
+            [0u8; 32]
+        };
+        Some(ConvertState {
+            sequence: u(16),
+            plain_len: u(24),
+            progress: u(32),
+            chunk: u(40),
+            header,
+            plain_digest,
+            format,
+        })
+    }
+}
+
+/// Is slot `slot` of a state file's content written by a holder of the target DEK (`meta`)?
+/// Format 1 slots only when `trust_format_1`.
+fn authenticate_state(bytes: &[u8], slot: usize, meta: &MetaKey, trust_format_1: bool) -> bool {
+    let Some(b) = bytes.get(slot * SLOT_LEN..(slot + 1) * SLOT_LEN) else { return false };
+    match u16::from_le_bytes([b[8], b[9]]) {
+        STATE_VERSION => meta.verify(MacPurpose::ConvertState, &[&b[..STATE_MAC_AT]], &b[STATE_MAC_AT..STATE_SUM_AT]),
+        STATE_VERSION_1 => trust_format_1,
+        _ => false,
     }
 }
 
@@ -123,7 +181,10 @@ pub fn decode_state(bytes: &[u8]) -> Option<(ConvertState, usize)> {
     }
 }
 
-fn chunk_record(uuid: &[u8; 16], progress: u64, start: u64, data: &[u8]) -> Vec<u8> {
+/// A format 2 chunk record: the plaintext being moved, MACed under the target DEK (the
+/// plaintext is written back into the database under that DEK, so it must come from the
+/// conversion itself).
+fn chunk_record(meta: &MetaKey, uuid: &[u8; 16], progress: u64, start: u64, data: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; CHUNK_HEAD];
     b[0..8].copy_from_slice(&CHUNK_MAGIC);
     b[8..10].copy_from_slice(&STATE_VERSION.to_le_bytes());
@@ -131,32 +192,44 @@ fn chunk_record(uuid: &[u8; 16], progress: u64, start: u64, data: &[u8]) -> Vec<
     b[32..40].copy_from_slice(&progress.to_le_bytes());
     b[40..48].copy_from_slice(&start.to_le_bytes());
     b[48..56].copy_from_slice(&(data.len() as u64).to_le_bytes());
-    let mut h = Sha256::new();
-    h.update(&b[..64]);
-    h.update(data);
-    let sum: [u8; 32] = h.finalize().into();
-    b[64..96].copy_from_slice(&sum);
+    let tag = meta.mac(MacPurpose::ConvertChunk, &[&b[..64], data]);
+    b[64..96].copy_from_slice(&tag);
     b.extend_from_slice(data);
     b
 }
 
-/// A valid chunk record for (`uuid`, `progress`): its start and plaintext.
-fn decode_chunk(bytes: &[u8], uuid: &[u8; 16], progress: u64) -> Option<(u64, Vec<u8>)> {
+/// A valid chunk record for (`uuid`, `progress`): its start and plaintext. Format 1 records
+/// (a checksum) only when `trust_format_1`.
+fn decode_chunk(
+    bytes: &[u8],
+    uuid: &[u8; 16],
+    progress: u64,
+    meta: &MetaKey,
+    trust_format_1: bool,
+) -> Option<(u64, Vec<u8>)> {
     let b = bytes.get(CHUNK_AT as usize..)?;
     if b.len() < CHUNK_HEAD || b[0..8] != CHUNK_MAGIC || &b[16..32] != uuid {
         return None;
     }
+    let format = u16::from_le_bytes([b[8], b[9]]);
     let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     let (p, s, n) = (u(32), u(40), u(48));
     if p != progress || s.checked_add(n)? != p || (CHUNK_HEAD as u64).checked_add(n)? > b.len() as u64 {
         return None;
     }
     let data = &b[CHUNK_HEAD..CHUNK_HEAD + n as usize];
-    let mut h = Sha256::new();
-    h.update(&b[..64]);
-    h.update(data);
-    let sum: [u8; 32] = h.finalize().into();
-    (sum == b[64..96]).then(|| (s, data.to_vec()))
+    let ok = match format {
+        STATE_VERSION => meta.verify(MacPurpose::ConvertChunk, &[&b[..64], data], &b[64..96]),
+        STATE_VERSION_1 if trust_format_1 => {
+            let mut h = Sha256::new();
+            h.update(&b[..64]);
+            h.update(data);
+            let sum: [u8; 32] = h.finalize().into();
+            sum == b[64..96]
+        }
+        _ => false,
+    };
+    ok.then(|| (s, data.to_vec()))
 }
 
 /// The in-place encryption engine over a database file and its state file.
@@ -220,7 +293,17 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
         }
         let unit = crate::crypto::DATA_UNIT as u64;
         let chunk = (chunk.max(unit) / unit) * unit;
-        let state = ConvertState { sequence: 1, plain_len: len, progress: len, chunk, header };
+        let plain_digest = plain_digest(db)?;
+        let header = Header { format: crate::format::FORMAT_VERSION, ..header };
+        let state = ConvertState {
+            sequence: 1,
+            plain_len: len,
+            progress: len,
+            chunk,
+            header,
+            plain_digest,
+            format: STATE_VERSION,
+        };
         let keep = state_file_len(len, chunk);
         if let Err(e) = side.reserve(keep + HEADER_REGION_LEN as u64) {
             let _ = side.remove();
@@ -232,7 +315,7 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
     /// Write the initial state, then the conversion marker over the plain file's magic.
     pub fn mark(&mut self) -> Result<()> {
         // Slot B zeroed: a stale state of an earlier attempt must not win.
-        let mut bytes = self.state.encode()?;
+        let mut bytes = self.state.encode(self.cipher.meta())?;
         bytes.resize(2 * SLOT_LEN, 0);
         self.side.write_at(&bytes, 0)?;
         self.hook.step(Step::ConvertStateWritten)?;
@@ -264,7 +347,9 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
             self.side.remove()?;
             return Ok(Abort::Untouched);
         }
-        if let Some((start, mut data)) = state.as_deref().and_then(|b| decode_chunk(b, &self.state.header.db_uuid, len))
+        let meta = self.cipher.meta();
+        if let Some((start, mut data)) =
+            state.as_deref().and_then(|b| decode_chunk(b, &self.state.header.db_uuid, len, meta, false))
         {
             if start == 0 {
                 data[..16].copy_from_slice(&CONVERT_MAGIC);
@@ -285,18 +370,65 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
         Ok(Abort::RolledBack)
     }
 
-    /// Continue an interrupted conversion from its state file.
-    pub fn resume(db: &'a mut D, side: &'a mut S, cipher: &'a XtsCipher, hook: &'a mut dyn Hook) -> Result<Self> {
+    /// Continue an interrupted conversion from its state file. `cipher` holds the DEK of the
+    /// state's header. Refused, with nothing written, unless the state was written by a holder
+    /// of that DEK (format 2 MAC; format 1 only when `trust_format_1`) and the file is still
+    /// what the state says: the plain bytes below the progress untouched, or (all moved) the
+    /// header region not yet holding another database's header. So neither a forged state
+    /// nor a genuine old one put back next to the finished database can make tde encrypt
+    /// bytes of someone else's choosing, or encrypt an encrypted database again.
+    pub fn resume(
+        db: &'a mut D,
+        side: &'a mut S,
+        cipher: &'a XtsCipher,
+        hook: &'a mut dyn Hook,
+        trust_format_1: bool,
+    ) -> Result<Self> {
         let bytes =
             side.load()?.ok_or_else(|| Error::Config("the in-place encryption state file is missing".into()))?;
         let (state, slot) = decode_state(&bytes)
             .ok_or_else(|| Error::Config("the in-place encryption state file is damaged".into()))?;
+        if !authenticate_state(&bytes, slot, cipher.meta(), trust_format_1) {
+            return Err(Error::Config(if state.format == STATE_VERSION_1 {
+                "the in-place encryption state file is format 1 (not authenticated): it is not resumed automatically; if this conversion was started by an older sqlite-tde, resume it with `sqlite-tde encrypt --in-place --resume --trust-format-1`".into()
+            } else {
+                "the in-place encryption state file failed authentication: it was not written by the conversion of this database (tampering); nothing was changed".into()
+            }));
+        }
+        if state.format == STATE_VERSION && !Self::matches_file(db, &state)? {
+            return Err(Error::Config(
+                "the in-place encryption state file does not belong to this file as it is now (the database is not the half-converted plain file the state describes); nothing was changed".into(),
+            ));
+        }
         let mut e = ConvertEngine { db, side, cipher, state, slot, hook, release_to: None, committed: true };
         // A chunk whose copy is durable but whose progress is not: move it again from the copy.
-        if let Some((start, data)) = decode_chunk(&bytes, &e.state.header.db_uuid, e.state.progress) {
+        let meta = e.cipher.meta();
+        if let Some((start, data)) =
+            decode_chunk(&bytes, &e.state.header.db_uuid, e.state.progress, meta, trust_format_1)
+        {
             e.move_chunk(start, data)?;
         }
         Ok(e)
+    }
+
+    /// Is `db` the file `state` is converting? Until the final header is written the plain
+    /// bytes [`PLAIN_PROBE`] are where they were; once it is being written (only after every
+    /// chunk moved) the header region holds nothing valid but this conversion's header.
+    fn matches_file(db: &mut D, state: &ConvertState) -> Result<bool> {
+        if plain_digest(db)? == state.plain_digest {
+            return Ok(true);
+        }
+        if state.progress != 0 {
+            return Ok(false);
+        }
+        let mut region = vec![0u8; HEADER_REGION_LEN.min(db.len()? as usize)];
+        db.read_exact_at(&mut region, 0)?;
+        let same = |h: &Header| Header { sequence: 0, ..h.clone() } == Header { sequence: 0, ..state.header.clone() };
+        let slots = [&region[..SLOT_LEN.min(region.len())], region.get(SLOT_LEN..).unwrap_or(&[])];
+        Ok(slots.iter().all(|s| match Header::decode(s) {
+            crate::format::SlotStatus::Valid(h) => same(&h),
+            _ => true,
+        }))
     }
 
     fn write_state(&mut self, progress: u64) -> Result<()> {
@@ -304,7 +436,7 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
         st.sequence += 1;
         st.progress = progress;
         let other = 1 - self.slot;
-        self.side.write_at(&st.encode()?, (other * SLOT_LEN) as u64)?;
+        self.side.write_at(&st.encode(self.cipher.meta())?, (other * SLOT_LEN) as u64)?;
         self.hook.step(Step::ConvertProgressWritten)?;
         self.side.sync()?;
         self.hook.step(Step::ConvertProgressSynced)?;
@@ -342,7 +474,7 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
             if s == 0 {
                 buf[..16].copy_from_slice(&SQLITE_MAGIC);
             }
-            let rec = chunk_record(&self.state.header.db_uuid, e, s, &buf);
+            let rec = chunk_record(self.cipher.meta(), &self.state.header.db_uuid, e, s, &buf);
             self.side.write_at(&rec, CHUNK_AT)?;
             self.hook.step(Step::ConvertChunkWritten)?;
             self.side.sync()?;
@@ -355,7 +487,7 @@ impl<'a, D: RawDb, S: SideFile> ConvertEngine<'a, D, S> {
             self.move_chunk(s, buf)?;
         }
         let _ = self.hook.progress(total, total);
-        let region = initial_region("in-place encryption", &self.state.header)?;
+        let region = initial_region("in-place encryption", &self.state.header, self.cipher.meta())?;
         self.db.write_at(&region, 0)?;
         self.hook.step(Step::ConvertHeaderWritten)?;
         self.db.sync()?;
@@ -386,7 +518,12 @@ pub fn state_file_valid(path: &str) -> bool {
 }
 
 /// Finish an interrupted in-place encryption (the caller holds EXCLUSIVE on `base`).
-pub(crate) fn recover(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Result<Outcome> {
+pub(crate) fn recover(
+    ctx: &TdeContext,
+    path: &str,
+    base: &mut BaseFile,
+    policy: crate::vfs::database::OpenPolicy<'_>,
+) -> Result<Outcome> {
     let state_path = side_path(path, CONVERT_JOURNAL_SUFFIX);
     let bytes = std::fs::read(&state_path).map_err(|e| {
         Error::Config(format!(
@@ -402,7 +539,8 @@ pub(crate) fn recover(ctx: &TdeContext, path: &str, base: &mut BaseFile) -> Resu
     let mut raw = BaseDb(base);
     let mut side = FsSide::new(state_path);
     let mut hook = VfsHook::new("encrypt-recover");
-    let mut engine = ConvertEngine::resume(&mut raw, &mut side, &cipher, &mut hook)?;
+    let mut engine = ConvertEngine::resume(&mut raw, &mut side, &cipher, &mut hook, policy.trust_format_1_state)
+        .map_err(|e| Error::Config(format!("{path}: {e}")))?;
     engine.run()
 }
 
@@ -594,8 +732,10 @@ pub fn encrypt_copy(tde: &Tde, src: &Path, dst: &Path, key: Option<&str>) -> Res
         .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
         .map_err(|e| Error::Config(format!("{}: not a readable plain SQLite database ({e})", src.display())))?;
     let result = (|| {
-        let mut target =
-            tde.open_with(dst, &OpenOptions { key: key.map(str::to_string), read_only: false, must_exist: false })?;
+        let mut target = tde.open_with(
+            dst,
+            &OpenOptions { key: key.map(str::to_string), read_only: false, must_exist: false, ..Default::default() },
+        )?;
         let pages = backup(&source, &mut target, "encrypt")?;
         let ok: String = target.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if ok != "ok" {
@@ -628,7 +768,8 @@ pub fn encrypt_copy(tde: &Tde, src: &Path, dst: &Path, key: Option<&str>) -> Res
 pub fn decrypt_copy(tde: &Tde, src: &Path, dst: &Path) -> Result<ConvertReport> {
     let started = Instant::now();
     refuse_existing(dst)?;
-    let source = tde.open_with(src, &OpenOptions { key: None, read_only: true, must_exist: true })?;
+    let source =
+        tde.open_with(src, &OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() })?;
     let _ = take_last_open_error();
     let check: String = source.query_row("PRAGMA tde_kms_check", [], |r| r.get(0)).map_err(sqlite_err)?;
     let check = parse_json(&check)?;
@@ -662,6 +803,9 @@ pub struct InPlaceOptions {
     pub busy_timeout: Option<Duration>,
     /// Only finish an interrupted conversion.
     pub resume_only: bool,
+    /// Resume a conversion whose state file a format-1 build wrote (not authenticated):
+    /// the operator's explicit decision (docs/FORMAT.md §11).
+    pub trust_format_1: bool,
 }
 
 /// `sqlite-tde encrypt --in-place PLAIN`: encrypt a plain database file where it lies,
@@ -685,7 +829,11 @@ pub fn encrypt_in_place(tde: &Tde, path: &Path, opts: &InPlaceOptions) -> Result
     // the caller may hold connections whose POSIX locks closing one would drop). Opening with
     // `tde_convert=1` passes a plain file through, and finishes an interrupted conversion.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let convert_uri = uri(path, tde.vfs_name(), &format!("&{}=1", crate::vfs::URI_CONVERT_PARAM))?;
+    let mut params = format!("&{}=1", crate::vfs::URI_CONVERT_PARAM);
+    if opts.trust_format_1 {
+        params.push_str(&format!("&{}=1", crate::vfs::URI_TRUST_FORMAT_1_PARAM));
+    }
+    let convert_uri = uri(path, tde.vfs_name(), &params)?;
     let status_of = |c: &Connection| -> Result<serde_json::Value> {
         let s: String = c.query_row("PRAGMA tde_status", [], |r| r.get(0)).map_err(sqlite_err)?;
         parse_json(&s)
@@ -753,7 +901,8 @@ pub fn encrypt_in_place(tde: &Tde, path: &Path, opts: &InPlaceOptions) -> Result
     let v = parse_json(&text)?;
     let status = v["status"].as_str().unwrap_or("unknown").to_string();
     if status == "done" && was_wal {
-        let c = tde.open_with(path, &OpenOptions { key: None, read_only: false, must_exist: true })?;
+        let c =
+            tde.open_with(path, &OpenOptions { key: None, read_only: false, must_exist: true, ..Default::default() })?;
         c.busy_timeout(busy)?;
         let _: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     }

@@ -390,7 +390,12 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
     /// Write `h` (sequence + 1) to the slot not holding the newest header, and sync.
     fn write_header(&mut self, mut h: Header, written: Step, synced: Step) -> Result<()> {
         h.sequence = self.header.sequence + 1;
-        let bytes = h.encode().map_err(|source| Error::Header { path: "rekey".into(), source })?;
+        h.format = crate::format::FORMAT_VERSION;
+        // A slot is MACed under the DEK it names as the database's: the old one while the
+        // rekey runs (only a holder of the current DEK can start or advance a rekey), the new
+        // one once it is finished.
+        let meta = if h.rekey.is_some() { self.old.meta() } else { self.new.meta() };
+        let bytes = h.encode(meta).map_err(|source| Error::Header { path: "rekey".into(), source })?;
         let other = 1 - self.slot;
         self.db.write_at(&bytes, (other * SLOT_LEN) as u64)?;
         self.hook.step(written)?;
@@ -430,11 +435,12 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
 
     /// After a crash: put back the hotzone from a journal record that matches the header,
     /// then continue. Idempotent (a crash during recovery is recovered the same way).
-    pub fn recover(&mut self) -> Result<Outcome> {
+    /// `trust_format_1`: honour a format 1 (unauthenticated) journal record.
+    pub fn recover(&mut self, trust_format_1: bool) -> Result<Outcome> {
         let r = self.header.rekey.clone().ok_or_else(|| Error::Config("recover: no rekey in progress".into()))?;
         self.committed = true;
         if let Some(bytes) = self.journal.load()? {
-            if let Some(rec) = journal::decode(&bytes) {
+            if let Some(rec) = journal::decode(&bytes, self.old.meta(), trust_format_1) {
                 if rec.db_uuid == self.header.db_uuid && rec.new_kcv == r.kcv && rec.progress == r.progress {
                     self.db.write_at(&rec.data, HEADER_REGION_LEN as u64 + rec.progress)?;
                     self.hook.step(Step::RecoverRestored)?;
@@ -470,12 +476,22 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
             // The journal holds its own copy now: re-encrypt `buf` on other threads while the
             // journal is synced; nothing reaches the database before both are done.
             let (old, new) = (self.old, self.new);
+            let uuid = self.header.db_uuid;
             let journalled = std::thread::scope(|s| {
-                let worker = s.spawn(|| transform(old, new, p, &mut buf));
+                // The record's MAC covers the old ciphertext: computed on the worker before it
+                // re-encrypts `buf`, while this thread waits for the journal's fsync.
+                let (tag_tx, tag_rx) = std::sync::mpsc::sync_channel(1);
+                let (buf, kcv) = (&mut buf, &r.kcv);
+                let worker = s.spawn(move || {
+                    let _ = tag_tx.send(journal::record_tag(old.meta(), &uuid, kcv, p, buf));
+                    transform(old, new, p, buf)
+                });
                 let r = (|| {
                     self.journal.sync()?;
                     self.hook.step(Step::JournalDataSynced)?;
-                    let head = journal::encode_header(&self.header.db_uuid, &r.kcv, p, n as u64);
+                    let tag =
+                        tag_rx.recv().map_err(|_| Error::Config("rekey: the re-encryption thread failed".into()))?;
+                    let head = journal::encode_header(&uuid, &r.kcv, p, n as u64, &tag);
                     self.journal.write_at(&head, 0)?;
                     self.hook.step(Step::JournalWritten)?;
                     self.journal.sync()?;
@@ -519,7 +535,8 @@ impl<'a, D: RawDb, J: SideFile> RekeyEngine<'a, D, J> {
             return Ok(if self.header.rekey.is_some() { Abort::Committed } else { Abort::Untouched });
         };
         if let Some(r) = self.header.rekey.clone().filter(|_| self.slot == slot) {
-            if let Some(rec) = self.journal.load()?.as_deref().and_then(journal::decode) {
+            let meta = self.old.meta();
+            if let Some(rec) = self.journal.load()?.as_deref().and_then(|b| journal::decode(b, meta, false)) {
                 if rec.db_uuid == self.header.db_uuid && rec.new_kcv == r.kcv && rec.progress == 0 {
                     self.db.write_at(&rec.data, HEADER_REGION_LEN as u64)?;
                     self.db.sync()?;

@@ -32,7 +32,7 @@ pub use rewrap::{rewrap, RewrapOptions, RewrapReport};
 
 use crate::error::{Error, Result};
 use crate::format::choose_slot;
-use crate::vfs::database::{acquire, read_region, release};
+use crate::vfs::database::{acquire, read_region, release, OpenPolicy};
 use crate::vfs::TdeContext;
 
 /// Suffix of the rekey journal next to the database.
@@ -310,7 +310,7 @@ pub fn recover_locked(
     ctx: &TdeContext,
     path: &str,
     base: &mut BaseFile,
-    _sqlite_level: LockLevel,
+    policy: OpenPolicy<'_>,
     wait: Duration,
 ) -> Result<bool> {
     match acquire(base, LockLevel::Exclusive, wait) {
@@ -324,14 +324,14 @@ pub fn recover_locked(
         let torn_final = matches!(&parsed, Err(e) if *e != crate::format::HeaderError::PlainSqlite)
             && convert::state_file_valid(path);
         if convert::is_converting(&region) || torn_final {
-            return match convert::recover(ctx, path, base)? {
+            return match convert::recover(ctx, path, base, policy)? {
                 Outcome::Done => Ok(()),
                 Outcome::Interrupted => Err(Error::RekeyInProgress { path: path.to_string() }),
             };
         }
         let (h, slot) = parsed.map_err(|source| Error::Header { path: path.to_string(), source })?;
         if h.rekey.is_some() {
-            return match rekey::recover(ctx, path, base, h, slot)? {
+            return match rekey::recover(ctx, path, base, h, slot, &region, policy)? {
                 Outcome::Done => Ok(()),
                 Outcome::Interrupted => Err(Error::RekeyInProgress { path: path.to_string() }),
             };

@@ -12,31 +12,40 @@ use super::engine::{Abort, Outcome, RekeyEngine, DEFAULT_CHUNK};
 use super::{check_writable, parse_json, side_path, BaseDb, FsSide, VfsHook, REKEY_JOURNAL_SUFFIX};
 use crate::crypto::{key_check_value, Domain, XtsCipher};
 use crate::error::{take_last_open_error, Error, Result};
-use crate::format::{choose_slot, Header, RekeyState};
+use crate::format::{choose_slot, Header, HeaderError, RekeyState, FORMAT_VERSION};
 use crate::kms::EncryptionContext;
 use crate::vfs::database::{
-    acquire, cache_key_of, is_journal_magic, kms_call, read_region, release, unlock, unwrap_key, Database,
+    acquire, authenticated, cache_key_of, is_journal_magic, kms_call, read_region, release, unlock, unwrap_key,
+    Database, OpenPolicy,
 };
 use crate::vfs::TdeContext;
 use crate::{OpenOptions, Tde};
 
-/// Finish an interrupted rekey. The caller holds EXCLUSIVE on `base`.
+/// Finish an interrupted rekey whose header slot `slot` of `region` is `header`. The caller
+/// holds EXCLUSIVE on `base`. The rekey state is acted on only once the slot proved to be
+/// written by a holder of the current DEK (format 2), or when the caller trusts format 1.
 pub(crate) fn recover(
     ctx: &TdeContext,
     path: &str,
     base: &mut BaseFile,
     header: Header,
     slot: usize,
+    region: &[u8],
+    policy: OpenPolicy<'_>,
 ) -> Result<Outcome> {
     let r = header.rekey.clone().expect("rekey state");
     let old = unwrap_key(ctx, path, &header.db_uuid, &header.key, &header.wrapped_dek, &header.kcv)?;
+    if !authenticated(path, region, slot, old.meta())? && !policy.trust_format_1_state {
+        return Err(Error::Header { path: path.to_string(), source: HeaderError::UnauthenticatedRekey });
+    }
     let new = unwrap_key(ctx, path, &header.db_uuid, &r.key, &r.wrapped_dek, &r.kcv)?;
+    let legacy_journal = header.format < FORMAT_VERSION;
     let old_key = cache_key_of(&header);
     let mut db = BaseDb(base);
     let mut journal = FsSide::new(side_path(path, REKEY_JOURNAL_SUFFIX));
     let mut hook = VfsHook::new("recover");
     let mut engine = RekeyEngine::new(&mut db, &mut journal, &old, &new, header, slot, DEFAULT_CHUNK, &mut hook);
-    let out = engine.recover()?;
+    let out = engine.recover(legacy_journal)?;
     if out == Outcome::Done {
         ctx.cache.remove(&old_key);
     }
@@ -157,10 +166,11 @@ fn run_locked(
     let chunk = args.chunk.unwrap_or(DEFAULT_CHUNK);
     if header.rekey.is_some() {
         // Interrupted earlier (by this connection): continue it.
-        let out = recover(ctx, path, base, header, slot)?;
+        let out = recover(ctx, path, base, header, slot, &region, OpenPolicy::default())?;
         return finish_report(ctx, path, base, db, out, None, started);
     }
     let old = unlock(ctx, path, &header)?;
+    authenticated(path, &region, slot, old.meta())?;
     preflight_side_files(path, &old)?;
     let target = args.key.clone().unwrap_or_else(|| header.key.key_id().to_string());
     let context = EncryptionContext::for_database(&header.db_uuid);
@@ -264,11 +274,20 @@ pub struct RekeyOptions {
     pub busy_timeout: Duration,
     /// Only finish an interrupted rekey; do not start a new one.
     pub resume_only: bool,
+    /// Finish an interrupted rekey whose state a format-1 build wrote (not authenticated):
+    /// the operator's explicit decision (docs/FORMAT.md §11).
+    pub trust_format_1: bool,
 }
 
 impl Default for RekeyOptions {
     fn default() -> Self {
-        RekeyOptions { key: None, chunk: None, busy_timeout: Duration::from_secs(5), resume_only: false }
+        RekeyOptions {
+            key: None,
+            chunk: None,
+            busy_timeout: Duration::from_secs(5),
+            resume_only: false,
+            trust_format_1: false,
+        }
     }
 }
 
@@ -296,7 +315,10 @@ pub fn rekey(tde: &Tde, path: &Path, opts: &RekeyOptions) -> Result<RekeyReport>
     let take = |e: rusqlite::Error| take_last_open_error().unwrap_or(Error::Sqlite(e));
     // The open finishes an interrupted rekey. (No descriptor of our own on the database: the
     // caller may have connections to it, whose POSIX locks closing one would drop.)
-    let conn = tde.open_with(path, &OpenOptions { key: None, read_only: false, must_exist: true })?;
+    let conn = tde.open_with(
+        path,
+        &OpenOptions { key: None, read_only: false, must_exist: true, trust_format_1: opts.trust_format_1 },
+    )?;
     let status: String = conn.query_row("PRAGMA tde_status", [], |r| r.get(0)).map_err(take)?;
     let status = parse_json(&status)?;
     let resumed = status["recovered"] == "rekey";

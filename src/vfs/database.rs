@@ -24,12 +24,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError};
 
 use super::TdeContext;
+use crate::crypto::MetaKey;
 use crate::crypto::{
     kcv_matches, key_check_value, random_array, scrub_stack, with_scrubbed_stack, DataKey, Domain, XtsCipher, KCV_LEN,
 };
 use crate::error::{Error, Result};
 use crate::format::{
-    choose_slot, legacy_side_path, side_path, Header, HeaderError, KeyRef, SideFile, HEADER_REGION_LEN, SLOT_LEN,
+    authenticate, choose_slot, legacy_side_path, side_path, Header, HeaderError, KeyRef, SideFile, FORMAT_VERSION,
+    HEADER_REGION_LEN, SLOT_LEN,
 };
 use crate::keycache::{is_transient, CacheKey};
 use crate::kms::{EncryptionContext, Kms, KmsError};
@@ -214,9 +216,20 @@ impl Database {
             st.slot = slot;
             return Ok(false);
         }
+        if header.format < current.format {
+            return Err(Error::Header {
+                path: self.path.clone(),
+                source: HeaderError::Corrupt(
+                    "the header went back to format 1 while open (a downgrade: tampering)".into(),
+                ),
+            });
+        }
         if kcv_matches(&header.kcv, &current.kcv) {
-            // Same DEK, rewrapped: keep the cipher; make the new wrapped form a cache alias of
-            // the old one (the next revalidation asks the KMS about the new one).
+            // Same DEK, rewrapped: keep the cipher (after checking the new slot was written
+            // by a holder of it); make the new wrapped form a cache alias of the old one (the
+            // next revalidation asks the KMS about the new one).
+            let cipher = self.state().cipher.clone();
+            authenticated(&self.path, &region, slot, cipher.meta())?;
             ctx.cache.alias(&cache_key_of(&current), cache_key_of(&header), &header.key.uri, header.key.version);
             let mut st = self.state();
             st.header = header;
@@ -226,6 +239,7 @@ impl Database {
         }
         // A new DEK (rekey finished by another connection): unwrap and verify it.
         let cipher = unlock(ctx, &self.path, &header)?;
+        authenticated(&self.path, &region, slot, cipher.meta())?;
         verify_content_key(&self.path, base, &cipher)?;
         self.replace(header, slot, region, cipher);
         Ok(true)
@@ -306,6 +320,12 @@ impl Database {
         crate::error::set_last_open_error(e);
         v
     }
+}
+
+/// Check the MAC of header slot `slot` under the metadata key of the DEK it names (see
+/// `format::authenticate`). `Ok(false)`: a format 1 slot, which has none.
+pub fn authenticated(path: &str, region: &[u8], slot: usize, meta: &MetaKey) -> Result<bool> {
+    authenticate(region, slot, meta).map_err(|source| Error::Header { path: path.to_string(), source })
 }
 
 /// Does this error say the key may not be used (as opposed to an I/O or format problem)?
@@ -407,6 +427,18 @@ pub fn unlock(ctx: &TdeContext, path: &str, header: &Header) -> Result<Arc<XtsCi
     unwrap_key(ctx, path, &header.db_uuid, &header.key, &header.wrapped_dek, &header.kcv)
 }
 
+/// What the caller of an open decided about trusting the file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenPolicy<'a> {
+    /// The key the caller named (`key=`, `PRAGMA tde_key`, ...): a database under another
+    /// CMK is refused before anything acts on its header.
+    pub pinned: Option<&'a str>,
+    /// Finish an interrupted rekey or in-place encryption whose state is format 1 (not
+    /// authenticated). Only on an explicit request (`--trust-format-1`): anyone who can
+    /// write the file can forge such a state.
+    pub trust_format_1_state: bool,
+}
+
 /// Outcome of opening an existing file (short-lived: unpacked at once by the caller).
 #[allow(clippy::large_enum_variant)]
 pub enum Opened {
@@ -438,7 +470,7 @@ pub fn open_existing(
     base: &mut BaseFile,
     read_only: bool,
     may_defer: bool,
-    pinned: Option<&str>,
+    policy: OpenPolicy<'_>,
 ) -> Result<Opened> {
     let mut attempts = 0;
     let mut recovered = None;
@@ -452,7 +484,7 @@ pub fn open_existing(
                     "{path}: an in-place encryption was interrupted; open it read-write (or run `sqlite-tde encrypt --in-place --resume {path}`) to finish it"
                 )));
             }
-            match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
+            match crate::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
                 true => continue,
                 false if may_defer => return Ok(Opened::Deferred),
                 false => return Err(Error::RekeyInProgress { path: path.to_string() }),
@@ -468,7 +500,7 @@ pub fn open_existing(
                     && crate::rotation::convert::state_file_valid(path)
                 {
                     recovered = Some("in-place encryption");
-                    match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
+                    match crate::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
                         true if attempts < 3 => continue,
                         true => {}
                         false if may_defer => return Ok(Opened::Deferred),
@@ -480,23 +512,28 @@ pub fn open_existing(
         };
         // Before anything acts on the header (recovery, unwrap): a database under another key
         // than the one the caller named is refused as it is.
-        if let Some(k) = pinned {
+        if let Some(k) = policy.pinned {
             super::pinning::check(ctx, path, &header.key, k)?;
         }
         if header.rekey.is_some() {
+            if header.format < FORMAT_VERSION && !policy.trust_format_1_state {
+                return Err(Error::Header { path: path.to_string(), source: HeaderError::UnauthenticatedRekey });
+            }
             if read_only {
                 return Err(Error::Config(format!(
                     "{path}: a rekey was interrupted; a read-only connection cannot finish it: open it read-write once, or run `sqlite-tde rekey --resume {path}`"
                 )));
             }
             recovered = Some("rekey");
-            match crate::rotation::recover_locked(ctx, path, base, LockLevel::None, RECOVERY_LOCK_WAIT)? {
+            match crate::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
                 true => continue,
                 false if may_defer => return Ok(Opened::Deferred),
                 false => return Err(Error::RekeyInProgress { path: path.to_string() }),
             }
         }
         let cipher = unlock(ctx, path, &header)?;
+        // Nothing of the slot was acted on yet (the unwrap only read its key reference).
+        authenticated(path, &region, slot, cipher.meta())?;
         match verify_content_key(path, base, &cipher) {
             Ok(()) => {
                 // Before SQLite looks for a hot journal or WAL, so it finds a format-1 one.
@@ -570,11 +607,11 @@ pub(crate) fn is_journal_magic(b: &[u8]) -> bool {
 }
 
 /// Encode both slots of a new header region (A = `header`, B = the same with sequence 0).
-pub(crate) fn initial_region(path: &str, header: &Header) -> Result<Vec<u8>> {
-    let slot_a = header.encode().map_err(|source| Error::Header { path: path.to_string(), source })?;
+pub(crate) fn initial_region(path: &str, header: &Header, meta: &MetaKey) -> Result<Vec<u8>> {
+    let slot_a = header.encode(meta).map_err(|source| Error::Header { path: path.to_string(), source })?;
     let mut older = header.clone();
     older.sequence = 0;
-    let slot_b = older.encode().map_err(|source| Error::Header { path: path.to_string(), source })?;
+    let slot_b = older.encode(meta).map_err(|source| Error::Header { path: path.to_string(), source })?;
     let mut region = Vec::with_capacity(HEADER_REGION_LEN);
     region.extend_from_slice(&slot_a);
     region.extend_from_slice(&slot_b);
@@ -585,7 +622,7 @@ pub(crate) fn initial_region(path: &str, header: &Header) -> Result<Vec<u8>> {
 /// Create the header of a new, empty database file under `key` and make it durable.
 pub fn create(ctx: &TdeContext, path: &str, key: &str, base: &mut BaseFile) -> Result<Database> {
     let (header, cipher) = new_data_key(ctx, path, key)?;
-    let region = initial_region(path, &header)?;
+    let region = initial_region(path, &header, cipher.meta())?;
     // Slot B first, then slot A, each made durable before the next: a crash tearing the first
     // write leaves slot A all zero (recognisably an interrupted creation, see
     // `interrupted_creation`), a crash tearing the second leaves slot B valid.
@@ -613,6 +650,7 @@ fn new_data_key_unscrubbed(ctx: &TdeContext, path: &str, key: &str) -> Result<(H
     ctx.cache.note_kms_call();
     let generated = kms_call(ctx, path, move |kms| kms.generate_data_key(&key_owned, &context))?;
     let header = Header {
+        format: FORMAT_VERSION,
         sequence: 1,
         db_uuid,
         dek_created: unix_now(),
@@ -635,11 +673,11 @@ pub fn open_existing_or_wait(
     base: &mut BaseFile,
     read_only: bool,
     may_defer: bool,
-    pinned: Option<&str>,
+    policy: OpenPolicy<'_>,
 ) -> Result<Opened> {
     let mut tries = 0;
     loop {
-        match open_existing(ctx, path, base, read_only, may_defer, pinned) {
+        match open_existing(ctx, path, base, read_only, may_defer, policy) {
             Err(Error::Header {
                 source: HeaderError::Truncated | HeaderError::Corrupt(_) | HeaderError::NotEncrypted,
                 ..

@@ -9,7 +9,7 @@ use sqlite_vfs::{
 };
 
 use super::blockio::{EncryptedIo, WriteCache};
-use super::database::{self, Database, Opened};
+use super::database::{self, Database, OpenPolicy, Opened};
 use super::{TdeContext, ENV_KEY, URI_KEY_PARAM};
 use crate::crypto::{DataKey, Domain, XtsCipher};
 use crate::error::{set_last_open_error, Error, Result};
@@ -19,6 +19,9 @@ use crate::format::HEADER_REGION_LEN;
 /// in-place encryption (`sqlite-tde encrypt --in-place`). Its journal and WAL cannot be
 /// opened (no key yet), so such a connection cannot write SQL.
 pub const URI_CONVERT_PARAM: &str = "tde_convert";
+/// URI parameter (`tde_trust_format_1=1`): finish an interrupted rekey or in-place
+/// encryption whose state is format 1 (not authenticated). Set by `--trust-format-1`.
+pub const URI_TRUST_FORMAT_1_PARAM: &str = "tde_trust_format_1";
 
 /// How a file's bytes are stored.
 enum Storage {
@@ -63,6 +66,8 @@ pub struct TdeFile {
     /// The key the caller named (URI `key=`, `SQLITE_TDE_KEY`, `PRAGMA tde_key`): an existing
     /// database must be under it (`pinning`).
     pinned: Option<String>,
+    /// The caller trusts format 1 (unauthenticated) rotation state: [`URI_TRUST_FORMAT_1_PARAM`].
+    trust_format_1: bool,
 }
 
 /// The encrypted view of `base` for `storage` (`None`: stored as is, or not yet created).
@@ -130,8 +135,8 @@ impl TdeFile {
         let path = self.path.clone();
         let size = self.base.file_size()?;
         let db = if size > 0 {
-            let pinned = self.pinned.as_deref();
-            match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false, pinned)? {
+            let policy = OpenPolicy { pinned: self.pinned.as_deref(), trust_format_1_state: self.trust_format_1 };
+            match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false, policy)? {
                 Opened::Ready(db) => db,
                 Opened::Deferred => return Err(Error::RekeyInProgress { path }),
                 Opened::Empty if create && !self.read_only => database::create(&self.ctx, &path, &key, &mut self.base)?,
@@ -211,11 +216,13 @@ impl TdeFile {
                             self.path
                         ))));
                     }
+                    let policy =
+                        OpenPolicy { pinned: self.pinned.as_deref(), trust_format_1_state: self.trust_format_1 };
                     let done = crate::rotation::recover_locked(
                         &self.ctx,
                         &self.path,
                         &mut self.base,
-                        LockLevel::Shared,
+                        policy,
                         Duration::from_millis(100),
                     )
                     .map_err(report)?;
@@ -462,9 +469,11 @@ pub fn open(
     let read_only = req.flags.read_only();
     let mut convert = false;
     let mut pinned = None;
+    let mut trust_format_1 = false;
     let (storage, db) = match req.kind {
         FileKind::MainDb => {
             convert = req.uri_parameter(URI_CONVERT_PARAM).is_some();
+            trust_format_1 = req.uri_parameter(URI_TRUST_FORMAT_1_PARAM).is_some_and(|v| v == "1");
             pinned = req.uri_parameter(URI_KEY_PARAM).or_else(|| std::env::var(ENV_KEY).ok().filter(|k| !k.is_empty()));
             let pending = || Storage::PendingMain { key: pinned.clone().unwrap_or_else(|| ctx.default_key.clone()) };
             if base.file_size()? == 0 {
@@ -472,7 +481,8 @@ pub fn open(
             } else if convert && crate::rotation::convert::is_plain_sqlite(&mut base)? {
                 (Storage::Plain, None)
             } else {
-                match database::open_existing_or_wait(ctx, &path, &mut base, read_only, true, pinned.as_deref())? {
+                let policy = OpenPolicy { pinned: pinned.as_deref(), trust_format_1_state: trust_format_1 };
+                match database::open_existing_or_wait(ctx, &path, &mut base, read_only, true, policy)? {
                     Opened::Ready(db) => {
                         let db = Arc::new(db);
                         let (_, cipher) = db.cipher();
@@ -536,6 +546,7 @@ pub fn open(
         write_cache: WriteCache::default(),
         cache_epoch: None,
         pinned,
+        trust_format_1,
     })
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sqlite_vfs::{BaseFile, ErrorCode, FileKind, OpenRequest, RegisterOptions, Shim, VfsError, VfsResult};
 
 pub use database::Database;
-pub use file::{TdeFile, URI_CONVERT_PARAM};
+pub use file::{TdeFile, URI_CONVERT_PARAM, URI_TRUST_FORMAT_1_PARAM};
 
 use crate::error::{set_last_open_error, Error};
 use crate::keycache::{CacheConfig, EpochProbe, KeyCache};

@@ -329,7 +329,10 @@ pub fn read_header(path: &Path) -> (Header, usize) {
 pub fn rewrap_file(path: &Path, kms: &dyn Kms, target: Option<&str>) -> Result<(Header, Header), KmsError> {
     let (current, slot) = read_header(path);
     let new = rewrap_header(kms, &current, target)?;
-    let image = new.encode().unwrap();
+    // A format 2 slot is MACed under its DEK: the rewrapper (which may decrypt) derives it.
+    let ctx = sqlite_tde::kms::EncryptionContext::for_database(&current.db_uuid);
+    let dek = kms.decrypt_data_key(&current.key, &current.wrapped_dek, &ctx)?;
+    let image = new.encode(&sqlite_tde::crypto::MetaKey::derive(&dek)).unwrap();
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(((1 - slot) * SLOT_LEN) as u64)).unwrap();
     f.write_all(&image).unwrap();

@@ -22,7 +22,9 @@ pub fn tde_for(keystore: &Path) -> Tde {
 }
 
 pub fn open(tde: &Tde, db: &Path) -> Connection {
-    let c = tde.open_with(db, &OpenOptions { key: None, read_only: false, must_exist: true }).unwrap();
+    let c = tde
+        .open_with(db, &OpenOptions { key: None, read_only: false, must_exist: true, ..Default::default() })
+        .unwrap();
     c.busy_timeout(std::time::Duration::from_secs(20)).unwrap();
     c
 }
