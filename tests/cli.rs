@@ -293,9 +293,7 @@ fn encrypted_db(env: &Env, name: &str, rows: usize) -> PathBuf {
     env.create_key("alias/e");
     let db = env.db(name);
     let tde = rotation_support::tde_for(&env.keystore);
-    let c = tde
-        .open_with(&db, &sqlite_tde::OpenOptions { key: Some("alias/e".into()), ..Default::default() })
-        .unwrap();
+    let c = tde.open_with(&db, &sqlite_tde::OpenOptions { key: Some("alias/e".into()), ..Default::default() }).unwrap();
     rotation_support::populate(&c, rows);
     db
 }
@@ -364,7 +362,10 @@ fn rewrap_rekey_and_info_during_a_running_rekey_say_a_rekey_is_running() {
     assert_eq!(slots.iter().filter(|s| s["rekey"].is_object()).count(), 1, "one slot holds the rekey state: {v}");
     assert_eq!(v["page_size"], serde_json::Value::Null, "{v}");
     assert!(v["unavailable"]["reason"].as_str().unwrap().contains("a rekey is in progress"), "{v}");
-    assert!(err.contains("could not open the database to read page_size") && err.contains("a rekey is in progress"), "info: {err}");
+    assert!(
+        err.contains("could not open the database to read page_size") && err.contains("a rekey is in progress"),
+        "info: {err}"
+    );
 
     drop(release);
     assert_eq!(holder.join().unwrap(), "done");
