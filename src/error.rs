@@ -19,8 +19,9 @@ pub enum Error {
     /// The KMS returned a key that does not match the header's key-check value.
     #[error("{path}: wrong key: the unwrapped data key does not match the header's key-check value")]
     WrongKey { path: String },
-    /// A rekey was interrupted and must be finished first.
-    #[error("{path}: a rekey is in progress; run `sqlite-tde rekey --resume {path}`")]
+    /// A rekey is running under another connection's lock, or was interrupted and must be
+    /// finished first.
+    #[error("{path}: a rekey is in progress (still running, or interrupted: `sqlite-tde rekey --resume {path}` finishes it)")]
     RekeyInProgress { path: String },
     /// The caller named a key, and the existing database is under another CMK.
     #[error("{path}: database is under key {database_key}, not the requested {requested} (the file may have been replaced; if it was rewrapped to a new key on purpose, name that key)")]

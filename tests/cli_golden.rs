@@ -147,7 +147,9 @@ fn help_documents_exit_codes() {
   1  SQL or runtime error (syntax error, constraint violation, I/O error, missing file)
   2  usage error (bad command line)
   3  key, KMS or header error (wrong key, key not found or disabled, keystore unusable,
-     not an sqlite-tde database, damaged header, rekey in progress)
+     not an sqlite-tde database, damaged header, rekey in progress (running or
+     interrupted), interrupted in-place encryption); `info` exits 3 after printing the
+     header when it could not use the key (the reason is on stderr)
   4  verify (and backup/restore --verify) found a problem: damaged header slot,
      page, WAL frame or journal, failed integrity_check; with only KMS problems
      (key not found, disabled, access denied) verify exits 3 instead

@@ -10,12 +10,19 @@ use serde_json::{json, Value};
 
 use super::error::{CliError, CliResult};
 use super::{open, Global};
-use crate::format::Header;
-use crate::inspect::read_header;
+use crate::format::{Header, SlotStatus};
+use crate::inspect::header_of;
 use crate::OpenOptions;
 
 /// Arguments of `sqlite-tde info`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+The header fields (identity, key, both header slots, rekey state) come from the plaintext
+header region and are printed even when the key cannot be used. page_size, page_count and
+journal_mode need the key: when the KMS refuses it (key not found or disabled, access denied)
+or a rekey is in progress (running, or interrupted: a read-only look cannot finish it), they
+are left out (`null` with --json, where `unavailable` says which and why), the reason goes to
+stderr, and the exit code is 3. An interrupted in-place encryption is reported as such (exit 3).")]
 pub struct InfoArgs {
     /// Database file.
     #[arg(value_name = "DB")]
@@ -25,20 +32,41 @@ pub struct InfoArgs {
 /// Name of the only cipher of format version 1.
 pub const CIPHER_NAME: &str = "aes-256-xts";
 
+/// The facts that need an open through the VFS (the key, and no rekey in progress).
+const NEED_THE_KEY: [&str; 3] = ["page_size", "page_count", "journal_mode"];
+
 /// Run `sqlite-tde info`. When the header is readable but the database cannot be opened
-/// (key unavailable), the header fields are still printed, `page_size` is `null`, and the
-/// error is reported with its exit code.
+/// (key unusable, rekey in progress), the header fields are still printed, the fields that
+/// need the key are `null`, and the reason is reported with its exit code.
 pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
-    let (header, slot) = read_header(&args.db)?;
+    let region = crate::inspect::read_region(&args.db)?;
+    if let Some(conversion) = crate::inspect::conversion_in_progress(&args.db, &region) {
+        return Err(CliError::key(format!("{}: {conversion}", args.db.display())));
+    }
+    let (header, slot) = header_of(&args.db, &region)?;
     let mut fields = header_fields(&header, slot);
+    if let Some(r) = &header.rekey {
+        let total = std::fs::metadata(&args.db).map(|m| crate::rotation::engine::data_len(m.len())).ok();
+        fields.push(("rekey_total", total.map_or(Value::Null, |t| json!(t.max(r.progress)))));
+    }
+    fields.push(("slots", slots_json(&region)));
     fields.extend(key_fields(&global.keystore, &header));
     fields.extend(file_sizes(&args.db));
-    let opened = open_stats(&global.keystore, &args.db);
+    let opened = if header.rekey.is_some() {
+        // A read-only connection can neither finish an interrupted rekey nor wait out a
+        // running one: do not try, say so.
+        Err(CliError::from(crate::Error::RekeyInProgress { path: args.db.display().to_string() }))
+    } else {
+        open_stats(&global.keystore, &args.db)
+    };
     let (stats, failure) = match opened {
         Ok(stats) => (stats, None),
-        Err(e) => (vec![("page_size", Value::Null)], Some(e)),
+        Err(e) => (NEED_THE_KEY.iter().map(|&k| (k, Value::Null)).collect(), Some(e)),
     };
     fields.extend(stats);
+    if let Some(e) = &failure {
+        fields.push(("unavailable", json!({"fields": NEED_THE_KEY, "reason": e.message})));
+    }
     fields.push(("key_cache", key_cache_state(&global.keystore)));
 
     let mut out = io::stdout().lock();
@@ -47,21 +75,80 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
         writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(map))?)?;
     } else {
         for (name, value) in fields {
-            match value {
+            match (name, value) {
                 // Absent facts (no WAL file, page size without the key) are left out.
-                Value::Null => {}
-                Value::String(s) => writeln!(out, "{name}: {s}")?,
-                other => writeln!(out, "{name}: {other}")?,
+                (_, Value::Null) => {}
+                ("slots", Value::Array(slots)) => {
+                    for s in &slots {
+                        writeln!(out, "slot_{}: {}", s["slot"].as_str().unwrap_or("?"), slot_text(s))?;
+                    }
+                }
+                // The reason follows on stderr.
+                ("unavailable", _) => writeln!(out, "unavailable: {}", NEED_THE_KEY.join(", "))?,
+                (_, Value::String(s)) => writeln!(out, "{name}: {s}")?,
+                (_, other) => writeln!(out, "{name}: {other}")?,
             }
         }
     }
     out.flush()?;
     match failure {
         Some(mut e) => {
-            e.message = format!("cannot open the database to read its page size: {}", e.message);
+            e.message = format!("could not open the database to read {}: {}", NEED_THE_KEY.join(", "), e.message);
             Err(e)
         }
         None => Ok(()),
+    }
+}
+
+/// Both header slots: status, sequence, key and rekey state of each (`info` shows the
+/// inactive one too: during a rekey or rewrap it holds the previous state).
+fn slots_json(region: &[u8]) -> Value {
+    let slots = crate::inspect::slots(region);
+    Value::Array(
+        slots
+            .iter()
+            .zip(["A", "B"])
+            .map(|(st, name)| match st {
+                SlotStatus::Valid(h) => json!({
+                    "slot": name,
+                    "status": "valid",
+                    "sequence": h.sequence,
+                    "key_uri": h.key.uri,
+                    "key_version": h.key.version,
+                    "rekey": h.rekey.as_ref().map(|r| json!({
+                        "key_uri": r.key.uri, "key_version": r.key.version, "progress": r.progress,
+                    })),
+                }),
+                SlotStatus::Empty => json!({"slot": name, "status": "empty"}),
+                SlotStatus::Invalid(e) => json!({"slot": name, "status": "invalid", "error": e.to_string()}),
+            })
+            .collect(),
+    )
+}
+
+/// One slot of [`slots_json`] as a line of text.
+fn slot_text(s: &Value) -> String {
+    let status = s["status"].as_str().unwrap_or("?");
+    match status {
+        "valid" => {
+            let mut t = format!(
+                "valid, sequence {}, key {} v{}",
+                s["sequence"],
+                s["key_uri"].as_str().unwrap_or(""),
+                s["key_version"]
+            );
+            if let Some(r) = s["rekey"].as_object() {
+                t.push_str(&format!(
+                    ", rekey to {} v{} ({} bytes re-encrypted)",
+                    r["key_uri"].as_str().unwrap_or(""),
+                    r["key_version"],
+                    r["progress"]
+                ));
+            }
+            t
+        }
+        "invalid" => format!("invalid ({})", s["error"].as_str().unwrap_or("")),
+        other => other.to_string(),
     }
 }
 

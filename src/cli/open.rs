@@ -1,8 +1,10 @@
 //! Registering the encrypting VFS over the chosen keystore and opening databases through it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::Connection;
+use sqlite_vfs::{ErrorCode, VfsError};
 
 use super::error::{CliError, CliResult};
 use crate::kms::KmsError;
@@ -44,4 +46,31 @@ fn with_hint(e: Error, keystore: &Path) -> CliError {
         ));
     }
     err
+}
+
+/// A lock that could not be had, as a full error: SQLite's own "database is locked" names
+/// neither the file nor the cause. When the header says a rekey is in progress (another
+/// process running one, or one interrupted whose finishing needs the lock), that is the
+/// error (`Error::RekeyInProgress`, exit 3); otherwise the message names the path and how
+/// long was waited. Other errors pass unchanged.
+pub fn explain_busy(e: Error, path: &Path, waited: Duration) -> Error {
+    let detail = match &e {
+        Error::Sqlite(s) if matches!(s.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy)) => None,
+        Error::Vfs(v) if v.code == ErrorCode::Busy => Some(v.message.clone()),
+        _ => return e,
+    };
+    let shown = path.display().to_string();
+    if crate::inspect::read_header(path).is_ok_and(|(h, _)| h.rekey.is_some()) {
+        return Error::RekeyInProgress { path: shown };
+    }
+    let message = match detail {
+        Some(m) if m.starts_with(&shown) => return e,
+        Some(m) => format!("{shown}: {m}"),
+        None => format!(
+            "{shown}: database is locked: another connection holds it (waited {} ms); retry when it is done, or \
+             raise --busy-timeout",
+            waited.as_millis()
+        ),
+    };
+    Error::Vfs(VfsError::new(ErrorCode::Busy, message))
 }

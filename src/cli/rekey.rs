@@ -73,7 +73,7 @@ pub fn run(global: &Global, args: &RekeyArgs) -> CliResult {
                 quiet: false,
             })
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(open::explain_busy(e, &args.db, opts.busy_timeout).into()),
     };
     let mut out = std::io::stdout().lock();
     if global.json {

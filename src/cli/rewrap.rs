@@ -121,7 +121,7 @@ pub fn run(global: &Global, args: &RewrapArgs) -> CliResult {
                 }
             }
             Err(e) => {
-                let e = super::progress::cli_error(e, &global.keystore);
+                let e = super::progress::cli_error(open::explain_busy(e, f, opts.busy_timeout), &global.keystore);
                 if global.json && args.all {
                     writeln!(out, "{}", json!({"event": "file", "path": f, "status": "failed", "error": e.message}))?;
                 } else if args.all {

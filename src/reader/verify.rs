@@ -242,6 +242,12 @@ pub fn verify_with(
         r.problem(Area::Header, "this is a plain (unencrypted) SQLite database, not an sqlite-tde database");
         return Ok(r);
     }
+    if let Some(conversion) = crate::inspect::conversion_in_progress(path, &region) {
+        // Not damage: the slots are not a header yet. Nothing more can be checked until the
+        // conversion is finished.
+        r.problem(Area::Header, conversion);
+        return Ok(r);
+    }
     if region.len() < HEADER_REGION_LEN {
         r.problem(
             Area::Header,

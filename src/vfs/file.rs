@@ -324,10 +324,17 @@ impl TdeFile {
         v.to_string()
     }
 
-    /// The main database's `Database`, or a pragma failure.
-    fn main_database(&self, pragma: &str) -> std::result::Result<Arc<Database>, PragmaOutcome> {
+    /// The main database's `Database`, or a pragma failure. A header deferred at open (a
+    /// rekey was running under another connection's lock) is loaded now, so the failure says
+    /// what is going on (a rekey in progress) rather than that there is no header.
+    fn main_database(&mut self, pragma: &str) -> std::result::Result<Arc<Database>, PragmaOutcome> {
         if self.kind != FileKind::MainDb {
             return Err(PragmaOutcome::NotFound);
+        }
+        if self.db.is_none() {
+            if let Err(e) = self.settle(false) {
+                return Err(json_outcome(Err(e)));
+            }
         }
         self.db
             .clone()
