@@ -90,7 +90,7 @@ fn create_key_alias_and_info() {
         assert!(info.get(k).is_some(), "missing {k} in {info}");
     }
     assert_eq!(info["key_id"], id.as_str());
-    assert_eq!(info["format_version"], 1);
+    assert_eq!(info["format_version"], sqlite_tde::format::FORMAT_VERSION);
     assert_eq!(info["cipher"], "aes-256-xts");
     assert_eq!(info["key_version"], 1);
     assert_eq!(info["page_size"], 4096);

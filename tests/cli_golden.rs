@@ -121,7 +121,7 @@ Back up this directory (`sqlite-tde kms backup FILE`): databases encrypted under
 
 const VERIFY_OK: &str = "\
 database: a.db
-format_version: 1
+format_version: 2
 cipher: aes-256-xts
 db_uuid: [UUID]
 key_id: [UUID]
@@ -189,7 +189,7 @@ fn verify_golden() {
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     for (k, want) in [
         ("ok", serde_json::json!(true)),
-        ("format_version", serde_json::json!(1)),
+        ("format_version", serde_json::json!(2)),
         ("cipher", serde_json::json!("aes-256-xts")),
         ("key_version", serde_json::json!(1)),
         ("active_slot", serde_json::json!("A")),
@@ -252,7 +252,7 @@ result: 1 problem
         out(
             3,
             "database: a.db
-format_version: 1
+format_version: 2
 cipher: aes-256-xts
 db_uuid: [UUID]
 key_id: [UUID]
@@ -470,7 +470,7 @@ fn info_sql_and_kms_golden() {
     assert_eq!((o.code, o.stderr.as_str()), (0, ""), "{o:?}");
     // Lines this test owns; other lines may be added.
     for line in [
-        "format_version: 1",
+        "format_version: 2",
         "cipher: aes-256-xts",
         "db_uuid: [UUID]",
         "key_id: [UUID]",

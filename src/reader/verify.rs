@@ -193,8 +193,10 @@ pub fn slot_strict_problems(raw: &[u8], h: &Header) -> Vec<String> {
             }
         }
     }
-    if nonzero(&raw[1688..SLOT_USED_LEN - 32]) {
-        out.push("reserved bytes 1688..2016 are not zero".into());
+    // Format 2 keeps its MAC in 1984..2016.
+    let reserved_end = if h.format >= FORMAT_VERSION { SLOT_USED_LEN - 64 } else { SLOT_USED_LEN - 32 };
+    if nonzero(&raw[1688..reserved_end]) {
+        out.push(format!("reserved bytes 1688..{reserved_end} are not zero"));
     }
     if nonzero(&raw[SLOT_USED_LEN..SLOT_LEN]) {
         out.push(format!("bytes {SLOT_USED_LEN}..{SLOT_LEN}, which the checksum does not cover, are not zero"));
