@@ -655,3 +655,35 @@ conn.close();
     assert_open_under(&status(&out), &key_id);
     env.assert_no_plaintext(marker);
 }
+
+/// A rekey interrupted between two chunks is finished by the next open, and that open tells the
+/// application's error log (`sqlite3_log`, here the shell's `.log stderr`) what it did.
+#[test]
+fn sqlite3_shell_logs_a_recovery_finished_at_open() {
+    let Some(sh) = shell() else { return };
+    let env = Env::new();
+    let db = env.db("app.db");
+    let ks = [("SQLITE_TDE_KEYSTORE", env.keystore())];
+    let lib = extension_stem();
+    let script = format!(".load {lib}\n.open {}\n{}", uri(&db, "vfs=tde"), rows_sql("t", "log-marker", 300));
+    ok(sqlite3(sh, &ks, &[], &script), "sqlite3 create");
+    // Interrupt a rekey (4 KiB chunks) after its first chunk, in this process.
+    let tde = sqlite_tde::Tde::builder().keystore(env.keystore()).vfs_name("tde-log-test").register().unwrap();
+    let opts = sqlite_tde::rotation::RekeyOptions { chunk: Some(4096), ..Default::default() };
+    let report = sqlite_tde::rotation::with_progress(
+        |p| if p.done > 0 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) },
+        || sqlite_tde::rotation::rekey(&tde, &db, &opts),
+    )
+    .unwrap();
+    assert_eq!(report.status, "interrupted", "{report:?}");
+    let script = format!(
+        ".log stderr\n.load {lib}\n.open {}\nPRAGMA tde_status;\nSELECT count(*) FROM t;\n",
+        uri(&db, "vfs=tde")
+    );
+    let o = sqlite3(sh, &ks, &[], &script);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("the open finished an interrupted operation: rekey"), "stderr:\n{err}");
+    assert!(out.contains("\"recovered\":\"rekey\""), "{out}");
+    assert!(out.lines().any(|l| l.trim() == "300"), "{out}");
+}

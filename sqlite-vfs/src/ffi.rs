@@ -102,6 +102,13 @@ pub struct UriHandle<'a> {
     _name: PhantomData<&'a CStr>,
 }
 
+impl UriHandle<'_> {
+    /// The API table the handle reads parameters through.
+    pub(crate) fn api(&self) -> SqliteApi {
+        *self.api
+    }
+}
+
 impl std::fmt::Debug for UriHandle<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UriHandle").field("has_uri", &!self.filename.is_null()).finish()

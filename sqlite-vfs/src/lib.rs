@@ -109,6 +109,12 @@ impl<'a> OpenRequest<'a> {
     pub fn uri_parameter_bytes(&self, name: &str) -> Option<Vec<u8>> {
         self.uri.parameter_bytes(name)
     }
+
+    /// The host SQLite's functions (e.g. [`api::SqliteApi::log`], to tell the application's
+    /// error log what a shim did on its own). Cheap to copy and keep.
+    pub fn api(&self) -> api::SqliteApi {
+        self.uri.api()
+    }
 }
 
 /// A handle on the file the base VFS opened. A shim reads and writes the real bytes through it.

@@ -68,6 +68,18 @@ pub struct TdeFile {
     pinned: Option<String>,
     /// The caller trusts format 1 (unauthenticated) rotation state: [`URI_TRUST_FORMAT_1_PARAM`].
     trust_format_1: bool,
+    /// The host SQLite's functions (its error log).
+    api: sqlite_vfs::api::SqliteApi,
+}
+
+/// Tell the application's error log (`sqlite3_log`, SQLITE_NOTICE) what an open finished on
+/// its own: an interrupted rekey or in-place encryption, or format-1 side files renamed.
+/// `PRAGMA tde_status` reports the same as `recovered`.
+fn log_recovery(api: &sqlite_vfs::api::SqliteApi, path: &str, db: &Database) {
+    const SQLITE_NOTICE: i32 = 27;
+    if let Some(what) = db.recovered() {
+        api.log(SQLITE_NOTICE, &format!("tde: {path}: the open finished an interrupted operation: {what}"));
+    }
 }
 
 /// The encrypted view of `base` for `storage` (`None`: stored as is, or not yet created).
@@ -137,7 +149,10 @@ impl TdeFile {
         let db = if size > 0 {
             let policy = OpenPolicy { pinned: self.pinned.as_deref(), trust_format_1_state: self.trust_format_1 };
             match database::open_existing_or_wait(&self.ctx, &path, &mut self.base, self.read_only, false, policy)? {
-                Opened::Ready(db) => db,
+                Opened::Ready(db) => {
+                    log_recovery(&self.api, &path, &db);
+                    db
+                }
                 Opened::Deferred => return Err(Error::RekeyInProgress { path }),
                 Opened::Empty if create && !self.read_only => database::create(&self.ctx, &path, &key, &mut self.base)?,
                 Opened::Empty => return Ok(()),
@@ -491,6 +506,7 @@ pub fn open(
                 let policy = OpenPolicy { pinned: pinned.as_deref(), trust_format_1_state: trust_format_1 };
                 match database::open_existing_or_wait(ctx, &path, &mut base, read_only, true, policy)? {
                     Opened::Ready(db) => {
+                        log_recovery(&req.api(), &path, &db);
                         let db = Arc::new(db);
                         let (_, cipher) = db.cipher();
                         (
@@ -554,6 +570,7 @@ pub fn open(
         cache_epoch: None,
         pinned,
         trust_format_1,
+        api: req.api(),
     })
 }
 
