@@ -687,3 +687,94 @@ fn sqlite3_shell_logs_a_recovery_finished_at_open() {
     assert!(out.contains("\"recovered\":\"rekey\""), "{out}");
     assert!(out.lines().any(|l| l.trim() == "300"), "{out}");
 }
+
+/// SQLite's own checksum VFS (`ext/misc/cksumvfs.c`, built by .ci/setup.d/cksumvfs.sh).
+fn cksumvfs() -> Option<PathBuf> {
+    let p = workspace_dir().join(".ci/tools/cksumvfs.so");
+    if p.exists() {
+        return Some(p);
+    }
+    missing("SQLite's cksumvfs extension", &format!("{} not built (run .ci/setup.d/cksumvfs.sh)", p.display()));
+    None
+}
+
+/// Another VFS stacked above tde (issue 15.2): SQLite's cksumvfs, loaded after tde made itself
+/// the default VFS, wraps tde and checksums every page it writes (8 reserved bytes per page).
+/// A writer in the Debian sqlite3 shell is killed (SIGKILL) mid-stream of transactions in
+/// rollback and WAL mode; a new shell, through the same stack, must find every acknowledged
+/// transaction, whole, with `integrity_check = ok`, cksumvfs verifying (checksum_verification
+/// on), the files tde's (header magic, no plaintext), and the journal/WAL under tde's names.
+#[test]
+fn sqlite3_shell_cksumvfs_stacked_above_tde_survives_kill_9() {
+    use std::io::BufRead;
+    let Some(sh) = shell() else { return };
+    let Some(cksum) = cksumvfs() else { return };
+    let env = Env::new();
+    let lib = extension_stem();
+    let vars = [("SQLITE_TDE_KEYSTORE", env.keystore()), ("SQLITE_TDE_DEFAULT_VFS", "1")];
+    let load = format!(".load {lib}\n.load {}\n", cksum.display());
+    for mode in ["delete", "wal"] {
+        let db = env.db(&format!("stacked-{mode}.db"));
+        let marker = format!("cksum-marker-{mode}");
+        let mut script = format!(
+            "{load}.open {}\n.filectrl reserve_bytes 8\nPRAGMA journal_mode={mode};\n\
+             CREATE TABLE t(tx INTEGER, i INTEGER, v TEXT);\n",
+            db.display()
+        );
+        // Each acknowledgement line is long, so the shell's buffered stdout reaches the pipe
+        // every few transactions; a line seen was printed after its COMMIT returned.
+        for tx in 1..=3000 {
+            script.push_str(&format!(
+                "BEGIN; INSERT INTO t SELECT {tx}, value, '{marker}-' || hex(randomblob(30)) FROM generate_series(1, 20); COMMIT;\n\
+                 SELECT 'acked {tx} ' || printf('%.300c', 'x');\n"
+            ));
+        }
+        let mut c = command(sh, &vars);
+        c.args(["-batch", "-bail"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(script.as_bytes());
+        });
+        let mut acked = 0u32;
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("acked ").and_then(|r| r.split(' ').next()) {
+                acked = n.parse().unwrap();
+                if acked >= 150 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL, mid-stream
+        let status = child.wait().unwrap();
+        let _ = feeder.join();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        assert!(acked >= 150, "{mode}: the writer acknowledged only {acked} transactions ({status}); stderr:\n{err}");
+        assert!(!status.success(), "{mode}: the writer was not killed mid-stream");
+
+        let names = if mode == "wal" { ["-tdewal", "-wal"] } else { ["-tdejournal", "-journal"] };
+        let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
+        assert!(!side(names[1]).exists(), "{mode}: a side file under SQLite's own name");
+        assert!(std::fs::read(&db).unwrap().starts_with(b"SQLTDE"), "{mode}: the file is not tde's");
+        env.assert_no_plaintext(&marker);
+
+        let check = format!(
+            "{load}.open {}\nPRAGMA checksum_verification;\nPRAGMA integrity_check;\n\
+             SELECT 'txs', count(DISTINCT tx), min(tx), max(tx) FROM t;\n\
+             SELECT 'partial', count(*) FROM (SELECT tx FROM t GROUP BY tx HAVING count(*) <> 20);\n",
+            db.display()
+        );
+        let out = ok(sqlite3(sh, &vars, &[], &check), &format!("{mode}: reopen through cksumvfs over tde"));
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(lines.first(), Some(&"1"), "{mode}: cksumvfs is not verifying checksums:\n{out}");
+        assert!(lines.contains(&"ok"), "{mode}: integrity_check:\n{out}");
+        let txs = lines.iter().find(|l| l.starts_with("txs|")).unwrap_or_else(|| panic!("{out}"));
+        let f: Vec<u32> = txs.split('|').skip(1).map(|x| x.parse().unwrap()).collect();
+        assert_eq!((f[0], f[1]), (f[2], 1), "{mode}: transactions missing in the middle: {txs}");
+        assert!(f[2] >= acked, "{mode}: {acked} acknowledged, only {} recovered", f[2]);
+        assert!(lines.contains(&"partial|0"), "{mode}: a partial transaction survived:\n{out}");
+        eprintln!("{mode}: killed after {acked} acknowledged transactions; {} recovered, whole", f[2]);
+    }
+}

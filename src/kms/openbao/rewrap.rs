@@ -8,6 +8,9 @@ use crate::format::{Header, RekeyState};
 /// The header to write after rewrapping `current` under `target` (`None`: the newest version
 /// of the key that wraps it now). The result has `sequence + 1`; the caller writes it into the
 /// slot that does **not** hold `current` and syncs, so a crash leaves either header valid.
+/// A format 2 slot must be encoded with the metadata key of the (unchanged) DEK
+/// (`Header::encode(&MetaKey::derive(&dek))`, docs/FORMAT.md §11): a rewrap without the DEK
+/// is refused by every reader as a forgery.
 ///
 /// The DEK and its key-check value are unchanged, so open connections and cached ciphers stay
 /// valid; only the wrapped DEK and the key reference change. A rekey in progress has two
