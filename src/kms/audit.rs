@@ -391,6 +391,9 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
             Err(e) => return Err(io_err("cannot open", &path, e)),
         };
+        if file.metadata().map_err(|e| io_err("cannot stat", &path, e))?.is_dir() {
+            return Err(KmsError::Audit(format!("{} is not a file", path.display())));
+        }
         read_tail(&mut file, &path)
     }
 

@@ -512,6 +512,7 @@ impl LocalKms {
         }
         data.audit.pending = recs;
         self.store_committed(root, data)?;
+        crash_point("committed");
         // The records are durable in keystore.json: if this append fails, the next commit
         // appends them (or fails closed).
         let _ = self.audit.append(&data.audit.pending);
@@ -1672,6 +1673,17 @@ impl LocalKms {
     /// is not checked (no root key is needed).
     pub fn read_keystore(&self) -> Result<Option<KeystoreData>, KmsError> {
         Ok(keystore::load(&self.paths)?.map(|l| l.data))
+    }
+}
+
+/// Debug builds: `SQLITE_TDE_TEST_CRASH_AT=kms:STEP` aborts the process there (crash tests;
+/// `committed`: keystore.json replaced, the records not yet appended to audit.log).
+fn crash_point(step: &str) {
+    if cfg!(debug_assertions)
+        && std::env::var(crate::rotation::ENV_CRASH_AT).is_ok_and(|v| v.strip_prefix("kms:") == Some(step))
+    {
+        eprintln!("sqlite-tde: test crash injection: kms:{step}");
+        std::process::abort();
     }
 }
 
