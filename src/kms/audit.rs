@@ -409,6 +409,8 @@ impl AuditLog {
     /// fail closed.
     pub fn reconcile(&self, state: &AuditState) -> Result<(), KmsError> {
         let _lock = self.lock()?;
+        // Format 2 wrote audit.head under this lock: any temp file of it is a killed writer's.
+        let _ = crate::fsutil::remove_stale_temps(&self.dir, HEAD_TMP_PREFIX);
         let tail = self.cut_torn()?;
         match classify(&tail, state) {
             Ok(None) => Ok(()),

@@ -2,8 +2,8 @@
 //! (docs/FORMAT.md §7).
 //!
 //! The snapshot holds the files of the directory that make up the keystore's state —
-//! `keystore.json` (policies and root-key-sealed material), `audit.log` with `audit.head`,
-//! `secrets.json`, `kmsd.json` — read under secrets.lock → keystore.lock → audit.lock, so
+//! `keystore.json` (policies, root-key-sealed material and the audit head), `audit.log`
+//! (with `audit.head` for format-2 keystores), `secrets.json`, `kmsd.json` — read under secrets.lock → keystore.lock → audit.lock, so
 //! they belong together. It never holds the root key: whoever reads it learns metadata, not
 //! key material. It is authenticated under a key derived from the root key, so a restore
 //! proves it belongs to that root key before anything is replaced.
