@@ -177,7 +177,7 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
             l.pop();
             l.pop();
         },
-        "2 record(s) missing",
+        "record(s) missing",
     );
     // A field the digest does not cover.
     check(&|l| *l.get_mut(2).unwrap() = l[2].replacen("{\"v\":2,", "{\"v\":2,\"note\":\"hi\",", 1), "line 3: not a valid");
