@@ -595,7 +595,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                     for r in &recs {
                         writeln!(
                             out,
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{:?}\t{}{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{:?}\t{}{}{}",
                             r.seq,
                             format_time(r.time),
                             r.principal,
@@ -604,7 +604,8 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                             r.key_version.map(|v| format!("v{v}")).unwrap_or_else(|| "-".into()),
                             r.outcome,
                             r.request_id,
-                            r.error.as_deref().map(|e| format!("\t{e}")).unwrap_or_default()
+                            r.error.as_deref().map(|e| format!("\t{e}")).unwrap_or_default(),
+                            r.detail.as_deref().map(|d| format!("\t{d}")).unwrap_or_default()
                         )?;
                     }
                 }
