@@ -553,8 +553,10 @@ fn unmaced_keystore_keeps_loading_is_upgraded_and_cannot_come_back() {
     }
     let old = fs::read(env.ks.join("keystore.json")).unwrap();
     assert!(old.starts_with(b"sqlite-tde-keystore 1\n"));
-    let listed = ok(cli(&env.ks).args(["kms", "list"]));
+    let (code, listed, err) = run(cli(&env.ks).args(["kms", "list"]));
+    assert_eq!(code, 0, "{err}");
     assert!(!listed.is_empty());
+    assert!(err.contains("upgraded keystore") && err.contains("from format 1 to 3"), "{err}");
     // Upgraded on that first commit, and the audit log says so.
     assert!(fs::read(env.ks.join("keystore.json")).unwrap().starts_with(b"sqlite-tde-keystore 3\n"));
     let audit = ok(cli(&env.ks).args(["kms", "audit"]));

@@ -524,6 +524,11 @@ impl LocalKms {
     fn store_committed(&self, root: &RootKey, data: &mut KeystoreData) -> Result<(), KmsError> {
         keystore::store(&self.paths, data, root)?;
         if data.format < KEYSTORE_VERSION {
+            super::events::notify_keystore_upgraded(&super::events::KeystoreUpgraded {
+                dir: self.paths.dir.clone(),
+                from: data.format,
+                to: KEYSTORE_VERSION,
+            });
             data.format = KEYSTORE_VERSION;
             data.root.check = root.check_value_for(KEYSTORE_VERSION);
             if std::fs::remove_file(self.paths.dir.join(audit::HEAD_FILE)).is_ok() {
