@@ -180,7 +180,10 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
         "record(s) missing",
     );
     // A field the digest does not cover.
-    check(&|l| *l.get_mut(2).unwrap() = l[2].replacen("{\"v\":2,", "{\"v\":2,\"note\":\"hi\",", 1), "line 3: not a valid");
+    check(
+        &|l| *l.get_mut(2).unwrap() = l[2].replacen("{\"v\":2,", "{\"v\":2,\"note\":\"hi\",", 1),
+        "line 3: not a valid",
+    );
     // Moving the head back inside keystore.json (to hide the cut) breaks keystore.json's MAC.
     {
         let scratch = tempfile::tempdir().unwrap();
@@ -263,7 +266,10 @@ fn assert_closed(env: &KmsEnv, id: &str, blob: &[u8], want: &str) {
     closed(env.kms("carol").op_list_keys("carol"));
     // A key denied anyway still reports the broken trail first.
     closed(env.kms("mallory").op_decrypt("mallory", blob, &ctx("c"), None));
-    assert!(matches!(kms_error(read_db(&env.tde("bob"), &env.path("closed.db")).unwrap_err()), KmsError::AuditIntegrity(_)));
+    assert!(matches!(
+        kms_error(read_db(&env.tde("bob"), &env.path("closed.db")).unwrap_err()),
+        KmsError::AuditIntegrity(_)
+    ));
     assert_eq!(dir_files(&env.ks), before, "a refused request changed the keystore directory");
     assert_eq!(env.kms("alice").read_keystore().unwrap().unwrap().keys[id].state, KeyState::Enabled);
 }
@@ -381,9 +387,8 @@ fn crash_between_the_keystore_commit_and_the_log_append_is_rolled_forward() {
     };
     ok(cli(&env.ks).args(["kms", "create-key", "--alias", "first"]));
     let log = env.ks.join("audit.log");
-    for (i, args) in [&["kms", "create-key", "--alias", "crashed"][..], &["kms", "describe", "alias/first"][..]]
-        .iter()
-        .enumerate()
+    for (i, args) in
+        [&["kms", "create-key", "--alias", "crashed"][..], &["kms", "describe", "alias/first"][..]].iter().enumerate()
     {
         let before = lines(&log).len();
         let o = cli(&env.ks).env("SQLITE_TDE_TEST_CRASH_AT", "kms:committed").args(*args).output().unwrap();

@@ -551,7 +551,9 @@ fn daemon_clients_see_a_broken_audit_trail_and_its_recovery_command() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("audit trail broken") && err.contains("record(s) missing") && err.contains("kms audit --acknowledge-gap"),
+        err.contains("audit trail broken")
+            && err.contains("record(s) missing")
+            && err.contains("kms audit --acknowledge-gap"),
         "{err}"
     );
     // The administrator acknowledges on the keystore directory; the daemon serves again.

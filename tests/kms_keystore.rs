@@ -515,7 +515,12 @@ fn keystore_edited_without_the_root_key_is_refused() {
     let env = KmsEnv::new();
     let db = env.path("app.db");
     ok(&mut create_key(&env.ks, "alias/app"));
-    ok(cli(&env.ks).arg("sql").arg(&db).args(["--key", "alias/app", "CREATE TABLE t(x)", "INSERT INTO t VALUES('hello')"]));
+    ok(cli(&env.ks).arg("sql").arg(&db).args([
+        "--key",
+        "alias/app",
+        "CREATE TABLE t(x)",
+        "INSERT INTO t VALUES('hello')",
+    ]));
     ok(cli(&env.ks).args(["kms", "disable", "alias/app"]));
     refused(&mut select(&env.ks, &db));
     let genuine = fs::read(env.ks.join("keystore.json")).unwrap();
@@ -524,8 +529,16 @@ fn keystore_edited_without_the_root_key_is_refused() {
     let cases: [(&str, Box<dyn Fn(&str) -> String>, &str); 4] = [
         ("re-enable a disabled key", Box::new(reenable), "MAC does not verify"),
         ("grant a policy right", Box::new(grant), "MAC does not verify"),
-        ("re-enable, as format 2 with a recomputed checksum", Box::new(move |t: &str| as_format_2(&reenable(t))), "wrong root key"),
-        ("grant, as format 2 with a recomputed checksum", Box::new(move |t: &str| as_format_2(&grant(t))), "wrong root key"),
+        (
+            "re-enable, as format 2 with a recomputed checksum",
+            Box::new(move |t: &str| as_format_2(&reenable(t))),
+            "wrong root key",
+        ),
+        (
+            "grant, as format 2 with a recomputed checksum",
+            Box::new(move |t: &str| as_format_2(&grant(t))),
+            "wrong root key",
+        ),
     ];
     for (what, f, want) in cases {
         fs::write(env.ks.join("keystore.json"), &genuine).unwrap();

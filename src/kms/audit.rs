@@ -169,9 +169,11 @@ impl AuditRecord {
             return Err("a version-1 record cannot carry kind or detail".into());
         }
         if rec.to_line() != line {
-            return Err("not in the canonical encoding (unknown, duplicated or reordered fields, or extra whitespace): \
+            return Err(
+                "not in the canonical encoding (unknown, duplicated or reordered fields, or extra whitespace): \
                         fields the MAC does not cover"
-                .into());
+                    .into(),
+            );
         }
         Ok(rec)
     }
@@ -356,7 +358,10 @@ fn classify(tail: &Tail, state: &AuditState) -> Result<Option<usize>, String> {
             at.seq, head.seq
         )
     } else {
-        format!("audit.log's record {} is not the one keystore.json names: the log was replaced (diverging chain)", at.seq)
+        format!(
+            "audit.log's record {} is not the one keystore.json names: the log was replaced (diverging chain)",
+            at.seq
+        )
     })
 }
 

@@ -18,7 +18,9 @@ pub(crate) mod wrap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use keystore::{keys_section, HsmRef, ImportRecord, KeyRecord, KeyVersionRecord, KeystoreData, RotationRecord, KEYSTORE_VERSION};
+pub use keystore::{
+    keys_section, HsmRef, ImportRecord, KeyRecord, KeyVersionRecord, KeystoreData, RotationRecord, KEYSTORE_VERSION,
+};
 pub use rootkey::{RootKey, RootSource, ENV_PASSPHRASE, ENV_ROOT_KEY_FILE};
 
 use keystore::{KeystorePaths, MAC_VERSION};
