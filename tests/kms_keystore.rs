@@ -510,6 +510,9 @@ fn as_format_2(text: &str) -> String {
     format!("{body}sha256:{sum}\n")
 }
 
+/// An attacker's edit of the keystore text.
+type Edit = Box<dyn Fn(&str) -> String>;
+
 #[test]
 fn keystore_edited_without_the_root_key_is_refused() {
     let env = KmsEnv::new();
@@ -526,7 +529,7 @@ fn keystore_edited_without_the_root_key_is_refused() {
     let genuine = fs::read(env.ks.join("keystore.json")).unwrap();
     let reenable = |t: &str| t.replacen("\"state\": \"disabled\"", "\"state\": \"enabled\"", 1);
     let grant = |t: &str| t.replacen("\"principals\": [", "\"principals\": [\"mallory\", ", 1);
-    let cases: [(&str, Box<dyn Fn(&str) -> String>, &str); 4] = [
+    let cases: [(&str, Edit, &str); 4] = [
         ("re-enable a disabled key", Box::new(reenable), "MAC does not verify"),
         ("grant a policy right", Box::new(grant), "MAC does not verify"),
         (
