@@ -442,18 +442,30 @@ impl Drop for KeyCache {
     }
 }
 
-/// A revocation epoch for the embedded KMS: the identity (inode, size, modification time) of
-/// its keystore file, which every mutation replaces atomically. Costs one `stat`.
+/// A revocation epoch for the embedded KMS: a digest of the keys part of its keystore file,
+/// which changes with every mutation (not with the audit head each request commits there).
+/// Costs one `stat` while the file is unchanged; the file is read only when it changed.
 pub fn keystore_file_probe(keystore_file: std::path::PathBuf) -> EpochProbe {
+    let seen: std::sync::Mutex<Option<(u64, u64)>> = std::sync::Mutex::new(None);
     EpochProbe::new(move || {
         use std::hash::{Hash, Hasher};
         use std::os::unix::fs::MetadataExt;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        match std::fs::metadata(&keystore_file) {
-            Ok(m) => (m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime_nsec()).hash(&mut h),
-            Err(_) => 0u8.hash(&mut h),
+        let Ok(m) = std::fs::metadata(&keystore_file) else { return 0 };
+        (m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime_nsec()).hash(&mut h);
+        let identity = h.finish();
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, epoch)) = *seen {
+            if id == identity {
+                return epoch;
+            }
         }
-        h.finish()
+        let Ok(bytes) = std::fs::read(&keystore_file) else { return identity };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        crate::kms::local::keys_section(&bytes).hash(&mut h);
+        let epoch = h.finish();
+        *seen = Some((identity, epoch));
+        epoch
     })
 }
 

@@ -156,10 +156,10 @@ fn write_seed_corpus() {
     let kms = sqlite_tde::kms::local::LocalKms::new(dir.path().join("ks"));
     kms.create_key(Some("alias/fuzz"), "seed").unwrap();
     let real = std::fs::read(dir.path().join("ks/keystore.json")).unwrap();
-    put("keystore", "real-v2", &real);
+    put("keystore", "real-v3", &real);
     let text = String::from_utf8(real.clone()).unwrap();
     let json = text.split_once('\n').unwrap().1;
-    let json = &json[..json.rfind("sha256:").unwrap()];
+    let json = &json[..json.rfind("\naudit: ").unwrap()];
     let mut wrapped = vec![1u8];
     wrapped.extend_from_slice(json.trim_end().as_bytes());
     put("keystore", "json-body-v1", &wrapped);

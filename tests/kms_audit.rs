@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use kms_support::*;
 use sqlite_tde::kms::api::CreateKeyParams;
-use sqlite_tde::kms::audit::{AuditLog, AuditRecord, Outcome};
+use sqlite_tde::kms::audit::{AuditLog, AuditRecord, Outcome, RecordKind};
 use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::model::{KeyState, Origin};
 use sqlite_tde::kms::{EncryptionContext, KmsError};
@@ -102,7 +102,7 @@ fn write_lines(path: &Path, lines: &[String]) {
 }
 
 fn verify(kms: &LocalKms) -> Vec<String> {
-    let r = kms.audit_log().verify(None).unwrap();
+    let r = kms.audit_log().verify(None, None).unwrap();
     let mut problems = r.problems;
     // And with MACs, through the service.
     let full = kms.op_verify_audit("auditor");
@@ -120,9 +120,8 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
         bob.op_encrypt("bob", &id, format!("msg {i}").as_bytes(), &ctx("t")).unwrap();
     }
     let path = env.ks.join("audit.log");
-    let head = env.ks.join("audit.head");
     let original = lines(&path);
-    let original_head = std::fs::read(&head).unwrap();
+    let original_keystore = std::fs::read(env.ks.join("keystore.json")).unwrap();
     // Verification on a copy, so the verify requests' own records do not disturb the cases.
     let check = |mutate: &dyn Fn(&mut Vec<String>), want: &str| {
         let scratch = tempfile::tempdir().unwrap();
@@ -132,7 +131,7 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
         mutate(&mut l);
         write_lines(&ks.join("audit.log"), &l);
         let kms = LocalKms::new(&ks).with_principal("auditor");
-        let problems = kms.audit_log().verify(None).unwrap().problems;
+        let problems = kms.audit_log().verify(None, None).unwrap().problems;
         let with_mac = kms.op_verify_audit("auditor").unwrap();
         assert!(!with_mac.ok, "{want}: tampering not detected");
         assert!(
@@ -172,34 +171,33 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
     );
     // Reordering two records.
     check(&|l| l.swap(2, 3), "sequence number");
-    // Cutting records from the end (the head remembers the last one).
+    // Cutting records from the end (keystore.json remembers the last one).
     check(
         &|l| {
             l.pop();
             l.pop();
         },
-        "records deleted from the end",
+        "record(s) missing",
     );
-    // Replacing the whole log with a shorter valid prefix plus a forged head is caught by the
-    // head's MAC.
+    // A field the digest does not cover.
+    check(
+        &|l| *l.get_mut(2).unwrap() = l[2].replacen("{\"v\":2,", "{\"v\":2,\"note\":\"hi\",", 1),
+        "line 3: not a valid",
+    );
+    // Moving the head back inside keystore.json (to hide the cut) breaks keystore.json's MAC.
     {
         let scratch = tempfile::tempdir().unwrap();
         let ks = scratch.path().join("ks");
         copy_dir(&env.ks, &ks);
-        let mut head: serde_json::Value = serde_json::from_slice(&original_head).unwrap();
-        head["seq"] = serde_json::json!(2);
-        std::fs::write(ks.join("audit.head"), serde_json::to_vec(&head).unwrap()).unwrap();
+        let text = String::from_utf8(original_keystore.clone()).unwrap();
+        let at = text.find("\naudit: ").unwrap();
+        let seq_at = at + text[at..].find("\"seq\":").unwrap() + 6;
+        let end = seq_at + text[seq_at..].find(',').unwrap();
+        let edited = format!("{}2{}", &text[..seq_at], &text[end..]);
+        std::fs::write(ks.join("keystore.json"), edited).unwrap();
         write_lines(&ks.join("audit.log"), &original[..2]);
-        let r = LocalKms::new(&ks).op_verify_audit("auditor").unwrap();
-        assert!(r.problems.iter().any(|p| p.contains("audit.head forged")), "{r:?}");
-    }
-    // Deleting the head.
-    {
-        let scratch = tempfile::tempdir().unwrap();
-        let ks = scratch.path().join("ks");
-        copy_dir(&env.ks, &ks);
-        std::fs::remove_file(ks.join("audit.head")).unwrap();
-        assert!(LocalKms::new(&ks).audit_log().verify(None).unwrap().problems.iter().any(|p| p.contains("missing")));
+        let e = LocalKms::new(&ks).op_verify_audit("auditor").unwrap_err().to_string();
+        assert!(e.contains("MAC does not verify"), "{e}");
     }
     // The untouched original still verifies.
     assert!(lines(&path).starts_with(&original));
@@ -225,6 +223,7 @@ fn requests_fail_closed_when_their_audit_record_cannot_be_written() {
     let bob = env.kms("bob");
     let alice = env.kms("alice");
     let log = env.ks.join("audit.log");
+    let saved = std::fs::read(&log).unwrap();
     std::fs::remove_file(&log).unwrap();
     std::fs::create_dir(&log).unwrap();
 
@@ -239,7 +238,175 @@ fn requests_fail_closed_when_their_audit_record_cannot_be_written() {
     assert!(matches!(kms_error(read_db(&env.tde("bob"), &db).unwrap_err()), KmsError::Audit(_)));
 
     std::fs::remove_dir(&log).unwrap();
+    std::fs::write(&log, saved).unwrap();
     assert_eq!(read_db(&env.tde("bob"), &db).unwrap(), "hello");
+}
+
+// ----- a log that does not match keystore.json's head closes the KMS -----
+
+/// The error of a request refused because the audit trail is broken.
+fn closed<T: std::fmt::Debug>(r: Result<T, KmsError>) -> String {
+    match r {
+        Err(KmsError::AuditIntegrity(m)) => {
+            assert!(m.contains("sqlite-tde kms audit --acknowledge-gap"), "no recovery command in: {m}");
+            m
+        }
+        other => panic!("expected the KMS to be closed (AuditIntegrity), got {other:?}"),
+    }
+}
+
+/// Every kind of request is refused, and refusing changes nothing on disk.
+fn assert_closed(env: &KmsEnv, id: &str, blob: &[u8], want: &str) {
+    let before = dir_files(&env.ks);
+    let e = closed(env.kms("bob").op_generate_data_key("bob", id, &ctx("x"), None, true));
+    assert!(e.contains(want), "{want}: {e}");
+    closed(env.kms("bob").op_decrypt("bob", blob, &ctx("c"), None));
+    closed(env.kms("alice").op_disable("alice", id));
+    closed(env.kms("alice").op_rotate("alice", id));
+    closed(env.kms("carol").op_list_keys("carol"));
+    // A key denied anyway still reports the broken trail first.
+    closed(env.kms("mallory").op_decrypt("mallory", blob, &ctx("c"), None));
+    assert!(matches!(
+        kms_error(read_db(&env.tde("bob"), &env.path("closed.db")).unwrap_err()),
+        KmsError::AuditIntegrity(_)
+    ));
+    assert_eq!(dir_files(&env.ks), before, "a refused request changed the keystore directory");
+    assert_eq!(env.kms("alice").read_keystore().unwrap().unwrap().keys[id].state, KeyState::Enabled);
+}
+
+/// A keystore with a key, a database and some traffic; returns a blob bob can decrypt.
+fn busy() -> (KmsEnv, String, Vec<u8>) {
+    let (env, id) = setup();
+    create_db(&env.tde("bob"), &env.path("closed.db"), &id);
+    let bob = env.kms("bob");
+    let blob = bob.op_encrypt("bob", &id, b"payload", &ctx("c")).unwrap().ciphertext;
+    for i in 0..4 {
+        bob.op_encrypt("bob", &id, format!("msg {i}").as_bytes(), &ctx("t")).unwrap();
+    }
+    (env, id, blob)
+}
+
+#[test]
+fn cut_log_tail_closes_the_kms_until_a_gap_is_acknowledged_and_verify_keeps_reporting_it() {
+    let (env, id, blob) = busy();
+    let log = env.ks.join("audit.log");
+    let mut l = lines(&log);
+    let n = l.len();
+    l.truncate(n - 3);
+    write_lines(&log, &l);
+
+    assert_closed(&env, &id, &blob, "3 record(s) missing");
+    let r = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    assert!(!r.ok && r.problems.iter().any(|p| p.contains("3 record(s) missing")), "{r:?}");
+
+    let ack = env.kms("admin").acknowledge_audit_gap("admin").unwrap();
+    assert_eq!(ack.kind, Some(RecordKind::GapAcknowledged));
+    assert!(ack.detail.as_deref().unwrap().contains("3 record(s) missing"), "{ack:?}");
+    assert_eq!(ack.seq, n as u64 + 1, "the gap keeps the missing sequence numbers");
+    // Requests work again.
+    let bob = env.kms("bob");
+    assert_eq!(&bob.op_decrypt("bob", &blob, &ctx("c"), None).unwrap().plaintext[..], b"payload");
+    assert_eq!(read_db(&env.tde("bob"), &env.path("closed.db")).unwrap(), "hello");
+    env.kms("alice").op_disable("alice", &id).unwrap();
+    // The gap is in the chain for good.
+    let r = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    assert!(r.ok, "{r:?}");
+    assert!(r.gaps.len() == 1 && r.gaps[0].contains("3 record(s) missing") && r.gaps[0].contains("admin"), "{r:?}");
+    assert!(matches!(env.kms("admin").acknowledge_audit_gap("admin"), Err(KmsError::InvalidRequest(_))));
+}
+
+#[test]
+fn deleted_log_closes_the_kms() {
+    let (env, id, blob) = busy();
+    std::fs::remove_file(env.ks.join("audit.log")).unwrap();
+    assert_closed(&env, &id, &blob, "audit.log is missing");
+    // From the command line: refused with the problem and the way out, then acknowledged.
+    let o = cli(&env.ks).args(["kms", "list"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("audit.log is missing") && err.contains("--acknowledge-gap"), "{err}");
+    let o = cli(&env.ks).args(["kms", "audit", "--verify"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = cli(&env.ks).args(["kms", "audit", "--acknowledge-gap"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(cli(&env.ks).args(["kms", "list"]).output().unwrap().status.success());
+    let o = cli(&env.ks).args(["kms", "audit", "--verify"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("acknowledged gap") && out.contains("audit.log is missing"), "{out}");
+}
+
+#[test]
+fn an_older_log_put_back_is_refused() {
+    let (env, id, blob) = busy();
+    let log = env.ks.join("audit.log");
+    let old = std::fs::read(&log).unwrap();
+    for _ in 0..2 {
+        env.kms("bob").op_decrypt("bob", &blob, &ctx("c"), None).unwrap();
+    }
+    // An older, complete and authentic log (as a backup or an earlier copy holds it).
+    std::fs::write(&log, &old).unwrap();
+    assert_closed(&env, &id, &blob, "2 record(s) missing");
+}
+
+#[test]
+fn keystore_json_put_back_is_refused() {
+    let (env, id, blob) = busy();
+    let saved = std::fs::read(env.ks.join("keystore.json")).unwrap();
+    env.kms("alice").op_disable("alice", &id).unwrap();
+    // The older keystore.json (key enabled) is authentic, but the log has moved on.
+    std::fs::write(env.ks.join("keystore.json"), &saved).unwrap();
+    assert_closed(&env, &id, &blob, "went backwards");
+}
+
+#[test]
+fn a_record_with_a_field_the_mac_does_not_cover_is_rejected() {
+    let (env, id, blob) = busy();
+    let log = env.ks.join("audit.log");
+    let mut l = lines(&log);
+    let last = l.len() - 1;
+    let forged = l[1].replacen("\"outcome\"", "\"approved_by\":\"security\",\"outcome\"", 1);
+    assert_ne!(forged, l[1]);
+    l[1] = forged;
+    write_lines(&log, &l);
+    let r = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    assert!(!r.ok && r.problems.iter().any(|p| p.starts_with("line 2:")), "{r:?}");
+    // On the newest record it closes the KMS at once.
+    l[last] = l[last].replacen("\"outcome\"", "\"approved_by\":\"security\",\"outcome\"", 1);
+    write_lines(&log, &l);
+    assert_closed(&env, &id, &blob, "the last record of audit.log is not valid");
+}
+
+/// A process killed between replacing keystore.json (the commit) and appending the records
+/// to audit.log: the log lags by exactly those records, which the next request appends.
+#[test]
+fn crash_between_the_keystore_commit_and_the_log_append_is_rolled_forward() {
+    let env = KmsEnv::new();
+    let ok = |c: &mut assert_cmd::Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    ok(cli(&env.ks).args(["kms", "create-key", "--alias", "first"]));
+    let log = env.ks.join("audit.log");
+    for (i, args) in
+        [&["kms", "create-key", "--alias", "crashed"][..], &["kms", "describe", "alias/first"][..]].iter().enumerate()
+    {
+        let before = lines(&log).len();
+        let o = cli(&env.ks).env("SQLITE_TDE_TEST_CRASH_AT", "kms:committed").args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("test crash injection: kms:committed"), "{args:?}: {err}");
+        assert_eq!(lines(&log).len(), before, "{args:?}: the crash must hit between the commit and the append");
+        if i == 0 {
+            let data = LocalKms::new(&env.ks).read_keystore().unwrap().unwrap();
+            assert!(data.aliases.contains_key("alias/crashed"), "the committed key is there");
+        }
+        // The next request works, and the log has the record the crash kept out.
+        ok(cli(&env.ks).args(["kms", "list"]));
+        let recs = AuditLog::new(&env.ks).read().unwrap();
+        let want = if i == 0 { "CreateKey" } else { "DescribeKey" };
+        assert_eq!(recs[before].operation, want, "{recs:#?}");
+        assert_eq!(recs[before + 1].operation, "ListKeys");
+        assert!(ok(cli(&env.ks).args(["kms", "audit", "--verify"])).contains("audit log OK"));
+    }
 }
 
 // ----- kill -9 during mutating operations -----

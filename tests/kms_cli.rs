@@ -2,15 +2,14 @@
 //! (`kms serve`), including an application process that uses the daemon without access to
 //! the keystore.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
 
 mod kms_support;
 
 use assert_cmd::Command;
+use kms_support::start_daemon;
 use predicates::prelude::*;
 
 const T0: u64 = 1_735_689_600;
@@ -378,37 +377,6 @@ fn secrets_from_the_command_line() {
 
 // ----- daemon -----
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(ks: &Path, socket: &Path, extra: &[&str]) -> Daemon {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
-    for v in ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_PRINCIPAL", "SQLITE_TDE_TEST_NOW"] {
-        c.env_remove(v);
-    }
-    c.arg("--keystore")
-        .arg(ks)
-        .args(["kms", "serve", "--socket"])
-        .arg(socket)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = c.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening on unix:"), "daemon did not start: {line:?}");
-    Daemon { child, socket: socket.to_path_buf() }
-}
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -555,5 +523,43 @@ fn daemon_end_to_end_application_without_keystore_access() {
         .assert()
         .code(3)
         .stderr(predicate::str::contains("already listening"));
+    drop(daemon);
+}
+
+/// A broken audit trail closes the daemon's KMS too, and its clients are told why and what
+/// to run; after `kms audit --acknowledge-gap` on the keystore they are served again.
+#[test]
+fn daemon_clients_see_a_broken_audit_trail_and_its_recovery_command() {
+    let env = Env::new();
+    let me = nix::unistd::geteuid().as_raw();
+    let map = format!("{me}=ops");
+    let daemon = start_daemon(&env.ks, &env.path("kms.sock"), &["--map-uid", &map]);
+    let spec = format!("unix:{}", daemon.socket.display());
+    let client = |args: &[&str]| {
+        let mut c = env.as_("ignored");
+        c.args(["--kms", &spec]).args(args);
+        c
+    };
+    out(&mut client(&["kms", "create-key", "--alias", "d"]));
+    out(&mut client(&["kms", "describe", "alias/d"]));
+    let log = env.ks.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text.lines().take(1).collect();
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+
+    let o = client(&["kms", "describe", "alias/d"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("audit trail broken")
+            && err.contains("record(s) missing")
+            && err.contains("kms audit --acknowledge-gap"),
+        "{err}"
+    );
+    // The administrator acknowledges on the keystore directory; the daemon serves again.
+    let o = env.as_("admin").args(["kms", "audit", "--acknowledge-gap"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out(&mut client(&["kms", "describe", "alias/d"]));
+    assert!(out(&mut client(&["kms", "audit", "--verify"])).contains("acknowledged gap"));
     drop(daemon);
 }

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kms_support::*;
-use sqlite_tde::kms::local::LocalKms;
+use sqlite_tde::kms::local::{keys_section, LocalKms};
 use sqlite_tde::kms::EncryptionContext;
 
 /// Run and return (exit code, stdout, stderr).
@@ -266,6 +266,11 @@ fn creation_only_in_an_empty_directory_and_an_interrupted_one_resumes() {
     assert!(ok(&mut select(&env.ks, &db)).contains("hello"));
 }
 
+/// The newest audit record's sequence number.
+fn last_seq(ks: &Path) -> u64 {
+    sqlite_tde::kms::audit::AuditLog::new(ks).read().unwrap().last().unwrap().seq
+}
+
 #[test]
 fn backup_restore_round_trip_with_audit_head_and_secrets() {
     let env = KmsEnv::new();
@@ -281,15 +286,15 @@ fn backup_restore_round_trip_with_audit_head_and_secrets() {
     let snap = env.path("ks.snapshot");
     let (code, out, err) = run(cli(&env.ks).args(["kms", "backup"]).arg(&snap));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("keystore.json") && out.contains("audit.head") && out.contains("secrets.json"), "{out}");
+    assert!(out.contains("keystore.json") && out.contains("audit.log") && out.contains("secrets.json"), "{out}");
     assert!(err.contains("does not contain the root key"), "{err}");
     let root_file = fs::read(env.ks.join("root.key")).unwrap();
     let snap_bytes = fs::read(&snap).unwrap();
     assert!(!snap_bytes.windows(32).any(|w| w == &root_file[16..48]), "the snapshot must not hold the root key");
-    let head_at_backup = fs::read(env.ks.join("audit.head")).unwrap();
+    let seq_at_backup = last_seq(&env.ks);
 
     // Disaster: everything but root.key is gone.
-    for f in ["keystore.json", "audit.log", "audit.head", "secrets.json"] {
+    for f in ["keystore.json", "audit.log", "secrets.json"] {
         fs::remove_file(env.ks.join(f)).unwrap();
     }
     refused(&mut select(&env.ks, &db));
@@ -301,7 +306,8 @@ fn backup_restore_round_trip_with_audit_head_and_secrets() {
     let audit = ok(cli(&env.ks).args(["kms", "audit"]));
     assert!(audit.contains("BackupKeystore") && audit.contains("RestoreKeystore"), "{audit}");
     assert_eq!(fs::read(env.ks.join("root.key")).unwrap(), root_file);
-    assert_ne!(fs::read(env.ks.join("audit.head")).unwrap(), head_at_backup, "the restore is itself audited");
+    assert!(last_seq(&env.ks) > seq_at_backup, "the restore is itself audited");
+    assert!(audit.contains("restored") && !env.ks.join("audit.head").exists(), "{audit}");
 
     // A corrupted snapshot is refused before anything changes.
     let mut bad = snap_bytes.clone();
@@ -456,7 +462,9 @@ fn restore_killed_midway_leaves_the_old_or_the_new_keystore() {
         let fresh = LocalKms::new(&env.ks).with_principal("ops");
         fresh.list_keys().unwrap();
         assert!(!env.ks.join("restore.pending").exists());
+        // Keys compared without the audit head, which every request (this check's too) moves.
         let ks = fs::read(env.ks.join("keystore.json")).unwrap();
+        let (ks, a_ks, b_ks) = (keys_section(&ks), keys_section(&a_ks), keys_section(&b_ks));
         let secrets = fs::read(env.ks.join("secrets.json")).ok();
         if ks == a_ks {
             assert_eq!(secrets, None, "round {round}: snapshot a's keystore with b's secrets");
@@ -478,4 +486,104 @@ fn restore_killed_midway_leaves_the_old_or_the_new_keystore() {
     kms.create_key(None, "after").unwrap();
     sqlite_tde::kms::secrets::put(&kms, "ops", "s", b"w", None, "").unwrap();
     assert_eq!(temp_files(&env.ks), Vec::<String>::new());
+}
+
+// ----- keystore integrity: MAC under the root key, no downgrade -----
+
+/// `keystore.json` with `f` applied to its text.
+fn edit_keystore(ks: &Path, f: impl Fn(&str) -> String) {
+    let p = ks.join("keystore.json");
+    let text = fs::read_to_string(&p).unwrap();
+    let edited = f(&text);
+    assert_ne!(edited, text, "the edit changed nothing");
+    fs::write(p, edited).unwrap();
+}
+
+/// Rewrite a format-3 file as format 2 (no MAC), with the checksum trailer recomputed the
+/// way an attacker without the root key can.
+fn as_format_2(text: &str) -> String {
+    use sha2::Digest;
+    let json_start = text.find('\n').unwrap() + 1;
+    let json_end = text.rfind("\naudit: ").unwrap() + 1;
+    let body = format!("sqlite-tde-keystore 2\n{}", &text[json_start..json_end]);
+    let sum = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    format!("{body}sha256:{sum}\n")
+}
+
+/// An attacker's edit of the keystore text.
+type Edit = Box<dyn Fn(&str) -> String>;
+
+#[test]
+fn keystore_edited_without_the_root_key_is_refused() {
+    let env = KmsEnv::new();
+    let db = env.path("app.db");
+    ok(&mut create_key(&env.ks, "alias/app"));
+    ok(cli(&env.ks).arg("sql").arg(&db).args([
+        "--key",
+        "alias/app",
+        "CREATE TABLE t(x)",
+        "INSERT INTO t VALUES('hello')",
+    ]));
+    ok(cli(&env.ks).args(["kms", "disable", "alias/app"]));
+    refused(&mut select(&env.ks, &db));
+    let genuine = fs::read(env.ks.join("keystore.json")).unwrap();
+    let reenable = |t: &str| t.replacen("\"state\": \"disabled\"", "\"state\": \"enabled\"", 1);
+    let grant = |t: &str| t.replacen("\"principals\": [", "\"principals\": [\"mallory\", ", 1);
+    let cases: [(&str, Edit, &str); 4] = [
+        ("re-enable a disabled key", Box::new(reenable), "MAC does not verify"),
+        ("grant a policy right", Box::new(grant), "MAC does not verify"),
+        (
+            "re-enable, as format 2 with a recomputed checksum",
+            Box::new(move |t: &str| as_format_2(&reenable(t))),
+            "wrong root key",
+        ),
+        (
+            "grant, as format 2 with a recomputed checksum",
+            Box::new(move |t: &str| as_format_2(&grant(t))),
+            "wrong root key",
+        ),
+    ];
+    for (what, f, want) in cases {
+        fs::write(env.ks.join("keystore.json"), &genuine).unwrap();
+        edit_keystore(&env.ks, f);
+        let before = dir_files(&env.ks);
+        let err = refused(&mut select(&env.ks, &db));
+        assert!(err.contains(want), "{what}: {err}");
+        let err = refused(cli(&env.ks).args(["kms", "list"]));
+        assert!(err.contains(want), "{what}: {err}");
+        assert_eq!(dir_files(&env.ks), before, "{what}: a refused request changed the keystore");
+    }
+    fs::write(env.ks.join("keystore.json"), &genuine).unwrap();
+    assert!(ok(cli(&env.ks).args(["kms", "describe", "alias/app"])).contains("disabled"));
+    assert!(ok(cli(&env.ks).args(["kms", "audit", "--verify"])).contains("audit log OK"));
+}
+
+#[test]
+fn unmaced_keystore_keeps_loading_is_upgraded_and_cannot_come_back() {
+    // A format-1 keystore (no MAC, no audit log) as an old build left it.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1/keystore");
+    let env = KmsEnv::new();
+    fs::create_dir_all(&env.ks).unwrap();
+    for f in ["keystore.json", "root.key"] {
+        fs::copy(golden.join(f), env.ks.join(f)).unwrap();
+    }
+    let old = fs::read(env.ks.join("keystore.json")).unwrap();
+    assert!(old.starts_with(b"sqlite-tde-keystore 1\n"));
+    let (code, listed, err) = run(cli(&env.ks).args(["kms", "list"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!listed.is_empty());
+    assert!(err.contains("upgraded keystore") && err.contains("from format 1 to 3"), "{err}");
+    // Upgraded on that first commit, and the audit log says so.
+    assert!(fs::read(env.ks.join("keystore.json")).unwrap().starts_with(b"sqlite-tde-keystore 3\n"));
+    let audit = ok(cli(&env.ks).args(["kms", "audit"]));
+    assert!(audit.contains("UpgradeKeystoreFormat"), "{audit}");
+    // Putting the unMAC'd file back (a downgrade) is refused, whatever it says.
+    let upgraded = fs::read(env.ks.join("keystore.json")).unwrap();
+    fs::write(env.ks.join("keystore.json"), &old).unwrap();
+    let before = dir_files(&env.ks);
+    let err = refused(cli(&env.ks).args(["kms", "list"]));
+    assert!(err.contains("downgrade"), "{err}");
+    assert_eq!(dir_files(&env.ks), before);
+    fs::write(env.ks.join("keystore.json"), &upgraded).unwrap();
+    assert!(ok(cli(&env.ks).args(["kms", "audit", "--verify"])).contains("audit log OK"));
 }

@@ -164,11 +164,17 @@ pub enum KmsCommand {
     /// Flag principals that hold both kms:Decrypt and kms:ScheduleKeyDeletion/kms:DisableKey
     /// (exit 1 when there are findings).
     Lint,
-    /// List the audit log, or verify its hash chain (--verify; exit 3 on tampering).
+    /// List the audit log, or verify its hash chain (--verify; exit 3 on tampering), or
+    /// acknowledge a gap that keeps the KMS closed (--acknowledge-gap).
     Audit {
         /// Verify the chain instead of listing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "acknowledge_gap")]
         verify: bool,
+        /// Records cut, deleted or rolled back (or keystore.json put back) close the KMS: after
+        /// investigating, record the gap in the chain for good and open the KMS again. Works on
+        /// the keystore directory (needs its root key), not through a daemon.
+        #[arg(long, conflicts_with_all = ["key", "since"])]
+        acknowledge_gap: bool,
         /// Only records of this key (id or alias/NAME).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
@@ -546,17 +552,31 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                 return Err(CliError { code: EXIT_FAILURE, message: String::new(), quiet: true });
             }
         }
-        KmsCommand::Audit { verify, key, since } => {
+        KmsCommand::Audit { verify, acknowledge_gap: true, .. } if !verify => {
+            let rec = local_only(global, "audit --acknowledge-gap")?.acknowledge_audit_gap(&principal())?;
+            if global.json {
+                print_json(&mut out, &rec)?;
+            } else {
+                writeln!(out, "gap acknowledged as audit record {}: {}", rec.seq, rec.detail.as_deref().unwrap_or(""))?;
+                writeln!(out, "the KMS serves requests again; `kms audit --verify` reports this gap from now on")?;
+            }
+        }
+        KmsCommand::Audit { verify, key, since, .. } => {
             let c = client(global)?;
             if *verify {
                 let r = c.verify_audit()?;
                 if global.json {
                     print_json(&mut out, &r)?;
-                } else if r.ok {
-                    writeln!(out, "audit log OK: {} records, chain and MACs verified", r.records)?;
                 } else {
-                    for p in &r.problems {
-                        writeln!(out, "{p}")?;
+                    if r.ok {
+                        writeln!(out, "audit log OK: {} records, chain and MACs verified", r.records)?;
+                    } else {
+                        for p in &r.problems {
+                            writeln!(out, "{p}")?;
+                        }
+                    }
+                    for g in &r.gaps {
+                        writeln!(out, "acknowledged gap: {g}")?;
                     }
                 }
                 if !r.ok {
@@ -575,7 +595,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                     for r in &recs {
                         writeln!(
                             out,
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{:?}\t{}{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{:?}\t{}{}{}",
                             r.seq,
                             format_time(r.time),
                             r.principal,
@@ -584,7 +604,8 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                             r.key_version.map(|v| format!("v{v}")).unwrap_or_else(|| "-".into()),
                             r.outcome,
                             r.request_id,
-                            r.error.as_deref().map(|e| format!("\t{e}")).unwrap_or_default()
+                            r.error.as_deref().map(|e| format!("\t{e}")).unwrap_or_default(),
+                            r.detail.as_deref().map(|d| format!("\t{d}")).unwrap_or_default()
                         )?;
                     }
                 }

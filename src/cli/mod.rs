@@ -173,6 +173,15 @@ pub fn run(cli: Cli) -> CliResult {
     }
     let global = Global { keystore: cli.keystore.unwrap_or_else(default_keystore_dir), json: cli.json };
     crate::kms::events::on_keystore_created(|ev| eprintln!("sqlite-tde: {}", creation_notice(ev)));
+    crate::kms::events::on_keystore_upgraded(|ev| {
+        eprintln!(
+            "sqlite-tde: upgraded keystore {} from format {} to {} (authenticated under the root key; builds before \
+             this one cannot read it)",
+            ev.dir.display(),
+            ev.from,
+            ev.to
+        )
+    });
     match &cli.command {
         Command::Kms(cmd) => kms::run(&global, cmd),
         Command::Secrets(cmd) => secrets::run(&global, cmd),

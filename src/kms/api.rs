@@ -449,6 +449,7 @@ impl WireError {
                 "NoKeystore"
             }
             KmsError::Audit(_) => "AuditFailure",
+            KmsError::AuditIntegrity(_) => "AuditIntegrity",
             KmsError::InvalidRequest(_) => "InvalidRequest",
             KmsError::Crypto(_) => "Crypto",
             #[allow(unreachable_patterns)]
@@ -481,6 +482,7 @@ impl WireError {
             "Keystore" => KmsError::Keystore(strip(&self.message, "keystore error: ")),
             "NoKeystore" => KmsError::NoKeystore { dir: self.reason.unwrap_or_default(), key: self.key },
             "AuditFailure" => KmsError::Audit(strip(&self.message, "audit log unavailable, request refused: ")),
+            "AuditIntegrity" => KmsError::AuditIntegrity(strip(&self.message, "audit trail broken, KMS closed: ")),
             "InvalidRequest" => KmsError::InvalidRequest(strip(&self.message, "invalid request: ")),
             "Unavailable" => KmsError::Unavailable(strip(&self.message, "KMS unavailable: ")),
             _ => KmsError::Unavailable(format!("KMS daemon error: {}", self.message)),
@@ -494,7 +496,7 @@ impl WireError {
             "AccessDenied" => 403,
             "InvalidRequest" | "InvalidCiphertext" => 400,
             "KeyDisabled" | "PendingDeletion" | "PendingImport" | "KeyDeleted" | "NotUsable" => 409,
-            "Unavailable" | "AuditFailure" => 503,
+            "Unavailable" | "AuditFailure" | "AuditIntegrity" => 503,
             _ => 500,
         }
     }

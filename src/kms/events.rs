@@ -74,3 +74,27 @@ pub fn notify_keystore_created(ev: &KeystoreCreated) {
         h(ev);
     }
 }
+
+/// A keystore this process upgraded to a newer format (older builds can no longer read it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeystoreUpgraded {
+    pub dir: std::path::PathBuf,
+    pub from: u32,
+    pub to: u32,
+}
+
+type UpgradedHook = Box<dyn Fn(&KeystoreUpgraded) + Send + Sync>;
+
+static UPGRADED_HOOKS: Mutex<Vec<UpgradedHook>> = Mutex::new(Vec::new());
+
+/// Be told when this process upgrades a keystore's format (the CLI prints a notice).
+pub fn on_keystore_upgraded(hook: impl Fn(&KeystoreUpgraded) + Send + Sync + 'static) {
+    UPGRADED_HOOKS.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(hook));
+}
+
+/// Report a keystore this process just upgraded.
+pub fn notify_keystore_upgraded(ev: &KeystoreUpgraded) {
+    for h in UPGRADED_HOOKS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        h(ev);
+    }
+}

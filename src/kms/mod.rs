@@ -75,6 +75,11 @@ pub enum KmsError {
     InvalidRequest(String),
     #[error("audit log unavailable, request refused: {0}")]
     Audit(String),
+    /// The audit log does not match the head `keystore.json` records (records cut, log
+    /// deleted or put back, keystore put back): every request is refused until
+    /// `sqlite-tde kms audit --acknowledge-gap`.
+    #[error("audit trail broken, KMS closed: {0}")]
+    AuditIntegrity(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }

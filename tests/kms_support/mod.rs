@@ -139,3 +139,36 @@ pub fn dir_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 pub fn temp_files(dir: &Path) -> Vec<String> {
     dir_files(dir).into_keys().filter(|n| n.starts_with(".tmp-")).collect()
 }
+
+/// A `sqlite-tde kms serve` process, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `sqlite-tde kms serve` on keystore `ks` (with `extra` arguments) and wait until it listens.
+pub fn start_daemon(ks: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("sqlite-tde"));
+    for v in ["SQLITE_TDE_KEYSTORE", "SQLITE_TDE_KMS", "SQLITE_TDE_PRINCIPAL", "SQLITE_TDE_TEST_NOW"] {
+        c.env_remove(v);
+    }
+    c.arg("--keystore")
+        .arg(ks)
+        .args(["kms", "serve", "--socket"])
+        .arg(socket)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening on unix:"), "daemon did not start: {line:?}");
+    Daemon { child, socket: socket.to_path_buf() }
+}

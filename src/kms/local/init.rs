@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::keystore::{self, KeystoreData, KeystorePaths, RootConfig};
+use super::keystore::{self, KeystoreData, KeystorePaths, RootConfig, KEYSTORE_VERSION};
 use super::rootkey::{PassphraseParams, RootKey, RootSource, ENV_PASSPHRASE, ENV_ROOT_KEY_FILE};
 use crate::kms::events::KeystoreCreated;
 use crate::kms::KmsError;
@@ -122,7 +122,7 @@ pub fn load_root(dir: &Path, data: &KeystoreData) -> Result<RootKey, KmsError> {
             RootKey::from_passphrase(pass.as_bytes(), params)?
         }
     };
-    if key.check_value() != data.root.check {
+    if !data.root_matches(&key) {
         let hint = match (&source, data.root.kind.as_str()) {
             (RootSource::Passphrase, _) => " (wrong passphrase)".to_string(),
             (RootSource::KeystoreFile(_), "operator-file") => {
@@ -205,11 +205,13 @@ pub fn create(paths: &KeystorePaths, absent: Absent) -> Result<(KeystoreData, Ro
     }
     let key = key.expect("every source yields a key");
     let data = KeystoreData {
-        root: RootConfig { kind: source.kind().into(), check: key.check_value(), passphrase },
+        root: RootConfig { kind: source.kind().into(), check: key.check_value_for(KEYSTORE_VERSION), passphrase },
         keys: Default::default(),
         aliases: Default::default(),
+        audit: Default::default(),
+        format: KEYSTORE_VERSION,
     };
-    keystore::store_new(paths, &data)?;
+    keystore::store_new(paths, &data, &key)?;
     match std::fs::remove_file(&marker) {
         Ok(()) => crate::fsutil::sync_dir(dir).map_err(|e| werr(dir, e))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -1,31 +1,40 @@
-//! The keystore file: CMK metadata, key policies and root-key-encrypted material, one JSON
-//! document with a magic line and a SHA-256 trailer, replaced atomically under an exclusive
-//! lock file (docs/FORMAT.md §4).
+//! The keystore file: CMK metadata, key policies, root-key-encrypted material and the audit
+//! head, one document replaced atomically under an exclusive lock file and authenticated
+//! under a key derived from the root key (docs/FORMAT.md §4).
 //!
 //! ```text
-//! sqlite-tde-keystore 2\n
+//! sqlite-tde-keystore 3\n
 //! { ...json... }\n
-//! sha256:<64 hex>\n        (over the two lines above)
+//! audit: {"head":{"seq":N,"digest":"<64 hex>"},"pending":[records]}\n
+//! hmac-sha256:<64 hex>\n    (HMAC-SHA256(K_keystore, every byte above))
 //! ```
 //!
-//! Version 1 files (no policies, states enabled/disabled only) are read and migrated in
-//! memory; the next write stores version 2.
+//! Versions 1 and 2 (no MAC: a SHA-256 trailer that only catches accidents) are read and
+//! migrated in memory; the next write stores version 3. Whether such a file may still be
+//! trusted (it may be a downgrade) is decided by the caller, which knows the audit log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::rootkey::PassphraseParams;
+use super::rootkey::{PassphraseParams, RootKey};
+use crate::kms::audit::AuditState;
 use crate::kms::clock::DAY;
 use crate::kms::model::{limits, KeyManager, KeyState, Origin, Protection};
 use crate::kms::policy::KeyPolicy;
 use crate::kms::KmsError;
 
 /// Current keystore format version.
-pub const KEYSTORE_VERSION: u32 = 2;
+pub const KEYSTORE_VERSION: u32 = 3;
+/// The first version that carries a MAC (and the audit head).
+pub const MAC_VERSION: u32 = 3;
 const MAGIC_PREFIX: &str = "sqlite-tde-keystore ";
+const AUDIT_LINE: &str = "audit: ";
+const MAC_LINE: &str = "hmac-sha256:";
+const MAC_LABEL: &[u8] = b"sqlite-tde/keystore-mac/v1";
 
 /// How the root key is obtained, and its check value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,9 +157,22 @@ pub struct KeystoreData {
     /// `alias/NAME` -> key id.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
+    /// The audit head and the last commit's records (format 3: its own line, under the MAC).
+    #[serde(skip)]
+    pub audit: AuditState,
+    /// The format the file was read in (`KEYSTORE_VERSION` once written by this build).
+    #[serde(skip)]
+    pub format: u32,
 }
 
 impl KeystoreData {
+    /// Is `key` the root key this document was made under? (The check value's label
+    /// changed with format 3: a MAC'd keystore never holds the value a format-1/2 file needs,
+    /// so such a file cannot be forged from it.)
+    pub fn root_matches(&self, key: &RootKey) -> bool {
+        key.check_value_for(self.format) == self.root.check
+    }
+
     /// Find a key by id or alias.
     pub fn resolve(&self, key: &str) -> Result<&KeyRecord, KmsError> {
         let id = self.resolve_id(key)?;
@@ -209,34 +231,101 @@ impl KeystorePaths {
     }
 }
 
-/// Serialise with magic and checksum.
-pub fn encode(data: &KeystoreData) -> Vec<u8> {
-    let json = serde_json::to_string_pretty(data).expect("keystore serialises");
-    let mut body = String::with_capacity(json.len() + 100);
+fn mac_key(root: &RootKey) -> zeroize::Zeroizing<[u8; 32]> {
+    root.derive(MAC_LABEL)
+}
+
+fn mac(root: &RootKey, covered: &[u8]) -> hmac::Hmac<Sha256> {
+    let mut m = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&mac_key(root)[..]).expect("any length");
+    m.update(covered);
+    m
+}
+
+/// Serialise as format 3, authenticated under `root` (the root check value is the format-3 one).
+pub fn encode(data: &KeystoreData, root: &RootKey) -> Vec<u8> {
+    let mut doc = data.clone();
+    doc.root.check = root.check_value_for(KEYSTORE_VERSION);
+    let json = serde_json::to_string_pretty(&doc).expect("keystore serialises");
+    let audit = serde_json::to_string(&data.audit).expect("audit state serialises");
+    let mut body = String::with_capacity(json.len() + audit.len() + 120);
     body.push_str(MAGIC_PREFIX);
     body.push_str(&KEYSTORE_VERSION.to_string());
     body.push('\n');
     body.push_str(&json);
     body.push('\n');
-    let sum = hex::encode(Sha256::digest(body.as_bytes()));
-    body.push_str("sha256:");
-    body.push_str(&sum);
+    body.push_str(AUDIT_LINE);
+    body.push_str(&audit);
+    body.push('\n');
+    let tag = hex::encode(mac(root, body.as_bytes()).finalize().into_bytes());
+    body.push_str(MAC_LINE);
+    body.push_str(&tag);
     body.push('\n');
     body.into_bytes()
 }
 
-/// Parse and verify (versions 1 and 2; version 1 is migrated).
-pub fn decode(bytes: &[u8], path: &Path) -> Result<KeystoreData, KmsError> {
+/// A parsed keystore file whose MAC (format 3) is not checked yet: the root key it names
+/// must be loaded first.
+#[derive(Debug)]
+pub struct Loaded {
+    pub data: KeystoreData,
+    /// Format 3: the covered bytes and the MAC.
+    seal: Option<(Vec<u8>, Vec<u8>)>,
+    path: PathBuf,
+}
+
+impl Loaded {
+    /// Check the MAC under `root` (a matching root key: see [`KeystoreData::root_matches`]).
+    /// Format 1/2 files have none: the caller decides whether to trust them.
+    pub fn verify(self, root: &RootKey) -> Result<KeystoreData, KmsError> {
+        if let Some((covered, tag)) = &self.seal {
+            if mac(root, covered).verify_slice(tag).is_err() {
+                return Err(KmsError::Keystore(format!(
+                    "keystore {} was modified without the root key (or is corrupt): its MAC does not verify; nothing \
+                     was changed. Restore keystore.json from a backup (`sqlite-tde kms restore BACKUP`)",
+                    self.path.display()
+                )));
+            }
+        }
+        Ok(self.data)
+    }
+}
+
+/// The part of a keystore file that changes only with the keys (not with each audit record):
+/// what key caches watch to notice revocations.
+pub fn keys_section(bytes: &[u8]) -> &[u8] {
+    let needle = format!("\n{AUDIT_LINE}");
+    match bytes.windows(needle.len()).rposition(|w| w == needle.as_bytes()) {
+        Some(i) => &bytes[..i],
+        None => bytes,
+    }
+}
+
+/// Parse (versions 1 to 3; 1 and 2 are checked against their checksum and migrated).
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Loaded, KmsError> {
     let corrupt = |why: &str| KmsError::Keystore(format!("keystore {} is corrupt: {why}", path.display()));
     let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))?;
     let (magic, body) = text.split_once('\n').ok_or_else(|| corrupt("bad magic line"))?;
     let version: u32 =
         magic.strip_prefix(MAGIC_PREFIX).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt("bad magic line"))?;
-    if version > KEYSTORE_VERSION {
+    if version == 0 || version > KEYSTORE_VERSION {
         return Err(KmsError::Keystore(format!(
             "keystore {} has format version {version}; this build reads versions 1 to {KEYSTORE_VERSION}",
             path.display()
         )));
+    }
+    if version >= MAC_VERSION {
+        let idx = body.rfind(&format!("\n{MAC_LINE}")).ok_or_else(|| corrupt("missing MAC"))? + 1;
+        let tag_hex = body[idx + MAC_LINE.len()..].strip_suffix('\n').ok_or_else(|| corrupt("bad MAC line"))?;
+        let tag = hex::decode(tag_hex).ok().filter(|t| t.len() == 32).ok_or_else(|| corrupt("bad MAC line"))?;
+        let covered = &text[..magic.len() + 1 + idx];
+        let inner = &body[..idx - 1];
+        let a = inner.rfind(&format!("\n{AUDIT_LINE}")).ok_or_else(|| corrupt("missing audit line"))?;
+        let json = &inner[..a];
+        let audit = &inner[a + 1 + AUDIT_LINE.len()..];
+        let mut data: KeystoreData = serde_json::from_str(json).map_err(|e| corrupt(&e.to_string()))?;
+        data.audit = serde_json::from_str(audit).map_err(|e| corrupt(&format!("audit line: {e}")))?;
+        data.format = version;
+        return Ok(Loaded { data, seal: Some((covered.as_bytes().to_vec(), tag)), path: path.to_path_buf() });
     }
     let idx = body.rfind("sha256:").ok_or_else(|| corrupt("missing checksum"))?;
     let (json, trailer) = body.split_at(idx);
@@ -249,11 +338,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<KeystoreData, KmsError> {
     if version == 1 {
         data.migrate_v1();
     }
-    Ok(data)
+    data.format = version;
+    Ok(Loaded { data, seal: None, path: path.to_path_buf() })
 }
 
-/// Read the keystore; `None` when it does not exist yet.
-pub fn load(paths: &KeystorePaths) -> Result<Option<KeystoreData>, KmsError> {
+/// Read the keystore (MAC not yet checked); `None` when it does not exist yet.
+pub fn load(paths: &KeystorePaths) -> Result<Option<Loaded>, KmsError> {
     let file = paths.file();
     match std::fs::read(&file) {
         Ok(b) => decode(&b, &file).map(Some),
@@ -263,14 +353,14 @@ pub fn load(paths: &KeystorePaths) -> Result<Option<KeystoreData>, KmsError> {
 }
 
 /// Replace the keystore atomically. Callers hold the lock file.
-pub fn store(paths: &KeystorePaths, data: &KeystoreData) -> Result<(), KmsError> {
-    crate::fsutil::write_atomic(&paths.file(), &encode(data), 0o600)
+pub fn store(paths: &KeystorePaths, data: &KeystoreData, root: &RootKey) -> Result<(), KmsError> {
+    crate::fsutil::write_atomic(&paths.file(), &encode(data, root), 0o600)
         .map_err(|e| KmsError::Keystore(format!("cannot write {}: {e}", paths.file().display())))
 }
 
 /// Write the first keystore file: fails rather than replaces an existing one.
-pub fn store_new(paths: &KeystorePaths, data: &KeystoreData) -> Result<(), KmsError> {
-    crate::fsutil::write_new(&paths.file(), &encode(data), 0o600)
+pub fn store_new(paths: &KeystorePaths, data: &KeystoreData, root: &RootKey) -> Result<(), KmsError> {
+    crate::fsutil::write_new(&paths.file(), &encode(data, root), 0o600)
         .map_err(|e| KmsError::Keystore(format!("cannot create {}: {e}", paths.file().display())))
 }
 
@@ -295,14 +385,21 @@ mod tests {
         let mut body = format!("sqlite-tde-keystore 1\n{v1_json}\n");
         let sum = hex::encode(Sha256::digest(body.as_bytes()));
         body.push_str(&format!("sha256:{sum}\n"));
-        let d = decode(body.as_bytes(), Path::new("x")).unwrap();
+        let d = decode(body.as_bytes(), Path::new("x")).unwrap().data;
         let k1 = &d.keys["k1"];
         assert_eq!(k1.state, KeyState::Disabled);
         assert!(k1.policy.as_ref().unwrap().allows("anyone", "kms:Decrypt"));
         assert_eq!(k1.versions[0].material.as_deref(), Some("abcd"));
         assert_eq!(d.keys["k2"].rotation.as_ref().unwrap().period_days, 365);
-        let re = decode(&encode(&d), Path::new("x")).unwrap();
-        assert!(encode(&d).starts_with(b"sqlite-tde-keystore 2\n"));
+        let root = RootKey::from_bytes_for_tests([9; 32]);
+        let bytes = encode(&d, &root);
+        assert!(bytes.starts_with(b"sqlite-tde-keystore 3\n"));
+        let re = decode(&bytes, Path::new("x")).unwrap().verify(&root).unwrap();
         assert_eq!(re.keys.len(), 2);
+        assert!(re.root_matches(&root) && re.format == 3);
+        // Any edit, and any other root key, fails the MAC.
+        assert!(decode(&bytes, Path::new("x")).unwrap().verify(&RootKey::from_bytes_for_tests([8; 32])).is_err());
+        let edited = String::from_utf8(bytes).unwrap().replace("\"disabled\"", "\"enabled\"");
+        assert!(decode(edited.as_bytes(), Path::new("x")).unwrap().verify(&root).is_err());
     }
 }

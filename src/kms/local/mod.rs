@@ -18,17 +18,19 @@ pub(crate) mod wrap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use keystore::{HsmRef, ImportRecord, KeyRecord, KeyVersionRecord, KeystoreData, RotationRecord, KEYSTORE_VERSION};
+pub use keystore::{
+    keys_section, HsmRef, ImportRecord, KeyRecord, KeyVersionRecord, KeystoreData, RotationRecord, KEYSTORE_VERSION,
+};
 pub use rootkey::{RootKey, RootSource, ENV_PASSPHRASE, ENV_ROOT_KEY_FILE};
 
-use keystore::KeystorePaths;
+use keystore::{KeystorePaths, MAC_VERSION};
 use zeroize::Zeroizing;
 
 use super::api::{
     CreateKeyParams, DataKeyResponse, DecryptResponse, EncryptResponse, Identity, KeyLint, KmsClient, KmsService,
     MaintenanceReport, ReEncryptResponse, Request,
 };
-use super::audit::{AuditEvent, AuditLog, AuditRecord, Outcome, VerifyReport};
+use super::audit::{self, Anchor, AuditEvent, AuditHead, AuditLog, AuditRecord, AuditState, Outcome, VerifyReport};
 use super::clock::{Clock, SystemClock, DAY};
 use super::model::{
     limits, normalize_alias, validate_alias, AliasInfo, KeyInfo, KeyManager, KeyState, Origin, Protection, VersionInfo,
@@ -113,6 +115,8 @@ struct OpCtx<'a> {
     keys: Vec<(String, Option<u32>)>,
     context: Option<[u8; 32]>,
     denied: bool,
+    /// Free text for the record (administrative operations).
+    detail: Option<String>,
 }
 
 impl<'a> OpCtx<'a> {
@@ -124,6 +128,7 @@ impl<'a> OpCtx<'a> {
             keys: Vec::new(),
             context: None,
             denied: false,
+            detail: None,
         }
     }
     fn key(&mut self, id: &str) {
@@ -340,8 +345,8 @@ impl LocalKms {
     /// (not even creating it).
     fn load(&self, u: Use<'_>) -> Result<KeystoreData, KmsError> {
         self.finish_pending_restore()?;
-        if let Some(d) = keystore::load(&self.paths)? {
-            return Ok(d);
+        if let Some(l) = keystore::load(&self.paths)? {
+            return self.verified(l, true);
         }
         init::check_absent(&self.paths.dir)?;
         match u {
@@ -353,8 +358,73 @@ impl LocalKms {
     /// Open the keystore, creating it if the directory is missing or empty (a creating use:
     /// `kms serve`, which must be able to answer CreateKey), and check the root key.
     pub fn open_or_create(&self) -> Result<(), KmsError> {
-        let data = self.load(Use::Create)?;
-        self.root_key(&data).map(drop)
+        self.load(Use::Create).map(drop)
+    }
+
+    /// Check a keystore file before anything acts on it: its root key, then its MAC (format
+    /// 3). A format-1/2 file has no MAC: it is trusted only while nothing shows that a MAC'd
+    /// keystore was here (see [`Self::legacy_audit_state`]). `strict: false` (acknowledging
+    /// a gap) accepts a legacy audit log that does not verify.
+    fn verified(&self, l: keystore::Loaded, strict: bool) -> Result<KeystoreData, KmsError> {
+        let root = self.root_key(&l.data)?;
+        // Also with a cached root key: the file may have changed since it was cached.
+        if !l.data.root_matches(&root) {
+            return Err(KmsError::WrongRootKey(format!(
+                "{} (keystore.json's root check value does not match the root key in use)",
+                self.paths.dir.display()
+            )));
+        }
+        let legacy = l.data.format < MAC_VERSION;
+        let mut data = l.verify(&root)?;
+        if legacy {
+            data.audit = self.legacy_audit_state(&data, &root, strict)?;
+        }
+        Ok(data)
+    }
+
+    /// The audit state of a format-1/2 keystore, from its log and `audit.head` (read once:
+    /// the next commit stores format 3). Refused when the log shows that a MAC'd keystore
+    /// was here (a record this build wrote): keystore.json was replaced by an older or forged
+    /// unMAC'd file.
+    fn legacy_audit_state(&self, data: &KeystoreData, root: &RootKey, strict: bool) -> Result<AuditState, KmsError> {
+        let key = root.derive(AUDIT_KEY_LABEL);
+        let records = self.audit.read()?;
+        if records.iter().any(|r| r.v >= audit::RECORD_VERSION) {
+            return Err(KmsError::Keystore(format!(
+                "keystore {} is format {} (no MAC), but its audit log was written by a build that MACs                  keystore.json: keystore.json was replaced by an older or forged file (downgrade); nothing was                  changed. Restore keystore.json from a backup (`sqlite-tde kms restore BACKUP`)",
+                self.paths.dir.display(),
+                data.format
+            )));
+        }
+        let head = records.last().map(AuditHead::of).unwrap_or_default();
+        if !strict {
+            return Ok(AuditState { head, pending: Vec::new() });
+        }
+        let report = self.audit.verify(Some(&key), Some(Anchor::LegacyHeadFile))?;
+        // A torn last line is an append a crash cut short: the next commit cuts it.
+        let problems: Vec<&String> = report.problems.iter().filter(|p| !p.contains("incomplete")).collect();
+        if !problems.is_empty() {
+            return Err(audit::integrity_error(&format!(
+                "the audit log of format-{} keystore.json does not verify: {}",
+                data.format,
+                problems.iter().map(|p| p.as_str()).collect::<Vec<_>>().join("; ")
+            )));
+        }
+        if records.is_empty() && data.format >= 2 && !data.keys.is_empty() {
+            return Err(audit::integrity_error(&format!(
+                "keystore.json (format {}) holds keys but audit.log is missing",
+                data.format
+            )));
+        }
+        Ok(AuditState { head, pending: Vec::new() })
+    }
+
+    /// Under `keystore.lock`: the keystore, checked, and its root key.
+    fn load_locked(&self, strict: bool) -> Result<(KeystoreData, Arc<RootKey>), KmsError> {
+        let l = keystore::load(&self.paths)?.ok_or_else(|| KmsError::Keystore("keystore vanished".into()))?;
+        let data = self.verified(l, strict)?;
+        let root = self.root_key(&data)?;
+        Ok((data, root))
     }
 
     fn no_keystore(&self, key: Option<&str>) -> KmsError {
@@ -367,8 +437,8 @@ impl LocalKms {
         crate::fsutil::create_private_dir(&self.paths.dir)
             .map_err(|e| KmsError::Keystore(format!("cannot create {}: {e}", self.paths.dir.display())))?;
         let _lock = self.lock()?;
-        if let Some(d) = keystore::load(&self.paths)? {
-            return Ok(d);
+        if let Some(l) = keystore::load(&self.paths)? {
+            return self.verified(l, true);
         }
         let absent = init::check_absent(&self.paths.dir)?;
         let (data, key, ev) = init::create(&self.paths, absent)?;
@@ -389,15 +459,15 @@ impl LocalKms {
 
     // ----- audit -----
 
-    fn record(&self, root: &RootKey, ctx: &OpCtx<'_>, outcome: Outcome, error: Option<String>) -> Result<(), KmsError> {
-        let key = root.derive(AUDIT_KEY_LABEL);
-        let now = self.now();
+    /// The records of one request (one per key it touched).
+    fn events(&self, ctx: &OpCtx<'_>, outcome: Outcome, error: Option<String>) -> Vec<AuditEvent> {
         let mut keys = ctx.keys.clone();
         if keys.is_empty() {
             keys.push((String::new(), None));
         }
-        for (i, (id, version)) in keys.iter().enumerate() {
-            let ev = AuditEvent {
+        keys.iter()
+            .enumerate()
+            .map(|(i, (id, version))| AuditEvent {
                 request_id: ctx.request_id.clone(),
                 principal: ctx.principal.to_string(),
                 operation: if i == 0 { ctx.operation.clone() } else { format!("{}:destination", ctx.operation) },
@@ -406,29 +476,112 @@ impl LocalKms {
                 context_digest: ctx.context,
                 outcome,
                 error: error.clone(),
-            };
-            self.audit.append(&key, now, &ev)?;
+                detail: if i == 0 { ctx.detail.clone() } else { None },
+            })
+            .collect()
+    }
+
+    fn outcome_of(ctx: &OpCtx<'_>, e: &KmsError) -> (Outcome, Option<String>) {
+        if ctx.denied || matches!(e, KmsError::AccessDenied { .. }) {
+            (Outcome::Denied, Some(e.to_string()))
+        } else {
+            (Outcome::Failed, Some(e.to_string()))
+        }
+    }
+
+    /// Commit `events` with `data` (caller holds `keystore.lock`): the log must be in step
+    /// with `data`'s audit head (pending records a crash kept out are appended first), else
+    /// the request fails closed. Then `data` is stored naming the new records as head and
+    /// pending — the commit point, which makes a mutation and its record durable at once —
+    /// and the records are appended to the log.
+    fn commit(&self, root: &RootKey, data: &mut KeystoreData, mut events: Vec<AuditEvent>) -> Result<(), KmsError> {
+        self.audit.reconcile(&data.audit)?;
+        if data.format < KEYSTORE_VERSION {
+            let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "UpgradeKeystoreFormat");
+            ctx.detail = Some(format!(
+                "keystore.json format {} -> {KEYSTORE_VERSION}: authenticated under a key derived from the root key; \
+                 the audit head moved from audit.head into keystore.json; unMAC'd keystore files are refused from now on",
+                data.format
+            ));
+            let mut up = self.events(&ctx, Outcome::Allowed, None);
+            up.append(&mut events);
+            events = up;
+        }
+        let key = root.derive(AUDIT_KEY_LABEL);
+        let recs = audit::seal(&key, &data.audit.head, self.now(), &events);
+        if let Some(last) = recs.last() {
+            data.audit.head = AuditHead::of(last);
+        }
+        data.audit.pending = recs;
+        self.store_committed(root, data)?;
+        crash_point("committed");
+        // The records are durable in keystore.json: if this append fails, the next commit
+        // appends them (or fails closed).
+        let _ = self.audit.append(&data.audit.pending);
+        Ok(())
+    }
+
+    /// Store `data` as format 3; a format-1/2 keystore's `audit.head` is dropped (its
+    /// content now lives in keystore.json).
+    fn store_committed(&self, root: &RootKey, data: &mut KeystoreData) -> Result<(), KmsError> {
+        keystore::store(&self.paths, data, root)?;
+        if data.format < KEYSTORE_VERSION {
+            super::events::notify_keystore_upgraded(&super::events::KeystoreUpgraded {
+                dir: self.paths.dir.clone(),
+                from: data.format,
+                to: KEYSTORE_VERSION,
+            });
+            data.format = KEYSTORE_VERSION;
+            data.root.check = root.check_value_for(KEYSTORE_VERSION);
+            if std::fs::remove_file(self.paths.dir.join(audit::HEAD_FILE)).is_ok() {
+                let _ = crate::fsutil::sync_dir(&self.paths.dir);
+            }
         }
         Ok(())
     }
 
+    /// Record a request that did not change the keystore: a commit of its records alone.
+    fn record(&self, ctx: &OpCtx<'_>, outcome: Outcome, error: Option<String>) -> Result<(), KmsError> {
+        let _lock = self.lock()?;
+        let (mut data, root) = self.load_locked(true)?;
+        self.commit(&root, &mut data, self.events(ctx, outcome, error))
+    }
+
     /// Record the outcome of a request; an allowed request whose record cannot be written
-    /// fails (its result, e.g. a plaintext key, is dropped and wiped).
-    fn finish<T>(&self, root: &RootKey, ctx: &OpCtx<'_>, r: Result<T, KmsError>) -> Result<T, KmsError> {
+    /// fails (its result, e.g. a plaintext key, is dropped and wiped). A broken audit trail
+    /// is reported over the request's own error: the KMS is closed.
+    fn finish<T>(&self, ctx: &OpCtx<'_>, r: Result<T, KmsError>) -> Result<T, KmsError> {
         let (outcome, error) = match &r {
             Ok(_) => (Outcome::Allowed, None),
-            Err(e) if ctx.denied || matches!(e, KmsError::AccessDenied { .. }) => {
-                (Outcome::Denied, Some(e.to_string()))
-            }
-            Err(e) => (Outcome::Failed, Some(e.to_string())),
+            Err(e) => Self::outcome_of(ctx, e),
         };
-        match self.record(root, ctx, outcome, error) {
+        match self.record(ctx, outcome, error) {
             Ok(()) => r,
             Err(audit_err) => match r {
                 Ok(_) => Err(audit_err),
+                Err(_) if matches!(audit_err, KmsError::AuditIntegrity(_)) => Err(audit_err),
                 Err(e) => Err(e),
             },
         }
+    }
+
+    /// `kms audit --acknowledge-gap` (an administrator holding the keystore directory and
+    /// its root key): record, chained after the log's last record, that the log did not
+    /// match `keystore.json` and how; requests work again, and every verification reports
+    /// the gap. Refused when there is no gap.
+    pub fn acknowledge_audit_gap(&self, principal: &str) -> Result<AuditRecord, KmsError> {
+        self.finish_pending_restore()?;
+        if keystore::load(&self.paths)?.is_none() {
+            return Err(self.no_keystore(None));
+        }
+        let _lock = self.lock()?;
+        let (mut data, root) = self.load_locked(false)?;
+        let key = root.derive(AUDIT_KEY_LABEL);
+        let rec = self.audit.acknowledge(&key, &data.audit, self.now(), principal)?;
+        data.audit = AuditState { head: AuditHead::of(&rec), pending: vec![rec.clone()] };
+        self.store_committed(&root, &mut data)?;
+        self.audit.append(&data.audit.pending)?;
+        Ok(rec)
     }
 
     /// A request that reads the keystore (cryptographic operations, describe, list): run due
@@ -448,7 +601,7 @@ impl LocalKms {
         let root = self.root_key(&data)?;
         let mut ctx = OpCtx::new(principal, operation);
         let r = f(&mut ctx, &data, &root).map_err(|e| self.explain_not_found(&data, e));
-        self.finish(&root, &ctx, r)
+        self.finish(&ctx, r)
     }
 
     /// A request that changes the keystore: under the lock, on a working copy; the audit
@@ -462,30 +615,31 @@ impl LocalKms {
     ) -> Result<T, KmsError> {
         self.load(u)?;
         let _lock = self.lock()?;
-        let mut data = keystore::load(&self.paths)?.ok_or_else(|| KmsError::Keystore("keystore vanished".into()))?;
-        let root = self.root_key(&data)?;
+        let (mut data, root) = self.load_locked(true)?;
+        // Fail closed before anything is decided.
+        self.audit.reconcile(&data.audit)?;
         init::remove_stale(&self.paths)?;
         let now = self.now();
         let mut revoked = Vec::new();
-        let maintained = self.maintain_locked(&mut data, &root, now, false, &mut revoked)?;
+        let mut events = Vec::new();
+        let _ = self.maintain_locked(&mut data, &root, now, false, &mut revoked, &mut events);
         let mut ctx = OpCtx::new(principal, operation);
         let mut txn = Txn { data: data.clone(), root: &root, now, revoked: Vec::new() };
         let r = f(&mut ctx, &mut txn).map_err(|e| self.explain_not_found(&data, e));
         let r = match r {
             Ok(v) => {
-                self.record(&root, &ctx, Outcome::Allowed, None)?;
-                if let Err(e) = keystore::store(&self.paths, &txn.data) {
-                    let _ = self.record(&root, &ctx, Outcome::Failed, Some(e.to_string()));
-                    return Err(e);
-                }
+                events.extend(self.events(&ctx, Outcome::Allowed, None));
+                self.commit(&root, &mut txn.data, events)?;
                 revoked.append(&mut txn.revoked);
                 Ok(v)
             }
             Err(e) => {
-                if !maintained.is_empty() {
-                    keystore::store(&self.paths, &data)?;
+                let (outcome, error) = Self::outcome_of(&ctx, &e);
+                events.extend(self.events(&ctx, outcome, error));
+                match self.commit(&root, &mut data, events) {
+                    Err(a @ KmsError::AuditIntegrity(_)) => Err(a),
+                    _ => Err(e),
                 }
-                self.finish(&root, &ctx, Err(e))
             }
         };
         for uri in revoked {
@@ -506,23 +660,27 @@ impl LocalKms {
 
     /// Perform what is due (checked on every use, and by `kms rotate-due`).
     fn maintain(&self, explicit: bool) -> Result<MaintenanceReport, KmsError> {
-        let Some(data) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
-        if !Self::due(&data, self.now()) {
+        // An unchecked look decides only whether to take the lock.
+        let Some(peek) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
+        if !Self::due(&peek.data, self.now()) {
             return Ok(MaintenanceReport::default());
         }
         let _lock = self.lock()?;
-        let Some(mut data) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
-        let root = self.root_key(&data)?;
+        let (mut data, root) = self.load_locked(true)?;
         init::remove_stale(&self.paths)?;
         let mut revoked = Vec::new();
-        let report = self.maintain_locked(&mut data, &root, self.now(), explicit, &mut revoked)?;
-        if !report.is_empty() {
-            keystore::store(&self.paths, &data)?;
+        let mut events = Vec::new();
+        let (report, err) = self.maintain_locked(&mut data, &root, self.now(), explicit, &mut revoked, &mut events);
+        if !events.is_empty() {
+            self.commit(&root, &mut data, events)?;
         }
         for uri in revoked {
             super::events::notify_revoked(&uri);
         }
-        Ok(report)
+        match err {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     fn maintain_locked(
@@ -532,7 +690,8 @@ impl LocalKms {
         now: u64,
         explicit: bool,
         revoked: &mut Vec<String>,
-    ) -> Result<MaintenanceReport, KmsError> {
+        events: &mut Vec<AuditEvent>,
+    ) -> (MaintenanceReport, Option<KmsError>) {
         let mut report = MaintenanceReport::default();
         let ids: Vec<String> = data.keys.keys().cloned().collect();
         for id in ids {
@@ -541,7 +700,7 @@ impl LocalKms {
                 let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "DeleteKey:scheduled");
                 ctx.key(&id);
                 let hsm_error = self.destroy_material(data, &id);
-                self.record(root, &ctx, Outcome::Allowed, hsm_error)?;
+                events.extend(self.events(&ctx, Outcome::Allowed, hsm_error));
                 report.deleted.push(id.clone());
                 revoked.push(key_uri(&id));
                 continue;
@@ -549,7 +708,7 @@ impl LocalKms {
             if rec.import.as_ref().and_then(|i| i.expires).is_some_and(|e| e <= now) && rec.has_material() {
                 let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "ImportedKeyMaterialExpired");
                 ctx.key(&id);
-                self.record(root, &ctx, Outcome::Allowed, None)?;
+                events.extend(self.events(&ctx, Outcome::Allowed, None));
                 import::remove_material(data.keys.get_mut(&id).expect("key exists"));
                 report.import_expired.push(id.clone());
                 revoked.push(key_uri(&id));
@@ -567,20 +726,20 @@ impl LocalKms {
                 match self.rotate_in(&mut work, root, &id, now) {
                     Ok(v) => {
                         ctx.version(v);
-                        self.record(root, &ctx, Outcome::Allowed, None)?;
+                        events.extend(self.events(&ctx, Outcome::Allowed, None));
                         *data = work;
                         report.rotated.push((id.clone(), v));
                     }
                     Err(e) => {
-                        self.record(root, &ctx, Outcome::Failed, Some(e.to_string()))?;
+                        events.extend(self.events(&ctx, Outcome::Failed, Some(e.to_string())));
                         if explicit {
-                            return Err(e);
+                            return (report, Some(e));
                         }
                     }
                 }
             }
         }
-        Ok(report)
+        (report, None)
     }
 
     /// Destroy every version's material and leave a tombstone. Returns an error text if an
@@ -1176,10 +1335,9 @@ impl LocalKms {
     /// `kms rotate-due`: perform every due rotation, deletion and expiry now.
     pub fn op_rotate_due(&self, principal: &str) -> Result<MaintenanceReport, KmsError> {
         let report = self.maintain(true)?;
-        let data = self.load(Use::Existing(None))?;
-        let root = self.root_key(&data)?;
+        self.load(Use::Existing(None))?;
         let ctx = OpCtx::new(principal, "RotateDue");
-        self.finish(&root, &ctx, Ok(report))
+        self.finish(&ctx, Ok(report))
     }
 
     fn check_blob_key(rec: &KeyRecord, key: Option<&str>, data: &KeystoreData) -> Result<(), KmsError> {
@@ -1412,11 +1570,20 @@ impl LocalKms {
 
     /// Verify the audit chain (with record MACs: this service holds the root key).
     pub fn op_verify_audit(&self, principal: &str) -> Result<VerifyReport, KmsError> {
-        let data = self.load(Use::Existing(None))?;
-        let root = self.root_key(&data)?;
-        let report = self.audit.verify(Some(&root.derive(AUDIT_KEY_LABEL)));
+        self.load(Use::Existing(None))?;
+        let (report, broken) = {
+            let _lock = self.lock()?;
+            let (data, root) = self.load_locked(true)?;
+            let report = self.audit.verify(Some(&root.derive(AUDIT_KEY_LABEL)), Some(Anchor::Keystore(&data.audit)))?;
+            (report, self.audit.inspect(&data.audit)?.is_some())
+        };
+        // With the trail broken the KMS is closed and the verification cannot be recorded:
+        // its report is what the administrator needs.
+        if broken {
+            return Ok(report);
+        }
         let ctx = OpCtx::new(principal, "VerifyAudit");
-        self.finish(&root, &ctx, report)
+        self.finish(&ctx, Ok(report))
     }
 
     /// Run `f` on the record of `key` inside a mutation after checking `action` (for
@@ -1477,13 +1644,12 @@ impl LocalKms {
         key: Option<&str>,
         r: Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        let data = self.load(Use::Existing(key))?;
-        let root = self.root_key(&data)?;
+        self.load(Use::Existing(key))?;
         let mut ctx = OpCtx::new(principal, op);
         if let Some(k) = key {
             ctx.key(k);
         }
-        self.finish(&root, &ctx, r)
+        self.finish(&ctx, r)
     }
 
     // ----- convenience for the acting principal -----
@@ -1510,9 +1676,21 @@ impl LocalKms {
         self.op_list_keys(&self.principal)
     }
 
-    /// Read the keystore document (tests, diagnostics). No material is decrypted.
+    /// Read the keystore document (tests, diagnostics). No material is decrypted and the MAC
+    /// is not checked (no root key is needed).
     pub fn read_keystore(&self) -> Result<Option<KeystoreData>, KmsError> {
-        keystore::load(&self.paths)
+        Ok(keystore::load(&self.paths)?.map(|l| l.data))
+    }
+}
+
+/// Debug builds: `SQLITE_TDE_TEST_CRASH_AT=kms:STEP` aborts the process there (crash tests;
+/// `committed`: keystore.json replaced, the records not yet appended to audit.log).
+fn crash_point(step: &str) {
+    if cfg!(debug_assertions)
+        && std::env::var(crate::rotation::ENV_CRASH_AT).is_ok_and(|v| v.strip_prefix("kms:") == Some(step))
+    {
+        eprintln!("sqlite-tde: test crash injection: kms:{step}");
+        std::process::abort();
     }
 }
 

@@ -83,11 +83,25 @@ impl RootKey {
         &self.0
     }
 
-    /// A value stored in the keystore that proves a root key is the right one.
+    /// A value stored in the keystore that proves a root key is the right one (the label of
+    /// keystore formats 1 and 2; compares two keys).
     pub fn check_value(&self) -> String {
+        self.check_value_for(1)
+    }
+
+    /// The check value a keystore of `format` stores. Format 3 (MAC'd) uses its own label,
+    /// so the value an unMAC'd format-1/2 file needs never appears in a MAC'd keystore and a
+    /// downgraded file cannot be forged from one.
+    pub fn check_value_for(&self, format: u32) -> String {
+        let label: &[u8] = if format >= 3 { b"sqlite-tde/root-check/v3" } else { b"sqlite-tde/root-check/v1" };
         let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0[..]).expect("any length");
-        mac.update(b"sqlite-tde/root-check/v1");
+        mac.update(label);
         hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_bytes_for_tests(b: [u8; 32]) -> RootKey {
+        RootKey(Zeroizing::new(b))
     }
 
     /// A subkey for one purpose (e.g. the audit log's MAC key): HMAC-SHA256(root, label).

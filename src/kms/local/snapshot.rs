@@ -2,8 +2,8 @@
 //! (docs/FORMAT.md §7).
 //!
 //! The snapshot holds the files of the directory that make up the keystore's state —
-//! `keystore.json` (policies and root-key-sealed material), `audit.log` with `audit.head`,
-//! `secrets.json`, `kmsd.json` — read under secrets.lock → keystore.lock → audit.lock, so
+//! `keystore.json` (policies, root-key-sealed material and the audit head), `audit.log`
+//! (with `audit.head` for format-2 keystores), `secrets.json`, `kmsd.json` — read under secrets.lock → keystore.lock → audit.lock, so
 //! they belong together. It never holds the root key: whoever reads it learns metadata, not
 //! key material. It is authenticated under a key derived from the root key, so a restore
 //! proves it belongs to that root key before anything is replaced.
@@ -165,7 +165,7 @@ impl Snapshot {
     fn file(&self, name: &str) -> Option<&[u8]> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice())
     }
-    fn keystore(&self) -> Result<KeystoreData, KmsError> {
+    fn keystore(&self) -> Result<keystore::Loaded, KmsError> {
         keystore::decode(self.file("keystore.json").expect("checked at decode"), Path::new("(snapshot) keystore.json"))
     }
 }
@@ -292,14 +292,15 @@ impl LocalKms {
     pub fn backup(&self, principal: &str, out: &Path) -> Result<BackupReport, KmsError> {
         let dir = self.paths.dir.clone();
         self.finish_pending_restore()?;
-        let data = self.load(Use::Existing(None))?;
-        let root = self.root_key(&data)?;
+        self.load(Use::Existing(None))?;
         let _s = lock_file(&dir, "secrets.lock")?;
         let _k = self.lock()?;
-        // The backup's own record is the last one the snapshot holds.
-        self.record(&root, &OpCtx::new(principal, "BackupKeystore"), Outcome::Allowed, None)?;
+        // The backup's own record is the last one the snapshot holds (committed: the log and
+        // keystore.json's head agree in the snapshot).
+        let (mut data, root) = self.load_locked(true)?;
+        let ctx = OpCtx::new(principal, "BackupKeystore");
+        self.commit(&root, &mut data, self.events(&ctx, Outcome::Allowed, None))?;
         let _a = lock_file(&dir, audit::LOCK_FILE)?;
-        let data = keystore::load(&self.paths)?.ok_or_else(|| self.no_keystore(None))?;
         let mut entries = Vec::new();
         for name in FILES {
             match std::fs::read(dir.join(name)) {
@@ -327,7 +328,8 @@ impl LocalKms {
         let bytes = std::fs::read(input)
             .map_err(|e| KmsError::InvalidRequest(format!("cannot read {}: {e}", input.display())))?;
         let snap = decode(&bytes)?;
-        let snap_data = snap.keystore()?;
+        let snap_loaded = snap.keystore()?;
+        let snap_data = snap_loaded.data.clone();
         if check_hex(&snap_data)? != snap.root_check {
             return Err(corrupt("header and keystore.json name different root keys"));
         }
@@ -363,7 +365,7 @@ impl LocalKms {
                 false,
             ),
         };
-        if root.check_value() != snap_data.root.check {
+        if !snap_data.root_matches(&root) {
             return Err(KmsError::WrongRootKey(format!(
                 "{} (the snapshot {} was made under another root key; nothing was changed)",
                 dir.display(),
@@ -373,14 +375,19 @@ impl LocalKms {
         if mac_of(&root, &bytes[..snap.mac_at]).verify_slice(&bytes[snap.mac_at..snap.mac_at + 32]).is_err() {
             return Err(corrupt("authentication failed (altered, or made under another root key)"));
         }
+        // keystore.json inside a snapshot of format 3 carries its own MAC too.
+        let snap_data = snap_loaded.verify(&root)?;
         check_material(&snap_data, &root)?;
 
         crate::fsutil::create_private_dir(&dir)
             .map_err(|e| KmsError::Keystore(format!("cannot create {}: {e}", dir.display())))?;
         self.finish_pending_restore()?;
         let locks = lock_all(&dir)?;
+        let mut replaced = None;
         if let Some(current) = keystore::load(&self.paths)? {
-            if current.root.check != snap_data.root.check {
+            let current = current.data;
+            replaced = (current.format >= keystore::MAC_VERSION).then(|| current.audit.head.clone());
+            if !current.root_matches(&root) {
                 return Err(KmsError::WrongRootKey(format!(
                     "{} (the snapshot belongs to another keystore: its root key differs; nothing was changed)",
                     dir.display()
@@ -411,7 +418,19 @@ impl LocalKms {
         // with (the environment may name the root key only for later uses, e.g. --root-key).
         let root = std::sync::Arc::new(root);
         *self.root.lock().unwrap_or_else(|p| p.into_inner()) = Some(root.clone());
-        self.record(&root, &OpCtx::new(principal, "RestoreKeystore"), Outcome::Allowed, None)?;
+        // The restore rolls the log back to the snapshot's: its record says which head it replaced.
+        let mut ctx = OpCtx::new(principal, "RestoreKeystore");
+        ctx.detail = Some(match replaced {
+            Some(h) => format!(
+                "restored {} (made at {}); replaced an audit log whose newest record was {} (digest {})",
+                input.display(),
+                crate::kms::clock::format_time(snap.created),
+                h.seq,
+                h.digest
+            ),
+            None => format!("restored {} (made at {})", input.display(), crate::kms::clock::format_time(snap.created)),
+        });
+        self.record(&ctx, Outcome::Allowed, None)?;
         Ok(RestoreReport {
             dir: dir.clone(),
             files: snap.entries.iter().map(|(n, _)| n.clone()).collect(),
