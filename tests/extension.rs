@@ -700,10 +700,11 @@ fn cksumvfs() -> Option<PathBuf> {
 
 /// Another VFS stacked above tde (issue 15.2): SQLite's cksumvfs, loaded after tde made itself
 /// the default VFS, wraps tde and checksums every page it writes (8 reserved bytes per page).
-/// A writer in the Debian sqlite3 shell is killed (SIGKILL) mid-stream of transactions in
-/// rollback and WAL mode; a new shell, through the same stack, must find every acknowledged
-/// transaction, whole, with `integrity_check = ok`, cksumvfs verifying (checksum_verification
-/// on), the files tde's (header magic, no plaintext), and the journal/WAL under tde's names.
+/// A writer in the Debian sqlite3 shell runs a stream of transactions in rollback mode (DELETE
+/// and TRUNCATE) and is killed (SIGKILL) mid-stream. A new shell, through the same stack, must
+/// find every acknowledged transaction, whole, with `integrity_check = ok`, cksumvfs verifying
+/// (checksum_verification on), the files tde's (header magic, no plaintext), and the journal
+/// under tde's name. WAL mode: see the next test.
 #[test]
 fn sqlite3_shell_cksumvfs_stacked_above_tde_survives_kill_9() {
     use std::io::BufRead;
@@ -713,7 +714,7 @@ fn sqlite3_shell_cksumvfs_stacked_above_tde_survives_kill_9() {
     let lib = extension_stem();
     let vars = [("SQLITE_TDE_KEYSTORE", env.keystore()), ("SQLITE_TDE_DEFAULT_VFS", "1")];
     let load = format!(".load {lib}\n.load {}\n", cksum.display());
-    for mode in ["delete", "wal"] {
+    for mode in ["delete", "truncate"] {
         let db = env.db(&format!("stacked-{mode}.db"));
         let marker = format!("cksum-marker-{mode}");
         let mut script = format!(
@@ -723,7 +724,8 @@ fn sqlite3_shell_cksumvfs_stacked_above_tde_survives_kill_9() {
         );
         // Each acknowledgement line is long, so the shell's buffered stdout reaches the pipe
         // every few transactions; a line seen was printed after its COMMIT returned.
-        for tx in 1..=3000 {
+        let total = 3000;
+        for tx in 1..=total {
             script.push_str(&format!(
                 "BEGIN; INSERT INTO t SELECT {tx}, value, '{marker}-' || hex(randomblob(30)) FROM generate_series(1, 20); COMMIT;\n\
                  SELECT 'acked {tx} ' || printf('%.300c', 'x');\n"
@@ -736,27 +738,30 @@ fn sqlite3_shell_cksumvfs_stacked_above_tde_survives_kill_9() {
         let feeder = std::thread::spawn(move || {
             let _ = stdin.write_all(script.as_bytes());
         });
+        let kill = true;
         let mut acked = 0u32;
         for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
             let Ok(line) = line else { break };
             if let Some(n) = line.strip_prefix("acked ").and_then(|r| r.split(' ').next()) {
                 acked = n.parse().unwrap();
-                if acked >= 150 {
+                if kill && acked >= 150 {
                     break;
                 }
             }
         }
-        child.kill().unwrap(); // SIGKILL, mid-stream
+        if kill {
+            child.kill().unwrap(); // SIGKILL, mid-stream
+        }
         let status = child.wait().unwrap();
         let _ = feeder.join();
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
-        assert!(acked >= 150, "{mode}: the writer acknowledged only {acked} transactions ({status}); stderr:\n{err}");
-        assert!(!status.success(), "{mode}: the writer was not killed mid-stream");
+        let want = if kill { 150 } else { total };
+        assert!(acked >= want, "{mode}: the writer acknowledged only {acked} transactions ({status}); stderr:\n{err}");
+        assert_eq!(status.success(), !kill, "{mode}: writer exit {status}; stderr:\n{err}");
 
-        let names = if mode == "wal" { ["-tdewal", "-wal"] } else { ["-tdejournal", "-journal"] };
         let side = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
-        assert!(!side(names[1]).exists(), "{mode}: a side file under SQLite's own name");
+        assert!(!side("-journal").exists(), "{mode}: a journal under SQLite's own name");
         assert!(std::fs::read(&db).unwrap().starts_with(b"SQLTDE"), "{mode}: the file is not tde's");
         env.assert_no_plaintext(&marker);
 
@@ -777,4 +782,41 @@ fn sqlite3_shell_cksumvfs_stacked_above_tde_survives_kill_9() {
         assert!(lines.contains(&"partial|0"), "{mode}: a partial transaction survived:\n{out}");
         eprintln!("{mode}: killed after {acked} acknowledged transactions; {} recovered, whole", f[2]);
     }
+}
+
+/// cksumvfs in WAL mode breaks on any VFS without `POWERSAFE_OVERWRITE` (an upstream problem of
+/// SQLite 3.40.1's cksumvfs, which rewrites page buffers in place inside xWrite while SQLite
+/// pads WAL commits to sector boundaries). tde reports no powersafe overwrite (docs/README "What
+/// tde changes"), so cksumvfs over tde in WAL mode is not supported. This test pins the upstream
+/// cause down with plain SQLite and the unix VFS alone: `psow=0` corrupts, `psow=1` does not.
+/// When it fails (a fixed cksumvfs), the WAL case belongs in the test above.
+#[test]
+fn sqlite3_shell_cksumvfs_wal_mode_needs_powersafe_overwrite_upstream() {
+    let Some(sh) = shell() else { return };
+    let Some(cksum) = cksumvfs() else { return };
+    let env = Env::new();
+    let run = |name: &str, psow: u8| -> String {
+        let db = env.db(name);
+        let mut script = format!(
+            ".load {}\n.open file:{}?psow={psow}\n.filectrl reserve_bytes 8\nPRAGMA journal_mode=wal;\n\
+             PRAGMA wal_autocheckpoint=0;\nCREATE TABLE t(tx INTEGER, i INTEGER, v TEXT);\n",
+            cksum.display(),
+            db.display()
+        );
+        for tx in 1..=200 {
+            script.push_str(&format!(
+                "BEGIN; INSERT INTO t SELECT {tx}, value, hex(randomblob(30)) FROM generate_series(1, 20); COMMIT;\n"
+            ));
+        }
+        script.push_str("PRAGMA integrity_check;\n");
+        let (out, err) = text(&sqlite3(sh, &[], &[], &script));
+        format!("{out}{err}")
+    };
+    let with = run("psow1.db", 1);
+    assert!(with.lines().any(|l| l.trim() == "ok"), "cksumvfs with powersafe overwrite:\n{with}");
+    let without = run("psow0.db", 0);
+    assert!(
+        !without.lines().any(|l| l.trim() == "ok"),
+        "cksumvfs in WAL mode without powersafe overwrite no longer corrupts: enable WAL mode in the stacked test\n{without}"
+    );
 }
