@@ -1,11 +1,12 @@
 //! Golden files of every released on-disk format (pitfall: a hot journal or WAL written by one
-//! version that another cannot recover). `tests/golden/v1/` holds, made by format version 1:
+//! version that another cannot recover). `tests/golden/v1/` and `tests/golden/v2/` each hold,
+//! made by that format version:
 //! a keystore (with its generated root key), a database in rollback mode with a hot journal
 //! (a transaction was in flight, its cache spilled), and a database in WAL mode with committed
 //! frames that were never checkpointed. Each must open, recover, and hold exactly the committed
-//! rows. Regenerate only for a new format version, never over an old one:
-//! `cargo test --test golden -- --ignored generate` (it writes tde's current side-file names;
-//! the v1 files have SQLite's, as format 1 did).
+//! rows. Generate only for a new format version, never over an old one:
+//! `cargo test --test golden -- --ignored generate` writes `tests/golden/v{FORMAT_VERSION}`
+//! (with tde's current side-file names; the v1 files have SQLite's, as format 1 did).
 
 mod common;
 
@@ -14,7 +15,11 @@ use std::path::{Path, PathBuf};
 use sqlite_tde::Tde;
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+    version_dir(1)
+}
+
+fn version_dir(v: u16) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{v}"))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -95,11 +100,40 @@ fn v1_side_file_under_both_names_is_refused() {
     assert!(before == after, "a refused open changed files");
 }
 
-/// Writes the golden files. Not part of the normal run.
+/// Format 2 files (authenticated header slots) open and recover their hot journal and WAL, and
+/// their header slots are format 2 and authenticate.
+#[test]
+fn v2_files_open_and_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&version_dir(2), tmp.path());
+    assert!(tmp.path().join("rollback.db-tdejournal").exists(), "golden hot journal missing");
+    assert!(tmp.path().join("wal.db-tdewal").exists(), "golden hot WAL missing");
+    for db in ["rollback.db", "wal.db"] {
+        let bytes = std::fs::read(tmp.path().join(db)).unwrap();
+        let (h, _) = sqlite_tde::format::choose_slot(&bytes[..sqlite_tde::format::HEADER_REGION_LEN]).unwrap();
+        assert_eq!(h.format, 2, "{db}");
+    }
+    let tde = Tde::builder().keystore(tmp.path().join("keystore")).vfs_name("tde-golden-v2").register().unwrap();
+    let c = tde.open(tmp.path().join("rollback.db")).unwrap();
+    assert_eq!(c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
+    assert_eq!(count(&c, "SELECT count(*) FROM t"), 300, "the in-flight transaction must be rolled back");
+    assert_eq!(count(&c, "SELECT count(*) FROM t WHERE v LIKE 'golden-committed-%'"), 300);
+    drop(c);
+    let c = tde.open(tmp.path().join("wal.db")).unwrap();
+    assert_eq!(c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
+    assert_eq!(count(&c, "SELECT count(*) FROM t"), 60, "every committed WAL frame must be recovered");
+    drop(c);
+    // The offline reader authenticates the header too.
+    let kms = sqlite_tde::kms::local::LocalKms::new(tmp.path().join("keystore"));
+    let r = sqlite_tde::reader::Reader::open(tmp.path().join("wal.db"), &kms).unwrap();
+    assert_eq!(r.page_size(), 1024);
+}
+
+/// Writes the golden files of the current format. Not part of the normal run.
 #[test]
 #[ignore]
 fn generate() {
-    let dir = golden_dir();
+    let dir = version_dir(sqlite_tde::format::FORMAT_VERSION);
     assert!(!dir.join("rollback.db").exists(), "golden files exist: never overwrite a released format");
     std::fs::create_dir_all(&dir).unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -2,11 +2,12 @@
 //! encryption state): HMAC-SHA256 under keys derived from the DEK the structure concerns, so
 //! that write access to the files without the DEK cannot forge state that makes tde act.
 //!
-//! Derivation (docs/FORMAT.md §11): `PRK = HKDF-Extract(salt = "sqlite-tde/metadata/v2", DEK)`,
-//! kept for the life of the cipher; each structure has its own key
-//! `HKDF-Expand(PRK, "sqlite-tde/mac/" || purpose, 32)`, so a MAC of one kind can never be
-//! replayed as another. The page cipher never sees these keys, and they reveal nothing about
-//! the DEK.
+//! Derivation (docs/FORMAT.md §11): each structure has its own key
+//! `K = HKDF-Expand(PRK = DEK, "sqlite-tde/mac/" || purpose, 32)` — the DEK is already a uniformly
+//! random key, so the extract step is skipped (RFC 5869 §3.3) — computed once when the cipher is
+//! built and kept with it; a MAC of one kind can never be replayed as another. The page cipher
+//! never sees these keys, and they reveal nothing about the DEK. The DEK is only ever an HMAC
+//! key here, as for the key-check value (whose stack hygiene tests/reliability_keys.rs checks).
 
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
@@ -16,8 +17,6 @@ use super::DataKey;
 
 /// Bytes of a metadata MAC.
 pub const MAC_LEN: usize = 32;
-
-const SALT: &[u8] = b"sqlite-tde/metadata/v2";
 
 /// What a MAC authenticates; each has its own derived key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +33,18 @@ pub enum MacPurpose {
 }
 
 impl MacPurpose {
+    const ALL: [MacPurpose; 4] =
+        [MacPurpose::HeaderSlot, MacPurpose::RekeyJournal, MacPurpose::ConvertState, MacPurpose::ConvertChunk];
+
+    fn index(self) -> usize {
+        match self {
+            MacPurpose::HeaderSlot => 0,
+            MacPurpose::RekeyJournal => 1,
+            MacPurpose::ConvertState => 2,
+            MacPurpose::ConvertChunk => 3,
+        }
+    }
+
     fn label(self) -> &'static [u8] {
         match self {
             MacPurpose::HeaderSlot => b"sqlite-tde/mac/header-slot",
@@ -44,9 +55,9 @@ impl MacPurpose {
     }
 }
 
-/// The metadata key root of one DEK. Not `Clone`; wiped on drop; `Debug` prints nothing.
+/// The metadata MAC keys of one DEK. Not `Clone`; wiped on drop; `Debug` prints nothing.
 pub struct MetaKey {
-    prk: Zeroizing<[u8; 32]>,
+    keys: Zeroizing<[[u8; 32]; 4]>,
 }
 
 impl std::fmt::Debug for MetaKey {
@@ -66,18 +77,21 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 }
 
 impl MetaKey {
-    /// Derive from a DEK (HKDF-Extract, RFC 5869).
+    /// Derive from a DEK.
     pub fn derive(dek: &DataKey) -> MetaKey {
-        MetaKey { prk: Zeroizing::new(hmac(SALT, &[dek.expose()])) }
+        let mut keys = Zeroizing::new([[0u8; 32]; 4]);
+        for p in MacPurpose::ALL {
+            // HKDF-Expand with a 32-byte output is one block: T(1) = HMAC(PRK, info || 0x01).
+            let mut k = hmac(dek.expose(), &[p.label(), &[1u8]]);
+            keys[p.index()] = k;
+            k.zeroize();
+        }
+        MetaKey { keys }
     }
 
     /// The MAC of the concatenation of `parts`, under the key of `purpose`.
     pub fn mac(&self, purpose: MacPurpose, parts: &[&[u8]]) -> [u8; MAC_LEN] {
-        // HKDF-Expand with a 32-byte output is one block: T(1) = HMAC(PRK, info || 0x01).
-        let mut key = hmac(&self.prk[..], &[purpose.label(), &[1u8]]);
-        let out = hmac(&key, parts);
-        key.zeroize();
-        out
+        hmac(&self.keys[purpose.index()], parts)
     }
 
     /// Does `tag` authenticate `parts` under `purpose`? Constant time in the tag.
@@ -106,10 +120,10 @@ mod tests {
 
     #[test]
     fn known_answer() {
-        // Computed independently (Python's hmac/hashlib, RFC 5869 HKDF-SHA256 by hand).
+        // Computed independently (Python's hmac/hashlib: HMAC(HMAC(DEK, label || 1), "x")).
         let dek = DataKey::from_slice(&(0..64u8).collect::<Vec<_>>()).unwrap();
         let tag = MetaKey::derive(&dek).mac(MacPurpose::HeaderSlot, &[b"x"]);
         let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "171a02875f67d1d7fbf9a08bc3be43c8aa472aa5f452417649d6a8d58fe56ae6");
+        assert_eq!(hex, "af2fd2ab64eb6da4946db6702b51a332d83d6e61dc0fb513618d0c6e001d28c9");
     }
 }
