@@ -212,11 +212,14 @@ fn encrypt_and_decrypt_copies_while_the_source_is_in_use() {
     assert!(!common::contains(&bytes, b"value-1234"));
     // Back to plain.
     let back = env.path("back.db");
-    let r = convert::decrypt_copy(&tde, &enc, &back).unwrap();
+    let r = convert::decrypt_copy(&tde, &enc, &back, convert::Existing::Refuse).unwrap();
     assert_eq!(r.status, "done");
     assert_eq!(plain_snapshot(&back).unwrap(), snap_enc);
     // Existing targets are never overwritten.
-    assert!(convert::decrypt_copy(&tde, &enc, &back).unwrap_err().to_string().contains("already exists"));
+    assert!(convert::decrypt_copy(&tde, &enc, &back, convert::Existing::Refuse)
+        .unwrap_err()
+        .to_string()
+        .contains("already exists"));
     assert!(convert::encrypt_copy(&tde, &plain, &enc, None).unwrap_err().to_string().contains("already exists"));
 }
 
@@ -270,6 +273,65 @@ fn cli_encrypt_decrypt_in_place_and_resume() {
     assert!(!o.status.success(), "an encrypted file is not a plain database");
 }
 
+/// `decrypt` writes plaintext: owner-only, never through a symbolic link planted at OUT, never
+/// over an existing file unless `--force` (which replaces the link itself).
+#[test]
+fn cli_decrypt_output_is_private_and_never_follows_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let (plain, snap) = plain_template(env.dir.path(), "delete", 4096);
+    let enc = env.path("e.db");
+    let o = cli(&ks).args(["encrypt"]).arg(&plain).arg(&enc).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let decrypt = |out: &Path, force: bool| {
+        let mut c = cli(&ks);
+        c.arg("decrypt").arg(&enc).arg(out);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+
+    let out = env.path("out.db");
+    let o = decrypt(&out, false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&out), 0o600, "plaintext copy is owner-only");
+    assert_eq!(plain_snapshot(&out).unwrap(), snap);
+
+    // An existing file is refused, clearly, and left alone.
+    std::fs::write(&out, b"keep").unwrap();
+    let o = decrypt(&out, false);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+
+    // A dangling symbolic link: nothing is created where it points.
+    let victim = env.path("victim.db");
+    let link = env.path("link.db");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let o = decrypt(&link, false);
+    assert!(!o.status.success(), "a planted symlink is refused");
+    assert!(victim.symlink_metadata().is_err(), "the link's target was created");
+
+    // A link to an existing file: refused; with --force the link itself is replaced.
+    std::fs::write(&victim, b"victim").unwrap();
+    let o = decrypt(&link, false);
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+    let o = decrypt(&link, true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim", "--force wrote through the link");
+    assert!(link.symlink_metadata().unwrap().file_type().is_file());
+    assert_eq!(mode(&link), 0o600);
+    assert_eq!(plain_snapshot(&link).unwrap(), snap);
+    // No temp files or journals left behind.
+    let names: Vec<String> =
+        std::fs::read_dir(env.dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert!(!names.iter().any(|n| n.starts_with(".tmp-")), "{names:?}");
+}
+
 /// `decrypt` asks the KMS even when this process has the key cached: a disabled key (here: a
 /// KMS that refuses) cannot be bypassed through the cache.
 #[test]
@@ -319,7 +381,7 @@ fn decrypt_always_asks_the_kms() {
     // The key is cached: the connection and new opens still work...
     assert!(tde.open(&db).is_ok());
     // ...but a plaintext export needs the KMS's permission now.
-    let e = convert::decrypt_copy(&tde, &db, &dir.path().join("out.db")).unwrap_err();
+    let e = convert::decrypt_copy(&tde, &db, &dir.path().join("out.db"), convert::Existing::Refuse).unwrap_err();
     assert!(e.to_string().contains("access denied"), "{e}");
     assert!(!dir.path().join("out.db").exists());
 }

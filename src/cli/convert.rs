@@ -51,7 +51,9 @@ pub struct EncryptArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "\
 Writes a PLAINTEXT copy: for migration or debugging only. Needs permission to decrypt with
-the database's CMK (the KMS is always asked, even when the key is cached, and audits it).")]
+the database's CMK (the KMS is always asked, even when the key is cached, and audits it).
+OUT is created readable by its owner only (0600). An existing OUT (a symbolic link too) is
+refused; --force replaces it, and a symbolic link there is replaced, never followed.")]
 pub struct DecryptArgs {
     /// The encrypted database.
     #[arg(value_name = "ENC")]
@@ -59,6 +61,9 @@ pub struct DecryptArgs {
     /// The plain copy to create.
     #[arg(value_name = "OUT")]
     pub out: PathBuf,
+    /// Replace OUT if it exists (a symbolic link at OUT is replaced, not followed).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn print(global: &Global, r: &convert::ConvertReport, what: &str) -> CliResult {
@@ -142,8 +147,10 @@ pub fn run_encrypt(global: &Global, args: &EncryptArgs) -> CliResult {
 pub fn run_decrypt(global: &Global, args: &DecryptArgs) -> CliResult {
     let tde = open::register(&global.keystore)?;
     let reporter = Arc::new(Mutex::new(Reporter::new(global.json)));
-    let result =
-        rotation::with_progress(Reporter::observer(&reporter), || convert::decrypt_copy(&tde, &args.enc, &args.out));
+    let existing = if args.force { convert::Existing::Replace } else { convert::Existing::Refuse };
+    let result = rotation::with_progress(Reporter::observer(&reporter), || {
+        convert::decrypt_copy(&tde, &args.enc, &args.out, existing)
+    });
     reporter.lock().unwrap_or_else(|e| e.into_inner()).finish();
     let r = result.map_err(|e| super::progress::cli_error(e, &global.keystore))?;
     print(global, &r, "decrypt")

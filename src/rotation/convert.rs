@@ -716,7 +716,8 @@ fn backup(src: &Connection, dst: &mut Connection, operation: &'static str) -> Re
 }
 
 fn refuse_existing(dst: &Path) -> Result<()> {
-    if dst.exists() {
+    // `symlink_metadata`: a dangling symbolic link is an existing entry too.
+    if dst.symlink_metadata().is_ok() {
         return Err(Error::Config(format!("{}: already exists; choose a new file", dst.display())));
     }
     Ok(())
@@ -761,37 +762,82 @@ pub fn encrypt_copy(tde: &Tde, src: &Path, dst: &Path, key: Option<&str>) -> Res
     result
 }
 
+/// What [`decrypt_copy`] does when its output path exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// Refuse (the default): an existing file, or a symbolic link even a dangling one.
+    #[default]
+    Refuse,
+    /// Replace the directory entry: a symbolic link there is replaced itself, never followed.
+    Replace,
+}
+
 /// `sqlite-tde decrypt ENC OUT`: a plaintext copy of an encrypted database (for migration or
 /// debugging). Always asks the KMS to unwrap the DEK (`PRAGMA tde_kms_check`), even when this
 /// process has it cached, so the caller's `Decrypt` permission is checked (and the KMS audits
 /// the call).
-pub fn decrypt_copy(tde: &Tde, src: &Path, dst: &Path) -> Result<ConvertReport> {
+///
+/// The plaintext is written to a new owner-only (0600) temp file in `dst`'s directory, created
+/// exclusively under an unpredictable name, fsynced, then linked (or, with
+/// [`Existing::Replace`], renamed) to `dst`: neither step follows a symbolic link planted at
+/// `dst`, and a crash leaves either no `dst` or a complete one.
+pub fn decrypt_copy(tde: &Tde, src: &Path, dst: &Path, existing: Existing) -> Result<ConvertReport> {
     let started = Instant::now();
-    refuse_existing(dst)?;
+    if existing == Existing::Refuse {
+        refuse_existing(dst)?;
+    }
     let source =
         tde.open_with(src, &OpenOptions { key: None, read_only: true, must_exist: true, ..Default::default() })?;
     let _ = take_last_open_error();
     let check: String = source.query_row("PRAGMA tde_kms_check", [], |r| r.get(0)).map_err(sqlite_err)?;
     let check = parse_json(&check)?;
-    let result = (|| {
-        let mut target =
-            Connection::open_with_flags(dst, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+    let dir = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // `tempfile` creates with O_CREAT|O_EXCL and mode 0600; SQLite gives the journal it makes
+    // beside it the same mode.
+    let tmp = tempfile::Builder::new()
+        .prefix(&crate::fsutil::temp_prefix(dst))
+        .tempfile_in(dir)
+        .map_err(|e| Error::Config(format!("{}: cannot create the output: {e}", dst.display())))?
+        .into_temp_path();
+    let journal = crate::format::legacy_side_path(&tmp, crate::format::SideFile::Journal);
+    let copied = (|| {
+        let mut target = Connection::open_with_flags(
+            &tmp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         let pages = backup(&source, &mut target, "decrypt")?;
         let page_size: u64 = target.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))? as u64;
-        Ok(ConvertReport {
-            status: "done".into(),
-            source: src.to_path_buf(),
-            target: dst.to_path_buf(),
-            bytes: pages * page_size,
-            key_uri: check["key_uri"].as_str().map(str::to_string),
-            key_version: check["key_version"].as_u64().map(|v| v as u32),
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        drop(target);
+        std::fs::File::open(&tmp)?.sync_all()?;
+        Ok(pages * page_size)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(dst);
-    }
-    result
+    let bytes = match copied {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&journal);
+            return Err(e);
+        }
+    };
+    let placed = match existing {
+        Existing::Refuse => tmp.persist_noclobber(dst),
+        Existing::Replace => tmp.persist(dst),
+    };
+    placed.map_err(|e| match e.error.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            Error::Config(format!("{}: already exists; choose a new file", dst.display()))
+        }
+        _ => Error::Config(format!("{}: cannot create the output: {}", dst.display(), e.error)),
+    })?;
+    crate::fsutil::sync_dir(dir)?;
+    Ok(ConvertReport {
+        status: "done".into(),
+        source: src.to_path_buf(),
+        target: dst.to_path_buf(),
+        bytes,
+        key_uri: check["key_uri"].as_str().map(str::to_string),
+        key_version: check["key_version"].as_u64().map(|v| v as u32),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Options of [`encrypt_in_place`].
