@@ -24,7 +24,10 @@
 //! The entry points return `SQLITE_OK_LOAD_PERMANENTLY`: the VFS outlives the connection that
 //! loaded it (SQLite never unloads the library), as SQLite's own `cksumvfs` does. Loading a
 //! second time (another `.load`, another connection) registers nothing new; with the default
-//! flag it makes the already registered `tde` the default VFS.
+//! flag it makes the already registered `tde` the default VFS. A `tde` VFS that this copy of
+//! the library did not register (another extension, a program, another build of sqlite-tde)
+//! is refused: the load fails with an error instead of reporting success while databases
+//! opened with `vfs=tde` would go through code that is not ours.
 //!
 //! The crate denies `unsafe` code; here only the two entry points and their shared body `init`
 //! are allowed it, because they receive raw pointers from C. Everything else is safe code.
@@ -65,6 +68,11 @@ const SQLITE_ERROR: c_int = 1;
 
 /// Serialises loads (two connections of one process may load the library at once).
 static LOAD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Address of the `sqlite3_vfs` this copy of the library registered as `tde` (0: none yet).
+/// Only ever compared with what `sqlite3_vfs_find` returns, never dereferenced: that is how a
+/// reload recognises its own VFS without reading memory a foreign one owns.
+static REGISTERED: Mutex<usize> = Mutex::new(0);
 
 /// Whether the VFS should become the default VFS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +154,16 @@ unsafe fn init(pz_err_msg: *mut *mut c_char, p_api: *const sqlite3_api_routines,
         let name = c"tde";
         debug_assert_eq!(name.to_str(), Ok(VFS_NAME));
         let existing = api.vfs_find(Some(name));
+        let mut ours = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+        if !existing.is_null() && existing as usize != *ours {
+            return Err(format!(
+                "a VFS named {VFS_NAME:?} is already registered and is not this library's \
+                 (another extension or another copy of sqlite-tde); refusing to load"
+            ));
+        }
         if !existing.is_null() {
-            // Loaded before (this library or another copy of it): the VFS and its KMS stay as
-            // they were registered. Only the default flag can still change.
+            // Loaded before by this library: the VFS and its KMS stay as they were registered.
+            // Only the default flag can still change.
             if make_default && api.vfs_find(None) != existing {
                 // SAFETY: `existing` is the registered `tde` VFS; re-registering a registered VFS
                 // only moves it to the head of SQLite's list (sqlite3_vfs_register unlinks it
@@ -162,9 +177,10 @@ unsafe fn init(pz_err_msg: *mut *mut c_char, p_api: *const sqlite3_api_routines,
         }
         let config = config_from_env(make_default)?;
         // SAFETY: `p_api` is the host's table (caller's contract), already validated above.
-        unsafe { crate::vfs::register_with_api(p_api, config) }
-            .map(|_| ())
-            .map_err(|e| format!("cannot register the {VFS_NAME} VFS: {e}"))
+        let (_, vfs) = unsafe { crate::vfs::register_with_api(p_api, config) }
+            .map_err(|e| format!("cannot register the {VFS_NAME} VFS: {e}"))?;
+        *ours = vfs.as_ptr() as usize;
+        Ok(())
     }));
     let message = match outcome {
         Ok(Ok(())) => return SQLITE_OK_LOAD_PERMANENTLY,

@@ -473,6 +473,45 @@ fn py(env: &[(&str, &str)], script: &str, db: &Path, marker: &str) -> Output {
     run(c, &format!("{PY_PRELUDE}{script}"))
 }
 
+/// A VFS named `tde` that is not this library's (here: a copy of the default VFS, registered
+/// through ctypes in the very SQLite Python uses) makes the load fail with a clear error, and
+/// stays as it was: reporting success would send `vfs=tde` databases to unencrypted files.
+#[test]
+fn python_foreign_tde_vfs_is_refused() {
+    let Some(_) = python() else { return };
+    let env = Env::new();
+    let script = r#"
+import ctypes, sqlite3, sys
+lib = sys.argv[1]
+so = ctypes.CDLL("libsqlite3.so.0")
+so.sqlite3_vfs_find.restype = ctypes.c_void_p
+so.sqlite3_vfs_find.argtypes = [ctypes.c_char_p]
+so.sqlite3_vfs_register.argtypes = [ctypes.c_void_p, ctypes.c_int]
+# The default VFS copied (sqlite3_vfs version 3: 168 bytes on LP64), pNext cleared, zName "tde".
+fake = ctypes.create_string_buffer(ctypes.string_at(so.sqlite3_vfs_find(None), 168), 168)
+name = ctypes.create_string_buffer(b"tde")
+ctypes.c_void_p.from_buffer(fake, 16).value = None
+ctypes.c_void_p.from_buffer(fake, 24).value = ctypes.addressof(name)
+assert so.sqlite3_vfs_register(fake, 0) == 0
+assert so.sqlite3_vfs_find(b"tde") == ctypes.addressof(fake), "python's sqlite3 is not libsqlite3.so.0"
+boot = sqlite3.connect(":memory:")
+boot.enable_load_extension(True)
+try:
+    boot.load_extension(lib)
+    print("LOADED")
+except sqlite3.OperationalError as e:
+    print("REFUSED", e)
+assert so.sqlite3_vfs_find(b"tde") == ctypes.addressof(fake), "the foreign tde was replaced"
+print("FOREIGN-KEPT")
+"#;
+    let mut c = command(PYTHON, &[("SQLITE_TDE_KEYSTORE", env.keystore())]);
+    c.arg("-").arg(extension());
+    let out = ok(run(c, script), "python foreign tde");
+    assert!(out.contains("REFUSED "), "the load reported success over a foreign tde VFS:\n{out}");
+    assert!(out.contains("sqlite-tde: a VFS named \"tde\" is already registered and is not this library's"), "{out}");
+    assert!(out.contains("FOREIGN-KEPT"), "{out}");
+}
+
 /// `SQLITE_TDE_KEY` names the key; WAL mode; the WAL is checked for plaintext while the writer
 /// still holds it open.
 #[test]

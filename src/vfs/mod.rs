@@ -114,11 +114,11 @@ pub fn register_static(config: VfsConfig) -> Result<Arc<TdeContext>, Error> {
 pub unsafe fn register_with_api(
     api: *const rusqlite::ffi::sqlite3_api_routines,
     config: VfsConfig,
-) -> Result<Arc<TdeContext>, Error> {
+) -> Result<(Arc<TdeContext>, sqlite_vfs::RegisteredVfs), Error> {
     let (ctx, shim, opts) = prepare(config);
     // SAFETY: forwarded contract of this function.
-    unsafe { sqlite_vfs::register_with_api(api, &ctx.vfs_name, shim, opts)? };
-    Ok(ctx)
+    let vfs = unsafe { sqlite_vfs::register_with_api(api, &ctx.vfs_name, shim, opts)? };
+    Ok((ctx, vfs))
 }
 
 fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
