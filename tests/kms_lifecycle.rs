@@ -440,3 +440,35 @@ fn secrets_are_versioned_staged_audited_and_policy_checked() {
     assert!(log.iter().any(|r| r.operation == "secrets:RotateSecret" && r.principal == "app"));
     assert!(app.get_secret("nope", None, None).is_err());
 }
+
+/// A wall clock set forward (an operator's or NTP's error, a forged time) does not bring a
+/// scheduled deletion forward: the waiting period must also pass on the boot clock. A reboot
+/// keeps the waiting time confirmed before it (checkpoints), so it can only delay.
+#[test]
+fn scheduled_deletion_is_not_brought_forward_by_a_clock_jump() {
+    use sqlite_tde::kms::clock::DAY;
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let id = create(&kms, "alias/jump");
+    kms.op_schedule_deletion("ops", &id, Some(7)).unwrap();
+    let material = |kms: &sqlite_tde::kms::local::LocalKms| {
+        kms.read_keystore().unwrap().unwrap().keys[&id].versions.iter().any(|v| v.material.is_some())
+    };
+
+    env.clock.jump(30 * DAY);
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingDeletion, "deleted early by a clock jump");
+    assert!(kms.op_rotate_due("ops").unwrap().deleted.is_empty(), "rotate-due deleted early");
+    assert!(material(&kms));
+
+    // Three days really pass, the machine reboots, four more days pass: deleted then, not before.
+    env.advance_days(3);
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingDeletion);
+    env.clock.reboot();
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingDeletion);
+    env.clock.advance(4 * DAY - 3600);
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingDeletion);
+    assert!(material(&kms));
+    env.clock.advance(3600);
+    assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::Deleted);
+    assert!(!material(&kms));
+}

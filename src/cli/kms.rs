@@ -12,7 +12,7 @@ use super::error::{CliError, CliResult, EXIT_FAILURE, EXIT_KEY};
 use super::Global;
 use crate::connection::ENV_KMS;
 use crate::kms::api::{CreateKeyParams, KmsClient};
-use crate::kms::clock::{format_time, parse_time, Clock, SystemClock};
+use crate::kms::clock::{format_time, parse_time};
 use crate::kms::daemon::{DaemonConfig, ServeOptions};
 use crate::kms::local::snapshot::RestoreOptions;
 use crate::kms::local::LocalKms;
@@ -637,7 +637,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             let mut cfg = DaemonConfig::load(&global.keystore)?;
             match t {
                 TokenCommand::Create { principal } => {
-                    let token = cfg.add_token(principal, SystemClock.now())?;
+                    let token = cfg.add_token(principal, crate::kms::clock::process_clock().now())?;
                     cfg.store(&global.keystore)?;
                     writeln!(out, "{token}")?;
                 }

@@ -161,6 +161,26 @@ pub fn run_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> 
     }
 }
 
+/// Debug builds (tests, drills): `SQLITE_TDE_TEST_NOW` pins the clock of every KMS this
+/// process makes. Release builds contain no test clock: there the variable is only reported
+/// as ignored.
+fn pin_test_clock() -> CliResult {
+    const VAR: &str = "SQLITE_TDE_TEST_NOW";
+    let Some(v) = std::env::var_os(VAR) else { return Ok(()) };
+    #[cfg(debug_assertions)]
+    {
+        let v = v.to_str().ok_or_else(|| CliError::usage(format!("{VAR} is not UTF-8")))?;
+        let t = crate::kms::clock::parse_time(v).map_err(|e| CliError::usage(format!("{VAR}: {e}")))?;
+        crate::kms::clock::pin_process_clock(t);
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = v;
+        eprintln!("sqlite-tde: warning: {VAR} is ignored (test clocks exist in debug builds only)");
+    }
+    Ok(())
+}
+
 /// Dispatch a parsed command line.
 pub fn run(cli: Cli) -> CliResult {
     // --kms and --principal reach every KMS the process builds (the VFS's too) through the
@@ -171,6 +191,7 @@ pub fn run(cli: Cli) -> CliResult {
     if let Some(p) = &cli.principal {
         std::env::set_var(crate::kms::ENV_PRINCIPAL, p);
     }
+    pin_test_clock()?;
     let global = Global { keystore: cli.keystore.unwrap_or_else(default_keystore_dir), json: cli.json };
     crate::kms::events::on_keystore_created(|ev| eprintln!("sqlite-tde: {}", creation_notice(ev)));
     crate::kms::events::on_keystore_upgraded(|ev| {

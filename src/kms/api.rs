@@ -354,11 +354,19 @@ pub struct MaintenanceReport {
     pub rotated: Vec<(String, u32)>,
     pub deleted: Vec<String>,
     pub import_expired: Vec<String>,
+    /// Deletion checkpoints were renewed (keystore bookkeeping, not an event).
+    #[serde(skip)]
+    pub checkpointed: bool,
 }
 
 impl MaintenanceReport {
     pub fn is_empty(&self) -> bool {
         self.rotated.is_empty() && self.deleted.is_empty() && self.import_expired.is_empty()
+    }
+
+    /// Must the keystore be written?
+    pub fn changed(&self) -> bool {
+        !self.is_empty() || self.checkpointed
     }
 }
 

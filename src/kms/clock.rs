@@ -7,47 +7,122 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Seconds in a day.
 pub const DAY: u64 = 86_400;
 
-/// Environment variable that pins the system clock to a Unix time (tests and drills only:
-/// it lets a child process or the CLI run "in the future" to cross a deletion window).
+/// Environment variable that pins the clock of the `sqlite-tde` CLI to a Unix time, in debug
+/// builds only (tests and drills: it lets a child process run "in the future" to cross a
+/// deletion window). A release build does not contain the code that reads it: there it would
+/// skip the deletion waiting period and forge audit timestamps.
+#[cfg(debug_assertions)]
 pub const ENV_TEST_NOW: &str = "SQLITE_TDE_TEST_NOW";
 
 /// A source of the current time in Unix seconds.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> u64;
+
+    /// The boot clock, which setting the wall clock does not move (see
+    /// `kms::local::deletion`); `None` where it cannot be read.
+    fn boot(&self) -> Option<BootReading> {
+        None
+    }
 }
 
-/// The operating system's clock, unless `SQLITE_TDE_TEST_NOW` pins it.
+/// A reading of the kernel's boot clock: seconds since boot (suspend included, not settable),
+/// and which boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootReading {
+    pub boot_id: String,
+    pub secs: u64,
+}
+
+/// Linux: `/proc/sys/kernel/random/boot_id` and the first field of `/proc/uptime`
+/// (`CLOCK_BOOTTIME`).
+fn system_boot() -> Option<BootReading> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string();
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs = uptime.split(['.', ' ']).next()?.parse().ok()?;
+    (!boot_id.is_empty()).then_some(BootReading { boot_id, secs })
+}
+
+/// The operating system's clock. It reads no configuration: a test clock is a different
+/// [`Clock`], chosen where the program starts ([`pin_process_clock`]) or injected
+/// (`LocalKms::with_clock`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        if let Some(t) = std::env::var(ENV_TEST_NOW).ok().and_then(|v| parse_time(&v).ok()) {
-            return t;
-        }
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    fn boot(&self) -> Option<BootReading> {
+        system_boot()
     }
 }
 
-/// A clock that only moves when told to (in-process tests).
+/// The time pinned by [`pin_process_clock`], if any (debug builds only).
+#[cfg(debug_assertions)]
+static PINNED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Debug builds only: make every [`process_clock`] taken from now on a clock stopped at `now`.
+/// The CLI calls it at start-up with [`ENV_TEST_NOW`]; nothing else may.
+#[cfg(debug_assertions)]
+pub fn pin_process_clock(now: u64) {
+    let _ = PINNED.set(now);
+}
+
+/// The clock a KMS made by this process runs on: the system clock (in debug builds, the one
+/// [`pin_process_clock`] pinned).
+pub fn process_clock() -> std::sync::Arc<dyn Clock> {
+    #[cfg(debug_assertions)]
+    if let Some(&t) = PINNED.get() {
+        return std::sync::Arc::new(ManualClock::new(t));
+    }
+    std::sync::Arc::new(SystemClock)
+}
+
+/// A clock that only moves when told to (in-process tests). Its boot clock starts at the wall
+/// time it was made with and follows [`ManualClock::advance`] and [`ManualClock::set`];
+/// [`ManualClock::jump`] moves the wall clock alone, [`ManualClock::reboot`] starts a new boot.
 #[derive(Debug)]
-pub struct ManualClock(AtomicU64);
+pub struct ManualClock {
+    now: AtomicU64,
+    boot_secs: AtomicU64,
+    boot: AtomicU64,
+}
 
 impl ManualClock {
     pub fn new(now: u64) -> ManualClock {
-        ManualClock(AtomicU64::new(now))
+        ManualClock { now: AtomicU64::new(now), boot_secs: AtomicU64::new(now), boot: AtomicU64::new(0) }
     }
+    /// Set the time: time passes on both clocks up to `now` (a later time), or the wall clock
+    /// is set back (an earlier one).
     pub fn set(&self, now: u64) {
-        self.0.store(now, Ordering::SeqCst);
+        let before = self.now.swap(now, Ordering::SeqCst);
+        self.boot_secs.fetch_add(now.saturating_sub(before), Ordering::SeqCst);
     }
+    /// Let `secs` pass.
     pub fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
+        self.now.fetch_add(secs, Ordering::SeqCst);
+        self.boot_secs.fetch_add(secs, Ordering::SeqCst);
+    }
+    /// Set the wall clock `secs` forward without time passing (an operator or NTP error).
+    pub fn jump(&self, secs: u64) {
+        self.now.fetch_add(secs, Ordering::SeqCst);
+    }
+    /// A reboot: a new boot id, its boot clock at 0.
+    pub fn reboot(&self) {
+        self.boot.fetch_add(1, Ordering::SeqCst);
+        self.boot_secs.store(0, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn boot(&self) -> Option<BootReading> {
+        let boot = self.boot.load(Ordering::SeqCst);
+        Some(BootReading { boot_id: format!("manual-clock-boot-{boot}"), secs: self.boot_secs.load(Ordering::SeqCst) })
     }
 }
 
@@ -144,5 +219,30 @@ mod tests {
         assert_eq!(parse_time("2023-11-14").unwrap(), 1_699_920_000);
         assert_eq!(parse_time("2023-11-14T23:13:20+01:00").unwrap(), 1_700_000_000);
         assert!(parse_time("yesterday").is_err());
+    }
+
+    /// `SQLITE_TDE_TEST_NOW` used to be read by `SystemClock` itself, in every build: a release
+    /// binary run with it destroyed keys pending deletion at once and wrote audit records with
+    /// forged times. The system clock reads no environment now, and the pin that replaces the
+    /// variable does not exist without debug assertions (run this test with
+    /// `--config 'profile.test.package.sqlite-tde.debug-assertions=false'` to check that build).
+    #[test]
+    fn system_clock_ignores_the_test_variable() {
+        let real = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        std::env::set_var("SQLITE_TDE_TEST_NOW", "1000");
+        let t = SystemClock.now();
+        std::env::remove_var("SQLITE_TDE_TEST_NOW");
+        assert!(t >= real() - 5 && t <= real(), "SystemClock honoured SQLITE_TDE_TEST_NOW: {t}");
+        // Nothing pinned in this process: the process clock is the system clock.
+        assert!(process_clock().now() >= real() - 5);
+    }
+
+    #[test]
+    fn the_boot_clock_is_read() {
+        if cfg!(target_os = "linux") {
+            let b = SystemClock.boot().expect("/proc/uptime and boot_id");
+            assert_eq!(b.boot_id.len(), 36, "{b:?}");
+            assert!(SystemClock.boot().unwrap().secs >= b.secs);
+        }
     }
 }

@@ -128,6 +128,10 @@ pub struct KeyRecord {
     pub rotation: Option<RotationRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_date: Option<u64>,
+    /// pending_deletion: the boot-clock checkpoint that keeps a wall-clock jump from deleting
+    /// early (`super::deletion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_clock: Option<super::deletion::DeletionClock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

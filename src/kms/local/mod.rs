@@ -8,6 +8,7 @@
 //! is durable before the keystore is replaced, and a request whose record cannot be written
 //! is refused (fail closed).
 
+pub mod deletion;
 pub mod import;
 mod init;
 mod keystore;
@@ -31,7 +32,7 @@ use super::api::{
     MaintenanceReport, ReEncryptResponse, Request,
 };
 use super::audit::{self, Anchor, AuditEvent, AuditHead, AuditLog, AuditRecord, AuditState, Outcome, VerifyReport};
-use super::clock::{Clock, SystemClock, DAY};
+use super::clock::{BootReading, Clock, DAY};
 use super::model::{
     limits, normalize_alias, validate_alias, AliasInfo, KeyInfo, KeyManager, KeyState, Origin, Protection, VersionInfo,
 };
@@ -263,7 +264,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
 
 impl LocalKms {
     /// A KMS over `dir` (created on first write), acting for `$SQLITE_TDE_PRINCIPAL` or the
-    /// OS user, on the system clock.
+    /// OS user, on the system clock ([`super::clock::process_clock`]).
     pub fn new(dir: impl Into<PathBuf>) -> LocalKms {
         let dir = dir.into();
         LocalKms {
@@ -271,7 +272,7 @@ impl LocalKms {
             paths: KeystorePaths { dir },
             root: Mutex::new(None),
             principal: default_principal(),
-            clock: Arc::new(SystemClock),
+            clock: super::clock::process_clock(),
             mode: "embedded",
         }
     }
@@ -594,7 +595,7 @@ impl LocalKms {
         f: impl FnOnce(&mut OpCtx<'_>, &KeystoreData, &RootKey) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         let mut data = self.load(u)?;
-        if Self::due(&data, self.now()) {
+        if Self::due(&data, self.now(), self.clock.boot().as_ref()) {
             self.maintain(false)?;
             data = self.load(u)?;
         }
@@ -650,9 +651,18 @@ impl LocalKms {
 
     // ----- maintenance: scheduled deletion, automatic rotation, import expiry -----
 
-    fn due(data: &KeystoreData, now: u64) -> bool {
+    /// Is the scheduled deletion of `k` due: the deadline passed on the wall clock, and the
+    /// waiting period confirmed by the boot clock (`deletion`)?
+    fn deletion_due(k: &KeyRecord, now: u64, boot: Option<&BootReading>) -> bool {
+        k.state == KeyState::PendingDeletion
+            && k.deletion_date.is_some_and(|d| d <= now)
+            && k.deletion_clock.as_ref().is_none_or(|c| c.elapsed(now, boot))
+    }
+
+    fn due(data: &KeystoreData, now: u64, boot: Option<&BootReading>) -> bool {
         data.keys.values().any(|k| {
-            (k.state == KeyState::PendingDeletion && k.deletion_date.is_some_and(|d| d <= now))
+            Self::deletion_due(k, now, boot)
+                || (k.state == KeyState::PendingDeletion && k.deletion_clock.as_ref().is_some_and(|c| c.stale(boot)))
                 || (k.state == KeyState::Enabled && k.rotation.as_ref().is_some_and(|r| r.next_rotation <= now))
                 || (k.import.as_ref().and_then(|i| i.expires).is_some_and(|e| e <= now) && k.has_material())
         })
@@ -662,7 +672,7 @@ impl LocalKms {
     fn maintain(&self, explicit: bool) -> Result<MaintenanceReport, KmsError> {
         // An unchecked look decides only whether to take the lock.
         let Some(peek) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
-        if !Self::due(&peek.data, self.now()) {
+        if !Self::due(&peek.data, self.now(), self.clock.boot().as_ref()) {
             return Ok(MaintenanceReport::default());
         }
         let _lock = self.lock()?;
@@ -671,7 +681,8 @@ impl LocalKms {
         let mut revoked = Vec::new();
         let mut events = Vec::new();
         let (report, err) = self.maintain_locked(&mut data, &root, self.now(), explicit, &mut revoked, &mut events);
-        if !events.is_empty() {
+        // A renewed deletion checkpoint is bookkeeping without an audit event: stored all the same.
+        if !events.is_empty() || report.checkpointed {
             self.commit(&root, &mut data, events)?;
         }
         for uri in revoked {
@@ -693,10 +704,11 @@ impl LocalKms {
         events: &mut Vec<AuditEvent>,
     ) -> (MaintenanceReport, Option<KmsError>) {
         let mut report = MaintenanceReport::default();
+        let boot = self.clock.boot();
         let ids: Vec<String> = data.keys.keys().cloned().collect();
         for id in ids {
             let rec = data.keys[&id].clone();
-            if rec.state == KeyState::PendingDeletion && rec.deletion_date.is_some_and(|d| d <= now) {
+            if Self::deletion_due(&rec, now, boot.as_ref()) {
                 let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "DeleteKey:scheduled");
                 ctx.key(&id);
                 let hsm_error = self.destroy_material(data, &id);
@@ -704,6 +716,13 @@ impl LocalKms {
                 report.deleted.push(id.clone());
                 revoked.push(key_uri(&id));
                 continue;
+            }
+            if let (Some(b), Some(c)) = (boot.as_ref(), rec.deletion_clock.as_ref()) {
+                if rec.state == KeyState::PendingDeletion && c.stale(Some(b)) {
+                    let c = data.keys.get_mut(&id).and_then(|r| r.deletion_clock.as_mut()).expect("checked");
+                    c.checkpoint(now, b);
+                    report.checkpointed = true;
+                }
             }
             if rec.import.as_ref().and_then(|i| i.expires).is_some_and(|e| e <= now) && rec.has_material() {
                 let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "ImportedKeyMaterialExpired");
@@ -765,6 +784,7 @@ impl LocalKms {
         rec.state = KeyState::Deleted;
         rec.deleted_at = Some(now);
         rec.deletion_date = None;
+        rec.deletion_clock = None;
         rec.rotation = None;
         rec.policy = None;
         if let Some(i) = rec.import.as_mut() {
@@ -1044,6 +1064,7 @@ impl LocalKms {
                     .rotation_days
                     .map(|d| RotationRecord { period_days: d, next_rotation: txn.now + d as u64 * DAY }),
                 deletion_date: None,
+                deletion_clock: None,
                 deleted_at: None,
                 hsm,
                 import: None,
@@ -1102,6 +1123,7 @@ impl LocalKms {
                         next_rotation: txn.now + period as u64 * DAY,
                     }),
                     deletion_date: None,
+                    deletion_clock: None,
                     deleted_at: None,
                     hsm: None,
                     import: None,
@@ -1245,6 +1267,7 @@ impl LocalKms {
 
     /// ScheduleKeyDeletion (7 to 30 days, default 30).
     pub fn op_schedule_deletion(&self, principal: &str, key: &str, days: Option<u32>) -> Result<KeyInfo, KmsError> {
+        let boot = self.clock.boot();
         self.write_op(principal, "ScheduleKeyDeletion", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::SCHEDULE_KEY_DELETION)?;
             let days = days.unwrap_or(limits::DEFAULT_DELETION_DAYS);
@@ -1261,6 +1284,8 @@ impl LocalKms {
                 KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => {
                     rec.state = KeyState::PendingDeletion;
                     rec.deletion_date = Some(now + days as u64 * DAY);
+                    rec.deletion_clock =
+                        boot.as_ref().map(|b| deletion::DeletionClock::start(days as u64 * DAY, now, b));
                 }
                 KeyState::PendingDeletion => return Err(KmsError::PendingDeletion(id)),
                 KeyState::Deleted => return Err(KmsError::Deleted(id)),
@@ -1283,6 +1308,7 @@ impl LocalKms {
             }
             rec.state = if rec.has_material() { KeyState::Disabled } else { KeyState::PendingImport };
             rec.deletion_date = None;
+            rec.deletion_clock = None;
             Ok(info(&txn.data, &txn.data.keys[&id]))
         })
     }
