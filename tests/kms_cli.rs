@@ -255,7 +255,7 @@ fn byok_from_the_command_line() {
         .assert()
         .success();
     let material = env.path("material.bin");
-    std::fs::write(&material, [7u8; 32]).unwrap();
+    std::fs::write(&material, kms_support::test_material(7)).unwrap();
     let wrapped = env.path("material.enc");
     env.as_("ops")
         .args(["kms", "wrap-material", "--public-key"])
@@ -299,7 +299,7 @@ fn byok_from_the_command_line() {
         .arg(&token)
         .assert()
         .success();
-    std::fs::write(&material, [8u8; 32]).unwrap();
+    std::fs::write(&material, kms_support::test_material(8)).unwrap();
     env.as_at("ops", 3)
         .args(["kms", "wrap-material", "--public-key"])
         .arg(&pk)
@@ -317,7 +317,7 @@ fn byok_from_the_command_line() {
         .assert()
         .code(3)
         .stderr(predicate::str::contains("different key material"));
-    std::fs::write(&material, [7u8; 32]).unwrap();
+    std::fs::write(&material, kms_support::test_material(7)).unwrap();
     env.as_at("ops", 3)
         .args(["kms", "wrap-material", "--public-key"])
         .arg(&pk)

@@ -324,6 +324,34 @@ fn separation_of_duties_key_users_and_key_admins() {
         .is_err());
 }
 
+/// BYOK refuses weak material (all zero, repeated 16-byte blocks, few distinct bytes) with a
+/// clear error and nothing changed: the key stays PendingImport and the token stays usable.
+#[test]
+fn byok_refuses_weak_key_material() {
+    let env = KmsEnv::new();
+    let kms = env.kms("ops");
+    let id =
+        kms.op_create_key("ops", &CreateKeyParams { origin: Origin::External, ..Default::default() }).unwrap().key_id;
+    let p = kms.op_get_import_parameters("ops", &id).unwrap();
+    let block: [u8; 16] = test_material(1)[..16].try_into().unwrap();
+    let few: Vec<u8> = (0..32u8).map(|i| i % 5 + (i / 16) * 100).collect();
+    for (what, weak) in
+        [("all zero", vec![0u8; 32]), ("repeated 16-byte blocks", [block, block].concat()), ("too few distinct", few)]
+    {
+        let wrapped = wrap_for_import(&p.public_key, &weak).unwrap();
+        let e = kms.op_import("ops", &id, &p.import_token, &wrapped, None).unwrap_err();
+        assert!(
+            matches!(&e, KmsError::InvalidRequest(m) if m.contains("weak key material") && m.contains(what)),
+            "{what}: {e}"
+        );
+        assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingImport, "{what}");
+    }
+    let ks = kms.read_keystore().unwrap().unwrap();
+    assert!(ks.keys[&id].import.as_ref().unwrap().fingerprint.is_none(), "weak material was fingerprinted");
+    let good = wrap_for_import(&p.public_key, &test_material(2)).unwrap();
+    assert_eq!(kms.op_import("ops", &id, &p.import_token, &good, None).unwrap().state, KeyState::Enabled);
+}
+
 #[test]
 fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
     let env = KmsEnv::new();
@@ -338,7 +366,7 @@ fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
     assert_eq!((info.state, info.origin, info.primary_version), (KeyState::PendingImport, Origin::External, 0));
     assert!(matches!(kms.op_generate_data_key("ops", &id, &ctx("x"), None, true), Err(KmsError::PendingImport(_))));
 
-    let material = [0x42u8; 32];
+    let material = test_material(0x42);
     let p = kms.op_get_import_parameters("ops", &id).unwrap();
     assert_eq!(p.wrapping_algorithm, "RSAES_OAEP_SHA_256");
     assert_eq!(p.valid_to, T0 + 24 * 3600);
@@ -352,6 +380,12 @@ fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
     assert!(kms.op_import("ops", &id, b"not the token", &wrapped, None).is_err());
     let info = kms.op_import("ops", &id, &p.import_token, &wrapped, Some(T0 + 10 * 86_400)).unwrap();
     assert_eq!((info.state, info.primary_version), (KeyState::Enabled, 1));
+    // The token was spent: replaying the request (even within its 24 hours) is refused.
+    assert!(
+        matches!(kms.op_import("ops", &id, &p.import_token, &wrapped, None), Err(KmsError::InvalidRequest(m)) if m.contains("no import parameters")),
+        "an import token was accepted twice"
+    );
+    assert_eq!(kms.describe_key(&id).unwrap().import_expires, Some(T0 + 10 * 86_400), "the replay changed the key");
     assert_eq!(info.import_expires, Some(T0 + 10 * 86_400));
     assert!(kms.op_rotate("ops", &id).is_err(), "imported keys are not rotated");
 
@@ -368,12 +402,12 @@ fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
     assert!(matches!(kms_error(read_db(&tde, &db).unwrap_err()), KmsError::PendingImport(_)));
     assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingImport);
 
-    // Reimport: the old token is still valid for 24 h only; different material is refused.
+    // Reimport: the old token was spent; different material is refused.
     assert!(
-        matches!(kms.op_import("ops", &id, &p.import_token, &wrapped, None), Err(KmsError::InvalidRequest(m)) if m.contains("expired"))
+        matches!(kms.op_import("ops", &id, &p.import_token, &wrapped, None), Err(KmsError::InvalidRequest(m)) if m.contains("no import parameters"))
     );
     let p2 = kms.op_get_import_parameters("ops", &id).unwrap();
-    let other = wrap_for_import(&p2.public_key, &[0x43u8; 32]).unwrap();
+    let other = wrap_for_import(&p2.public_key, &test_material(0x43)).unwrap();
     assert!(
         matches!(kms.op_import("ops", &id, &p2.import_token, &other, None), Err(KmsError::InvalidRequest(m)) if m.contains("different key material"))
     );

@@ -49,6 +49,13 @@ impl KmsEnv {
     }
 }
 
+/// 32 bytes of BYOK key material, distinct per `seed`, that pass the KMS's weak-material
+/// checks (SHA-256 of a label: a constant pattern would be refused).
+pub fn test_material(seed: u8) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest([b"sqlite-tde test key material ".as_slice(), &[seed]].concat()).into()
+}
+
 /// Create a database under `key` with one row.
 pub fn create_db(tde: &Tde, path: &Path, key: &str) {
     let c = tde.open_with(path, &OpenOptions { key: Some(key.into()), ..Default::default() }).unwrap();

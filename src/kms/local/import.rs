@@ -1,7 +1,8 @@
 //! BYOK: keys with origin `external` are created without material (PendingImport).
 //! GetParametersForImport hands out an RSA-3072 wrapping public key and an import token,
-//! both valid 24 hours; ImportKeyMaterial takes the 32-byte material wrapped with
-//! RSAES-OAEP-SHA-256 and an optional expiry. Expiry or DeleteImportedKeyMaterial make the
+//! both valid 24 hours and good for one import; ImportKeyMaterial takes the 32-byte material
+//! wrapped with RSAES-OAEP-SHA-256 and an optional expiry, and refuses weak material (all zero,
+//! repeated blocks, few distinct bytes). Expiry or DeleteImportedKeyMaterial make the
 //! key unusable (PendingImport) until the same material is imported again; different
 //! material is refused. Material is never exportable.
 
@@ -48,6 +49,25 @@ pub(super) fn remove_material(rec: &mut KeyRecord) {
     if let Some(i) = rec.import.as_mut() {
         i.expires = None;
     }
+}
+
+/// Why 32 bytes of material are unfit for an AES-256 key, if they are: all zero, two equal
+/// 16-byte blocks (which also catches any pattern repeating every 1, 2, 4, 8 or 16 bytes), or
+/// fewer than 12 distinct byte values (random material has about 30; the chance that 32
+/// random bytes have fewer than 12 is below 2^-80).
+fn weak_material(m: &[u8]) -> Option<&'static str> {
+    if m.iter().all(|&b| b == 0) {
+        return Some("all zero");
+    }
+    if m.len() >= 32 && m[..16] == m[16..32] {
+        return Some("repeated 16-byte blocks");
+    }
+    let mut seen = [false; 256];
+    m.iter().for_each(|&b| seen[b as usize] = true);
+    if seen.iter().filter(|&&s| s).count() < 12 {
+        return Some("too few distinct byte values");
+    }
+    None
 }
 
 fn external(rec: &KeyRecord) -> Result<(), KmsError> {
@@ -156,6 +176,11 @@ impl LocalKms {
                     material.len()
                 )));
             }
+            if let Some(why) = weak_material(&material) {
+                return Err(KmsError::InvalidRequest(format!(
+                    "refusing weak key material ({why}): import 32 bytes from a cryptographic random generator"
+                )));
+            }
             let fp = fingerprint(&txn.root.derive(b"sqlite-tde/import-fingerprint/v1"), &id, &material);
             if let Some(old) = &import.fingerprint {
                 if *old != fp {
@@ -181,6 +206,9 @@ impl LocalKms {
                 rec.state = KeyState::Enabled;
             }
             let imp = rec.import.get_or_insert_with(ImportRecord::default);
+            // Single use: the token (and its wrapping key) are spent once material is in; a
+            // replayed request finds no parameters. A failed import leaves them valid.
+            imp.params = None;
             imp.fingerprint = Some(fp);
             imp.expires = expires;
             imp.imported_at = Some(now);
@@ -213,4 +241,21 @@ pub fn wrap_for_import(public_key_der: &[u8], material: &[u8]) -> Result<Vec<u8>
     public
         .oaep_encrypt::<OaepSha256>(material)
         .map_err(|e| KmsError::InvalidRequest(format!("cannot wrap key material: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weak_material;
+
+    #[test]
+    fn weak_material_is_recognised() {
+        assert_eq!(weak_material(&[0u8; 32]), Some("all zero"));
+        assert_eq!(weak_material(&[0x42u8; 32]), Some("repeated 16-byte blocks"));
+        let block: [u8; 16] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        assert_eq!(weak_material(&[block, block].concat()), Some("repeated 16-byte blocks"));
+        let few: Vec<u8> = (0..32u8).map(|i| i % 5 + (i / 16)).collect();
+        assert_eq!(weak_material(&few), Some("too few distinct byte values"));
+        let good: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+        assert_eq!(weak_material(&good), None);
+    }
 }
