@@ -185,6 +185,90 @@ fn needles_of(key: &[u8]) -> Vec<Vec<u8>> {
     ]
 }
 
+/// Index of the first decryption-schedule needle in [`dek_needles`] (the raw pieces come first).
+const DEC_SCHEDULE_AT: usize = 6;
+
+/// The DEK's raw pieces, then the middle round keys (1..=13) of the AES-256 decryption key
+/// schedule (equivalent inverse cipher: InvMixColumns of the encryption round keys) of XTS key
+/// 1 and of key 2. Unlike the encryption schedule, which starts with the raw key, none of
+/// these contains a raw piece: without them a leaked decryption schedule goes unnoticed (and
+/// it is enough to decrypt every page).
+fn dek_needles(key: &[u8]) -> Vec<Vec<u8>> {
+    let mut v = needles_of(key);
+    for half in [&key[..32], &key[32..]] {
+        let enc = aes_schedule::expand(half.try_into().unwrap());
+        v.extend((1..14).map(|r| aes_schedule::inv_mix_columns(&enc[r]).to_vec()));
+    }
+    v
+}
+
+/// AES-256 key expansion (FIPS 197 §5.2) and InvMixColumns, from the definitions: the test
+/// computes what an implementation would hold in memory without trusting that implementation.
+mod aes_schedule {
+    fn mul(mut a: u8, mut b: u8) -> u8 {
+        let mut p = 0;
+        while b != 0 {
+            if b & 1 != 0 {
+                p ^= a;
+            }
+            a = (a << 1) ^ if a & 0x80 != 0 { 0x1b } else { 0 };
+            b >>= 1;
+        }
+        p
+    }
+
+    fn sbox(x: u8) -> u8 {
+        // x^254 is the inverse in GF(2^8) (0 maps to 0), then the affine map.
+        let mut inv = 1u8;
+        for _ in 0..254 {
+            inv = mul(inv, x);
+        }
+        inv ^ inv.rotate_left(1) ^ inv.rotate_left(2) ^ inv.rotate_left(3) ^ inv.rotate_left(4) ^ 0x63
+    }
+
+    /// The 15 round keys.
+    pub fn expand(key: &[u8; 32]) -> Vec<[u8; 16]> {
+        let mut w: Vec<[u8; 4]> = key.chunks(4).map(|c| c.try_into().unwrap()).collect();
+        let mut rcon = 1u8;
+        for i in 8..60 {
+            let mut t = w[i - 1];
+            if i % 8 == 0 {
+                t = [sbox(t[1]) ^ rcon, sbox(t[2]), sbox(t[3]), sbox(t[0])];
+                rcon = mul(rcon, 2);
+            } else if i % 8 == 4 {
+                t = t.map(sbox);
+            }
+            let prev = w[i - 8];
+            w.push([prev[0] ^ t[0], prev[1] ^ t[1], prev[2] ^ t[2], prev[3] ^ t[3]]);
+        }
+        w.chunks(4).map(|c| c.concat().try_into().unwrap()).collect()
+    }
+
+    pub fn inv_mix_columns(k: &[u8; 16]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for c in 0..4 {
+            let a = &k[4 * c..4 * c + 4];
+            for r in 0..4 {
+                out[4 * c + r] =
+                    mul(a[r], 14) ^ mul(a[(r + 1) % 4], 11) ^ mul(a[(r + 2) % 4], 13) ^ mul(a[(r + 3) % 4], 9);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fips_197_vectors() {
+        // FIPS 197 Appendix A.3: the last round key of the example AES-256 key.
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let rk = expand(&key);
+        assert_eq!(hex::encode(rk[14]), "24fc79ccbf0979e9371ac23c6d68de36");
+        assert_eq!(hex::encode(rk[1]), "101112131415161718191a1b1c1d1e1f");
+        // InvMixColumns inverts MixColumns on the FIPS 197 §5.1.3 column example.
+        let mixed = [0x8e, 0x4d, 0xa1, 0xbc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(&inv_mix_columns(&mixed)[..4], &[0xdb, 0x13, 0x53, 0x45]);
+    }
+}
+
 fn dek_of(ks: &Path, db: &Path) -> DataKey {
     let bytes = std::fs::read(db).unwrap();
     let (h, _) = choose_slot(&bytes[..HEADER_REGION_LEN]).unwrap();
@@ -200,6 +284,11 @@ struct Outcome {
     dek_hits_evicted: Vec<(usize, usize, String)>,
     canary_hits_evicted: usize,
     dek_pages_dontdump: (usize, usize),
+    /// DEK pieces found while loaded on pages a core dump includes (needle index: below
+    /// `DEC_SCHEDULE_AT` raw pieces, then decryption round keys 1..=13 of key 1, then of key 2).
+    dek_dumpable_loaded: Vec<(usize, usize, String)>,
+    /// Which DEK needles were found while loaded.
+    dek_hits_loaded_needles: Vec<usize>,
     canary_dontdump: bool,
     scanned: u64,
     file_hits: Vec<String>,
@@ -218,7 +307,8 @@ fn run_child() -> Outcome {
         tde.open(&db).unwrap().execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES('hello');").unwrap();
     }
     let dek = dek_of(&ks, &db);
-    let dek_needles = needles_of(dek.expose());
+    let dek_needles = dek_needles(dek.expose());
+    let n_dek = dek_needles.len();
     let seed = std::process::id() as u64 ^ 0x5EED_CAFE;
     let mut canary_bytes = [0u8; 64];
     canary(seed, &mut canary_bytes);
@@ -263,12 +353,15 @@ fn run_child() -> Outcome {
         .find(|r| r.start <= stack_addr && stack_addr < r.end)
         .map(|r| (r.start, r.end));
     let (hits, scanned) = scan(pid, &needles);
-    let dek_loaded: Vec<_> = hits.iter().filter(|h| h.1 < 6).cloned().collect();
-    let canary_loaded = hits.iter().filter(|h| h.1 >= 6).count();
+    let dek_loaded: Vec<_> = hits.iter().filter(|h| h.1 < n_dek).cloned().collect();
+    let canary_loaded = hits.iter().filter(|h| h.1 >= n_dek).count();
     let mut dontdump = 0;
-    for (addr, _, _) in &dek_loaded {
-        if vm_flags(pid, *addr).is_some_and(|f| f.split_whitespace().any(|x| x == "dd")) {
+    let mut dumpable = Vec::new();
+    for h in &dek_loaded {
+        if vm_flags(pid, h.0).is_some_and(|f| f.split_whitespace().any(|x| x == "dd")) {
             dontdump += 1;
+        } else {
+            dumpable.push(h.clone());
         }
     }
     let canary_dd = vm_flags(pid, canary_addr).is_some_and(|f| f.split_whitespace().any(|x| x == "dd"));
@@ -301,12 +394,14 @@ fn run_child() -> Outcome {
     let log_hits = forms.iter().filter(|f| common::contains(&log, f)).count();
     let in_stack = |a: usize| stack_region.is_some_and(|(s, e)| s <= a && a < e);
     Outcome {
-        evicted_in_thread_stack: hits2.iter().filter(|h| h.1 < 6 && in_stack(h.0)).count(),
+        evicted_in_thread_stack: hits2.iter().filter(|h| h.1 < n_dek && in_stack(h.0)).count(),
         dek_hits_loaded: dek_loaded.len(),
         canary_hits_loaded: canary_loaded,
-        dek_hits_evicted: hits2.iter().filter(|h| h.1 < 6).cloned().collect(),
-        canary_hits_evicted: hits2.iter().filter(|h| h.1 >= 6).count(),
+        dek_hits_evicted: hits2.iter().filter(|h| h.1 < n_dek).cloned().collect(),
+        canary_hits_evicted: hits2.iter().filter(|h| h.1 >= n_dek).count(),
         dek_pages_dontdump: (dontdump, dek_loaded.len()),
+        dek_dumpable_loaded: dumpable,
+        dek_hits_loaded_needles: dek_loaded.iter().map(|h| h.1).collect(),
         canary_dontdump: canary_dd,
         scanned,
         file_hits,
@@ -362,10 +457,32 @@ fn dek_gone_from_memory_after_eviction() {
 }
 
 /// The pages that hold the live key schedule are excluded from core dumps (MADV_DONTDUMP):
-/// `XtsCipher` keeps its round keys alone on one advised heap page.
+/// `XtsCipher` keeps its round keys alone on one advised heap page, and no copy of the raw
+/// key or of either decryption key schedule stays behind in a dead stack frame (which a core
+/// dump of the running process would include) once the cipher is built.
 #[test]
 fn key_pages_excluded_from_core_dumps() {
     let o = run_child();
     assert!(o.dek_pages_dontdump.1 > 0, "DEK not found while loaded");
-    assert_eq!(o.dek_pages_dontdump.0, o.dek_pages_dontdump.1, "key pages without MADV_DONTDUMP");
+    let found = |n: usize| o.dek_hits_loaded_needles.contains(&n);
+    assert!(
+        (DEC_SCHEDULE_AT..DEC_SCHEDULE_AT + 26).any(found),
+        "no decryption round key found while loaded: the scan proves nothing"
+    );
+    let describe: Vec<String> = o
+        .dek_dumpable_loaded
+        .iter()
+        .map(|(a, n, r)| match *n {
+            n if n < DEC_SCHEDULE_AT => format!("raw piece {n} @{a:x} in {r}"),
+            n => format!(
+                "key {} decryption round key {} @{a:x} in {r}",
+                1 + (n - DEC_SCHEDULE_AT) / 13,
+                1 + (n - DEC_SCHEDULE_AT) % 13
+            ),
+        })
+        .collect();
+    assert_eq!(
+        o.dek_pages_dontdump.0, o.dek_pages_dontdump.1,
+        "key material on pages a core dump includes: {describe:?}"
+    );
 }

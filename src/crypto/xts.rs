@@ -267,14 +267,28 @@ impl XtsCipher {
                 t = mul_alpha(t);
             }
             xor_tweaks(piece, &tweaks[..m]);
-            let (blocks, _) = Array::slice_as_chunks_mut(piece);
-            if encrypt {
-                self.k.data.encrypt_blocks(blocks);
-            } else {
-                self.k.data.decrypt_blocks(blocks);
-            }
+            aes_blocks_then_wipe(&self.k.data, piece, encrypt);
             xor_tweaks(piece, &tweaks[..m]);
         }
+    }
+}
+
+/// Run the `aes` crate over whole blocks in a frame below this one, then wipe that frame's
+/// area: its VAES backends leave a copy of the round keys there on every call (key 1's
+/// decryption schedule was recovered from a core dump), which no `Zeroize` reaches.
+#[inline(never)]
+fn aes_blocks_then_wipe(aes: &Aes256, piece: &mut [u8], encrypt: bool) {
+    aes_blocks(aes, piece, encrypt);
+    super::keys::scrub_stack_small();
+}
+
+#[inline(never)]
+fn aes_blocks(aes: &Aes256, piece: &mut [u8], encrypt: bool) {
+    let (blocks, _) = Array::slice_as_chunks_mut(piece);
+    if encrypt {
+        aes.encrypt_blocks(blocks);
+    } else {
+        aes.decrypt_blocks(blocks);
     }
 }
 
