@@ -2,6 +2,7 @@
 //! (passed with `--keystore`) and database directory; the KMS environment is cleared so the
 //! user's keystore is never touched.
 
+mod common;
 mod rotation_support;
 
 use std::ops::ControlFlow;
@@ -465,4 +466,85 @@ fn verify_and_info_name_an_interrupted_in_place_encryption() {
 
     env.cmd().args(["encrypt", "--in-place", "--resume"]).arg(&db).assert().success();
     env.cmd().arg("verify").arg(&db).assert().success();
+}
+
+/// Run the interactive shell (`sql DB` on a terminal: `script` provides a pseudo-terminal)
+/// with `HOME` and `XDG_STATE_HOME` pointing into the test directory, type `line`, wait for
+/// its output, end the session. `None`: no `script` here (skipped, and said so).
+fn interactive_session(env: &Env, extra: &[&str], line: &str, expect: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    use std::process::{Command as Std, Stdio};
+    if Std::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: util-linux `script` is not installed; the interactive shell is not tested");
+        return None;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("sqlite-tde");
+    let mut shell = format!("{} --keystore {} sql", bin.display(), env.keystore.display());
+    for a in extra {
+        shell.push(' ');
+        shell.push_str(a);
+    }
+    shell.push_str(&format!(" {}", env.db("shell.db").display()));
+    let home = env._tmp.path().join("home");
+    let mut child = Std::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .env("HOME", &home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env_remove("SQLITE_TDE_KEYSTORE")
+        .env_remove("SQLITE_TDE_KMS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str, seen: &mut Vec<u8>| {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(seen).contains(what) {
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(n > 0, "the shell ended before printing {what:?}:\n{}", String::from_utf8_lossy(seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    // Typing before the prompt is up would be flushed by the line editor.
+    wait_for("sqlite-tde> ", &mut seen);
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    wait_for(expect, &mut seen);
+    drop(stdin); // end of input: the shell saves what it keeps and exits
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    seen.extend_from_slice(&rest);
+    assert!(child.wait().unwrap().success());
+    Some(String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// Typed SQL never lands in plaintext on disk: no history by default (and none next to the
+/// keystore's root key); `--history` keeps one under $XDG_STATE_HOME, owner-only, literals
+/// redacted.
+#[test]
+fn shell_history_is_off_by_default_and_redacted_when_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let line =
+        "CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES('card-4111-1111'); SELECT count(*) || '-rows' FROM t;";
+    let Some(out) = interactive_session(&env, &[], line, "1-rows") else { return };
+    let leaks: Vec<_> = common::files_under(env._tmp.path())
+        .into_iter()
+        .filter(|(_, b)| common::contains(b, b"card-4111"))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(leaks.is_empty(), "typed SQL kept on disk: {leaks:?}");
+    assert!(!env.keystore.join("shell_history").exists());
+    assert!(out.contains("History is not saved"), "{out}");
+
+    let Some(out) = interactive_session(&env, &["--history"], line, "2-rows") else { return };
+    let hist = env._tmp.path().join("home/state/sqlite-tde/history");
+    assert!(out.contains(&format!("History: {}", hist.display())), "{out}");
+    let text = std::fs::read_to_string(&hist).unwrap();
+    assert_eq!(text, "CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES('?'); SELECT count(*) || '?' FROM t;\n");
+    assert_eq!(std::fs::metadata(&hist).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(hist.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(!env.keystore.join("shell_history").exists());
 }

@@ -9,6 +9,7 @@ pub mod dot;
 pub mod dump;
 pub mod error;
 pub mod export;
+pub mod history;
 pub mod info;
 pub mod kms;
 pub mod open;

@@ -1,4 +1,5 @@
-//! The interactive shell: line editing and history (rustyline) over the line processor.
+//! The interactive shell: line editing and in-session recall (rustyline) over the line
+//! processor, and, only when asked, a redacted history file (see [`super::history`]).
 //! Errors are reported and the session goes on, as in the sqlite3 shell.
 
 use std::path::Path;
@@ -12,12 +13,29 @@ use super::script::{Flow, Processor};
 const PROMPT: &str = "sqlite-tde> ";
 const CONTINUATION: &str = "       ...> ";
 
-/// Run the shell on `proc` until `.quit` or end of input.
-pub fn run(proc: &mut Processor<'_>, db: &Path, history: &Path) -> CliResult {
+/// Run the shell on `proc` until `.quit` or end of input. With `history`, the redacted
+/// entries saved there are offered for recall and this session's lines are added, redacted.
+pub fn run(proc: &mut Processor<'_>, db: &Path, history: Option<&Path>) -> CliResult {
     let mut editor = DefaultEditor::new().map_err(|e| CliError::failure(format!("cannot start line editor: {e}")))?;
-    // No history yet is normal; an unreadable one only costs the recall.
-    let _ = editor.load_history(history);
+    let mut saved = history.map(super::history::load).unwrap_or_default();
+    for e in &saved {
+        let _ = editor.add_history_entry(e.as_str());
+    }
     println!("sqlite-tde shell on {} (encrypted). Enter \".help\" for usage hints.", db.display());
+    match history {
+        Some(p) => println!("History: {} (literals redacted).", p.display()),
+        None => println!("History is not saved (--history keeps one, literals redacted)."),
+    }
+    let result = session(proc, &mut editor, &mut saved);
+    if let Some(p) = history {
+        if let Err(e) = super::history::save(p, &saved) {
+            eprintln!("warning: cannot save history to {}: {e}", p.display());
+        }
+    }
+    result
+}
+
+fn session(proc: &mut Processor<'_>, editor: &mut DefaultEditor, saved: &mut Vec<String>) -> CliResult {
     loop {
         let prompt = if proc.pending() { CONTINUATION } else { PROMPT };
         let line = match editor.readline(prompt) {
@@ -29,18 +47,17 @@ pub fn run(proc: &mut Processor<'_>, db: &Path, history: &Path) -> CliResult {
             }
             Err(ReadlineError::Eof) => {
                 report(proc.finish());
-                break;
+                return Ok(());
             }
-            Err(e) => {
-                save(&mut editor, history);
-                return Err(CliError::failure(format!("reading input: {e}")));
-            }
+            Err(e) => return Err(CliError::failure(format!("reading input: {e}"))),
         };
         if !line.trim().is_empty() {
+            // Recall within the session is of what was typed; only the file is redacted.
             let _ = editor.add_history_entry(line.as_str());
+            saved.push(super::history::redact(&line));
         }
         match proc.line(&line) {
-            Ok(Flow::Quit) => break,
+            Ok(Flow::Quit) => return Ok(()),
             Ok(Flow::Continue) => {}
             Err(e) => {
                 proc.discard();
@@ -48,8 +65,6 @@ pub fn run(proc: &mut Processor<'_>, db: &Path, history: &Path) -> CliResult {
             }
         }
     }
-    save(&mut editor, history);
-    Ok(())
 }
 
 fn report(result: CliResult<Flow>) {
@@ -57,11 +72,5 @@ fn report(result: CliResult<Flow>) {
         if !e.quiet {
             eprintln!("Error: {}", e.message);
         }
-    }
-}
-
-fn save(editor: &mut DefaultEditor, history: &Path) {
-    if let Err(e) = editor.save_history(history) {
-        eprintln!("warning: cannot save history to {}: {e}", history.display());
     }
 }

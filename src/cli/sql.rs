@@ -1,7 +1,7 @@
 //! The `sql` command and its statement runner.
 
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::types::Value;
@@ -10,7 +10,7 @@ use rusqlite::{Batch, Connection, Statement};
 use super::error::{CliError, CliResult};
 use super::output::{Mode, RowPrinter, Settings};
 use super::script::{Flow, Processor};
-use super::{open, shell, Global};
+use super::{history, open, shell, Global};
 use crate::error::take_last_open_error;
 use crate::OpenOptions;
 
@@ -32,6 +32,10 @@ pub struct SqlArgs {
     /// shell if stdin is a terminal, else SQL read from stdin.
     #[arg(value_name = "SQL")]
     pub sql: Vec<String>,
+    /// Interactive shell: keep a history of the lines typed, with literals and comments
+    /// redacted, in $XDG_STATE_HOME/sqlite-tde/history [default: no history is written].
+    #[arg(long)]
+    pub history: bool,
 }
 
 /// Run `sqlite-tde sql`.
@@ -56,22 +60,27 @@ pub fn run(global: &Global, args: &SqlArgs) -> CliResult {
         return Ok(());
     }
     if io::stdin().is_terminal() {
-        return shell::run(&mut proc, &args.db, &history_path(&global.keystore));
+        let legacy = history::legacy_path(&global.keystore);
+        if legacy.exists() {
+            eprintln!(
+                "warning: {} is a plaintext shell history written by an older sqlite-tde; delete it",
+                legacy.display()
+            );
+        }
+        let path =
+            if args.history {
+                Some(history::default_path().ok_or_else(|| {
+                    CliError::usage("--history needs $XDG_STATE_HOME or $HOME to place the history file")
+                })?)
+            } else {
+                None
+            };
+        return shell::run(&mut proc, &args.db, path.as_deref());
     }
     let mut text = String::new();
     io::stdin().read_to_string(&mut text).map_err(|e| CliError::failure(format!("reading SQL from stdin: {e}")))?;
     proc.script(&text)?;
     Ok(())
-}
-
-/// Shell history: in the keystore directory, which is private (0700), because statements can
-/// hold sensitive literals; in `$HOME` when there is no keystore directory.
-fn history_path(keystore: &Path) -> PathBuf {
-    if keystore.is_dir() {
-        return keystore.join("shell_history");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".sqlite_tde_history")
 }
 
 /// Run every statement of `sql` in order, printing the rows of those that return any.
