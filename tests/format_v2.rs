@@ -257,3 +257,41 @@ fn a_format_1_rekey_state_is_finished_only_when_trusted() {
     assert!(after.rekey.is_none());
     assert_eq!((after.format, after.kcv), (FORMAT_VERSION, key_check_value(&g.plaintext, &h.db_uuid)));
 }
+
+#[test]
+fn cli_upgrade_rewrites_format_1_headers_and_verify_reports_them() {
+    let env = common::Env::new();
+    let p = victim(&env);
+    let mut v = bytes(&p);
+    let (h, _) = choose_slot(&v[..HEADER_REGION_LEN]).unwrap();
+    let mut older = h.clone();
+    older.sequence = h.sequence - 1;
+    v[..SLOT_LEN].copy_from_slice(&h.encode_format_1().unwrap());
+    v[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&older.encode_format_1().unwrap());
+    std::fs::write(&p, &v).unwrap();
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-tde"))
+            .arg("--keystore")
+            .arg(env.dir.path().join("keystore"))
+            .args(args)
+            .env_remove("SQLITE_TDE_KEYSTORE")
+            .env_remove("SQLITE_TDE_KMS")
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let db = p.to_str().unwrap();
+    let (code, out) = cli(&["verify", db]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("format_version: 1") && out.contains("not authenticated"), "{out}");
+    let (code, out) = cli(&["upgrade", db]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("upgraded") && out.contains("format 1 -> 2"), "{out}");
+    let (code, out) = cli(&["upgrade", db]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("current"), "{out}");
+    let (code, out) = cli(&["verify", db]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("format_version: 2") && !out.contains("not authenticated"), "{out}");
+    assert_eq!(bytes(&p)[HEADER_REGION_LEN..], v[HEADER_REGION_LEN..], "the upgrade touched pages");
+}

@@ -134,12 +134,17 @@ pub fn run(global: &Global, args: &RewrapArgs) -> CliResult {
     if args.all {
         report_references(global, &files, &mut out)?;
     }
+    fleet_result(failures, files.len(), args.all, "rewrapped")
+}
+
+/// The outcome of a command run over several files: a single file's own error, or a count.
+pub(super) fn fleet_result(mut failures: Vec<CliError>, files: usize, all: bool, what: &str) -> CliResult {
     match failures.len() {
         0 => Ok(()),
-        1 if !args.all => Err(failures.pop().unwrap()),
+        1 if !all => Err(failures.pop().unwrap()),
         n => Err(CliError {
             code: EXIT_FAILURE,
-            message: format!("{n} of {} databases could not be rewrapped", files.len()),
+            message: format!("{n} of {files} databases could not be {what}"),
             quiet: false,
         }),
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::error::{CliError, CliResult, EXIT_FAILURE};
+use super::error::{CliError, CliResult};
 use super::{open, Global};
 use crate::format::FORMAT_VERSION;
 use crate::rotation::{self, RewrapOptions};
@@ -84,13 +84,5 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> CliResult {
             }
         }
     }
-    match failures.len() {
-        0 => Ok(()),
-        1 if !args.all => Err(failures.pop().unwrap()),
-        n => Err(CliError {
-            code: EXIT_FAILURE,
-            message: format!("{n} of {} databases could not be upgraded", files.len()),
-            quiet: false,
-        }),
-    }
+    super::rewrap::fleet_result(failures, files.len(), args.all, "upgraded")
 }
