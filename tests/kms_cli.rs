@@ -563,3 +563,71 @@ fn daemon_clients_see_a_broken_audit_trail_and_its_recovery_command() {
     assert!(out(&mut client(&["kms", "audit", "--verify"])).contains("acknowledged gap"));
     drop(daemon);
 }
+
+/// A process bound at the daemon's socket path that is not the daemon (another user got there
+/// first) must get neither the bearer token nor a request: the client checks the listener's
+/// kernel credentials (SO_PEERCRED) first. The impostor is a real process under uid 65534
+/// (`setpriv`); the same impostor run as this user is the control that the capture works.
+#[test]
+fn daemon_client_refuses_a_socket_held_by_another_user() {
+    if !nix::unistd::geteuid().is_root() || std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        assert!(std::env::var("SQLITE_TDE_CI").as_deref() != Ok("1"), "needs root and setpriv (util-linux)");
+        eprintln!("SKIPPED: needs root and setpriv to run an impostor under another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Accept one connection, record everything received for a moment, then close.
+    let impostor = r#"
+import socket, sys, time
+path, out = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX); s.bind(path); s.listen(1)
+open(out + ".ready", "w").close()
+c, _ = s.accept(); c.settimeout(1.0); got = b""
+try:
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        got += b
+except socket.timeout:
+    pass
+open(out, "wb").write(got)
+"#;
+    for (who, uid) in [("impostor", Some(65534u32)), ("control", None)] {
+        let sock = dir.path().join(format!("{who}.sock"));
+        let out = dir.path().join(format!("{who}.bytes"));
+        let mut cmd = match uid {
+            Some(u) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    format!("--reuid={u}"),
+                    format!("--regid={u}"),
+                    "--clear-groups".into(),
+                    "/usr/bin/python3".into(),
+                ]);
+                c
+            }
+            None => std::process::Command::new("/usr/bin/python3"),
+        };
+        let mut child = cmd.arg("-c").arg(impostor).arg(&sock).arg(&out).spawn().unwrap();
+        let ready = PathBuf::from(format!("{}.ready", out.display()));
+        let t0 = std::time::Instant::now();
+        while !ready.exists() {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{who} did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let kms = sqlite_tde::kms::daemon::UnixKms::new(&sock).with_token("tok-s3cr3t-bearer");
+        let r = kms.client().describe_key("alias/app");
+        child.wait().unwrap();
+        let got = std::fs::read(&out).unwrap_or_default();
+        let sent_token = got.windows(17).any(|w| w == b"tok-s3cr3t-bearer");
+        match uid {
+            Some(u) => {
+                let e = r.err().expect("the client talked to an impostor").to_string();
+                assert!(e.contains("refusing the KMS daemon") && e.contains(&format!("uid {u}")), "{e}");
+                assert!(got.is_empty(), "{} bytes were sent to the impostor", got.len());
+            }
+            None => assert!(sent_token, "control: the capture saw no token ({} bytes)", got.len()),
+        }
+    }
+}

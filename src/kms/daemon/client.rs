@@ -14,7 +14,7 @@ use hyper::{Method, Request as HttpRequest};
 use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
 
-use super::{ENV_TOKEN, ENV_TOKEN_FILE, PATH_KMS};
+use super::{ENV_DAEMON_UID, ENV_TOKEN, ENV_TOKEN_FILE, PATH_KMS};
 use crate::crypto::DataKey;
 use crate::format::KeyRef;
 use crate::kms::api::{KmsClient, KmsService, Request, WireError};
@@ -29,6 +29,10 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 pub struct UnixKms {
     socket: PathBuf,
     token: Option<Arc<Zeroizing<String>>>,
+    /// Uids a daemon may run as (root, this process's effective uid, and
+    /// `SQLITE_TDE_KMS_DAEMON_UID`): anything else bound at the socket path is not our daemon
+    /// and gets neither the bearer token nor a request.
+    daemon_uids: Vec<u32>,
 }
 
 impl std::fmt::Debug for UnixKms {
@@ -71,7 +75,15 @@ impl UnixKms {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .map(|t| Arc::new(Zeroizing::new(t)));
-        UnixKms { socket: socket.into(), token }
+        let mut daemon_uids = vec![0, nix::unistd::geteuid().as_raw()];
+        daemon_uids.extend(std::env::var(ENV_DAEMON_UID).ok().and_then(|v| v.trim().parse::<u32>().ok()));
+        UnixKms { socket: socket.into(), token, daemon_uids }
+    }
+
+    /// Accept a daemon running as `uid` too.
+    pub fn with_daemon_uid(mut self, uid: u32) -> UnixKms {
+        self.daemon_uids.push(uid);
+        self
     }
 
     /// Use this bearer token.
@@ -95,6 +107,17 @@ impl UnixKms {
         };
         let stream =
             tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| unavailable("cannot connect", &e))?;
+        // Authenticate the daemon before anything (the token) is sent: the kernel's record of
+        // who is listening, not anything the peer says.
+        let peer = stream.peer_cred().map_err(|e| unavailable("cannot read the daemon's credentials", &e))?;
+        if !self.daemon_uids.contains(&peer.uid()) {
+            return Err(KmsError::Unavailable(format!(
+                "refusing the KMS daemon at unix:{}: the process listening there runs as uid {} (pid {}), not as root, this user or {ENV_DAEMON_UID}; nothing was sent",
+                self.socket.display(),
+                peer.uid(),
+                peer.pid().map_or("?".into(), |p| p.to_string())
+            )));
+        }
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| unavailable("handshake failed", &e))?;

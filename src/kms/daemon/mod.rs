@@ -24,6 +24,10 @@ pub use server::{serve, ServeOptions};
 
 /// Environment variable with a bearer token for the daemon.
 pub const ENV_TOKEN: &str = "SQLITE_TDE_KMS_TOKEN";
+/// Environment variable: the uid the KMS daemon runs as, when it is neither root nor the
+/// client's own user. A client talks only to a daemon whose peer credentials
+/// (`SO_PEERCRED`) show root, its own uid, or this one.
+pub const ENV_DAEMON_UID: &str = "SQLITE_TDE_KMS_DAEMON_UID";
 /// Environment variable naming a file holding the bearer token.
 pub const ENV_TOKEN_FILE: &str = "SQLITE_TDE_KMS_TOKEN_FILE";
 /// Largest request body the daemon reads.
