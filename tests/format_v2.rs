@@ -26,6 +26,23 @@ fn victim(env: &common::Env) -> std::path::PathBuf {
     p
 }
 
+/// The secret row, read through a new connection.
+fn secret(env: &common::Env, p: &Path) -> String {
+    env.tde.open(p).unwrap().query_row("SELECT v FROM secrets", [], |r| r.get(0)).unwrap()
+}
+
+/// Rewrite the header as a format-1 build wrote it (both slots); returns the new file bytes.
+fn as_format_1(p: &Path) -> Vec<u8> {
+    let mut v = bytes(p);
+    let (h, _) = choose_slot(&v[..HEADER_REGION_LEN]).unwrap();
+    let mut older = h.clone();
+    older.sequence = h.sequence - 1;
+    v[..SLOT_LEN].copy_from_slice(&h.encode_format_1().unwrap());
+    v[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&older.encode_format_1().unwrap());
+    std::fs::write(p, &v).unwrap();
+    v
+}
+
 fn open_error(env: &common::Env, p: &Path) -> String {
     match env.tde.open(p).and_then(|c| {
         c.query_row("SELECT count(*) FROM secrets", [], |r| r.get::<_, i64>(0)).map_err(sqlite_tde::Error::from)
@@ -169,17 +186,8 @@ fn a_format_1_database_opens_and_its_first_rewrap_upgrades_it() {
     let env = common::Env::new();
     let p = victim(&env);
     // Turn the header into what a format-1 build wrote (both slots).
-    let mut v = bytes(&p);
-    let (h, _) = choose_slot(&v[..HEADER_REGION_LEN]).unwrap();
-    let mut older = h.clone();
-    older.sequence = h.sequence - 1;
-    v[..SLOT_LEN].copy_from_slice(&h.encode_format_1().unwrap());
-    v[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&older.encode_format_1().unwrap());
-    std::fs::write(&p, &v).unwrap();
-    let c = env.tde.open(&p).unwrap();
-    let s: String = c.query_row("SELECT v FROM secrets", [], |r| r.get(0)).unwrap();
-    assert_eq!(s, "victim data");
-    drop(c);
+    let v = as_format_1(&p);
+    assert_eq!(secret(&env, &p), "victim data");
     assert_eq!(
         choose_slot(&bytes(&p)[..HEADER_REGION_LEN]).unwrap().0.format,
         1,
@@ -195,9 +203,7 @@ fn a_format_1_database_opens_and_its_first_rewrap_upgrades_it() {
         }
     }
     assert_eq!(after[HEADER_REGION_LEN..], v[HEADER_REGION_LEN..], "the upgrade touched pages");
-    let c = env.tde.open(&p).unwrap();
-    let s: String = c.query_row("SELECT v FROM secrets", [], |r| r.get(0)).unwrap();
-    assert_eq!(s, "victim data");
+    assert_eq!(secret(&env, &p), "victim data");
 }
 
 #[test]
@@ -218,9 +224,7 @@ fn a_downgrade_to_format_1_next_to_a_format_2_slot_loses() {
     v[other * SLOT_LEN..(other + 1) * SLOT_LEN].copy_from_slice(&forged.encode_format_1().unwrap());
     std::fs::write(&p, &v).unwrap();
     assert_eq!(choose_slot(&v[..HEADER_REGION_LEN]).unwrap(), (h, slot));
-    let c = env.tde.open(&p).unwrap();
-    let s: String = c.query_row("SELECT v FROM secrets", [], |r| r.get(0)).unwrap();
-    assert_eq!(s, "victim data");
+    assert_eq!(secret(&env, &p), "victim data");
 }
 
 #[test]
@@ -262,13 +266,7 @@ fn a_format_1_rekey_state_is_finished_only_when_trusted() {
 fn cli_upgrade_rewrites_format_1_headers_and_verify_reports_them() {
     let env = common::Env::new();
     let p = victim(&env);
-    let mut v = bytes(&p);
-    let (h, _) = choose_slot(&v[..HEADER_REGION_LEN]).unwrap();
-    let mut older = h.clone();
-    older.sequence = h.sequence - 1;
-    v[..SLOT_LEN].copy_from_slice(&h.encode_format_1().unwrap());
-    v[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&older.encode_format_1().unwrap());
-    std::fs::write(&p, &v).unwrap();
+    let v = as_format_1(&p);
     let cli = |args: &[&str]| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite-tde"))
             .arg("--keystore")
