@@ -53,6 +53,9 @@ pub const SQLITE_OK_LOAD_PERMANENTLY: c_int = 256;
 /// Environment variable: when true (`1`, `true`, `yes`, `on`), `sqlite3_tde_init` also makes
 /// `tde` the default VFS.
 pub const ENV_DEFAULT_VFS: &str = "SQLITE_TDE_DEFAULT_VFS";
+/// Environment variable (`1`): drop a database's key as soon as its last connection closes
+/// (`CacheConfig::forget_on_last_close`), instead of keeping it warm for the cache TTL.
+pub const ENV_FORGET_ON_CLOSE: &str = "SQLITE_TDE_FORGET_ON_CLOSE";
 
 /// File name of the shared library built by `ext/` on this platform.
 pub const LIBRARY_FILE_NAME: &str = if cfg!(target_os = "macos") {
@@ -110,6 +113,9 @@ fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
     let kms = kms_from_env(None).map_err(|e| e.to_string())?;
     let mut config = VfsConfig::new(kms);
     config.make_default = make_default;
+    if let Ok(v) = std::env::var(ENV_FORGET_ON_CLOSE) {
+        config.cache.forget_on_last_close = parse_flag(ENV_FORGET_ON_CLOSE, &v)?;
+    }
     // The embedded KMS: cached data keys are revalidated as soon as its keystore file changes
     // (a key disabled by `sqlite-tde kms` takes effect in long-lived clients too).
     config.epoch_probe = local_keystore_dir().map(|d| keystore_file_probe(d.join("keystore.json")));

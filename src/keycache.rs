@@ -52,6 +52,10 @@ pub struct CacheConfig {
     /// While the KMS is unreachable, retry a stale entry's revalidation at most this often
     /// (opens in between are served from the cache without waiting). Default 5 s.
     pub outage_retry: Duration,
+    /// Drop a database's key (its expanded key schedules, wiped) as soon as the last
+    /// connection to it closes, instead of keeping it for `ttl` so the next open is warm.
+    /// Every open then asks the KMS (docs/PERFORMANCE.md: cold vs cached open). Default off.
+    pub forget_on_last_close: bool,
 }
 
 impl Default for CacheConfig {
@@ -63,6 +67,7 @@ impl Default for CacheConfig {
             check_interval: Duration::from_secs(1),
             kms_timeout: Duration::from_secs(10),
             outage_retry: Duration::from_secs(5),
+            forget_on_last_close: false,
         }
     }
 }
@@ -373,6 +378,24 @@ impl KeyCache {
         };
         lru.push(new, entry);
         self.trim(&mut lru);
+        true
+    }
+
+    /// Drop the entries of the cipher cached under `key` if nothing but the cache holds it any
+    /// more (the last connection using it closed). Returns whether it was dropped.
+    pub fn forget_if_unused(&self, key: &CacheKey) -> bool {
+        let mut lru = self.lru();
+        let Some(cipher) = lru.peek(key).map(|e| Arc::as_ptr(&e.cipher)) else { return false };
+        let sharing: Vec<CacheKey> =
+            lru.iter().filter(|(_, e)| Arc::as_ptr(&e.cipher) == cipher).map(|(k, _)| *k).collect();
+        let held = lru.peek(key).map(|e| Arc::strong_count(&e.cipher)).unwrap_or(0);
+        if held > sharing.len() {
+            return false; // an open connection still uses it
+        }
+        for k in &sharing {
+            lru.pop(k);
+        }
+        self.evictions.fetch_add(sharing.len() as u64, Ordering::Relaxed);
         true
     }
 

@@ -405,3 +405,33 @@ fn more_open_databases_than_cache_entries_do_not_thrash() {
     let m = s.tde.context().cache.metrics();
     assert!(m.entries <= 8, "unused entries beyond max_entries were kept: {m:?}");
 }
+
+/// `forget_on_last_close`: the key leaves the cache (and memory) when the last connection to
+/// its database closes, not at the TTL; the next open is cold (one KMS call). Without it
+/// (control), the closed database's key stays warm.
+#[test]
+fn forget_on_last_close_drops_the_key_when_the_last_connection_closes() {
+    for forget in [false, true] {
+        let s = setup(CacheConfig { forget_on_last_close: forget, ..CacheConfig::default() }, false);
+        let db = create(&s, "f.db");
+        s.tde.context().cache.clear();
+        let a = s.tde.open_with(&db, &existing()).unwrap();
+        let b = s.tde.open_with(&db, &existing()).unwrap();
+        assert_eq!((count(&a).unwrap(), count(&b).unwrap()), (3, 3));
+        assert_eq!(s.tde.context().cache.metrics().entries, 1);
+        drop(a);
+        assert_eq!(s.tde.context().cache.metrics().entries, 1, "forget={forget}: dropped while still in use");
+        drop(b);
+        let left = s.tde.context().cache.metrics().entries;
+        let before = s.kms.calls();
+        let c = s.tde.open_with(&db, &existing()).unwrap();
+        assert_eq!(count(&c).unwrap(), 3);
+        if forget {
+            assert_eq!(left, 0, "the key stayed cached after the last close");
+            assert_eq!(s.kms.calls() - before, 1, "the reopen must be cold");
+        } else {
+            assert_eq!(left, 1, "control: the key is kept warm");
+            assert_eq!(s.kms.calls() - before, 0, "control: the reopen is warm");
+        }
+    }
+}

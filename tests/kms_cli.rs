@@ -623,7 +623,7 @@ open(out, "wb").write(got)
         let sent_token = got.windows(17).any(|w| w == b"tok-s3cr3t-bearer");
         match uid {
             Some(u) => {
-                let e = r.err().expect("the client talked to an impostor").to_string();
+                let e = r.expect_err("the client talked to an impostor").to_string();
                 assert!(e.contains("refusing the KMS daemon") && e.contains(&format!("uid {u}")), "{e}");
                 assert!(got.is_empty(), "{} bytes were sent to the impostor", got.len());
             }

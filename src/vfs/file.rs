@@ -579,6 +579,21 @@ impl ShimFile for TdeFile {
         &mut self.base
     }
 
+    /// With `forget_on_last_close`, the main database's handle gives up its references to the
+    /// cipher (its journal and WAL handles closed before it) and drops the cached key if no
+    /// other connection holds it.
+    fn close(&mut self) -> VfsResult<()> {
+        if self.kind == FileKind::MainDb && self.ctx.cache.config().forget_on_last_close {
+            if let Some(db) = self.db.take() {
+                let key = db.cache_key();
+                self.storage = Storage::Plain;
+                drop(db);
+                self.ctx.cache.forget_if_unused(&key);
+            }
+        }
+        Ok(())
+    }
+
     fn read(&mut self, buf: &mut [u8], offset: u64) -> VfsResult<ReadStatus> {
         if let Storage::PendingMain { .. } = self.storage {
             if self.lock > LockLevel::None {
