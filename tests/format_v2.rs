@@ -59,6 +59,16 @@ fn attacker_key(env: &common::Env, uuid: &[u8; 16]) -> sqlite_tde::kms::Generate
     kms.generate_data_key(DEFAULT_KEY_ALIAS, &EncryptionContext::for_database(uuid)).unwrap()
 }
 
+/// A rekey state (progress 0) to the data key `g`.
+fn planted_rekey(g: &sqlite_tde::kms::GeneratedDataKey, uuid: &[u8; 16]) -> RekeyState {
+    RekeyState {
+        key: g.key.clone(),
+        wrapped_dek: g.wrapped.clone(),
+        kcv: key_check_value(&g.plaintext, uuid),
+        progress: 0,
+    }
+}
+
 /// Re-seal a slot image's SHA-256 checksum, as anyone can.
 fn reseal(slot: &mut [u8]) {
     let sum = Sha256::digest(&slot[..2016]);
@@ -73,12 +83,7 @@ fn rekey_state_hijack_is_refused_and_changes_nothing() {
     let (h, _) = choose_slot(&original[..HEADER_REGION_LEN]).unwrap();
     assert_eq!(h.format, FORMAT_VERSION, "new databases are format 2");
     let g = attacker_key(&env, &h.db_uuid);
-    let state = RekeyState {
-        key: g.key.clone(),
-        wrapped_dek: g.wrapped.clone(),
-        kcv: key_check_value(&g.plaintext, &h.db_uuid),
-        progress: 0,
-    };
+    let state = planted_rekey(&g, &h.db_uuid);
     let mut forged = h.clone();
     forged.sequence = h.sequence + 10;
     forged.rekey = Some(state);
@@ -238,12 +243,7 @@ fn a_format_1_rekey_state_is_finished_only_when_trusted() {
     let g = attacker_key(&env, &h.db_uuid);
     let mut begun = h.clone();
     begun.sequence = h.sequence + 1;
-    begun.rekey = Some(RekeyState {
-        key: g.key.clone(),
-        wrapped_dek: g.wrapped.clone(),
-        kcv: key_check_value(&g.plaintext, &h.db_uuid),
-        progress: 0,
-    });
+    begun.rekey = Some(planted_rekey(&g, &h.db_uuid));
     let mut v = original.clone();
     v[..SLOT_LEN].copy_from_slice(&h.encode_format_1().unwrap());
     v[SLOT_LEN..HEADER_REGION_LEN].copy_from_slice(&begun.encode_format_1().unwrap());

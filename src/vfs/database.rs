@@ -24,9 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError};
 
 use super::TdeContext;
-use crate::crypto::MetaKey;
 use crate::crypto::{
-    kcv_matches, key_check_value, random_array, scrub_stack, with_scrubbed_stack, DataKey, Domain, XtsCipher, KCV_LEN,
+    kcv_matches, key_check_value, random_array, scrub_stack, with_scrubbed_stack, DataKey, Domain, MetaKey, XtsCipher,
+    KCV_LEN,
 };
 use crate::error::{Error, Result};
 use crate::format::{
