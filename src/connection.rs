@@ -115,6 +115,7 @@ impl TdeBuilder {
         let mut cfg = VfsConfig::new(kms);
         cfg.name = self.vfs_name;
         cfg.default_key = self.default_key;
+        cfg.named_key = vfs::named_key_from_env();
         cfg.cache = self.cache;
         cfg.make_default = self.make_default;
         cfg.base_vfs = self.base_vfs;

@@ -113,6 +113,7 @@ fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
     let kms = kms_from_env(None).map_err(|e| e.to_string())?;
     let mut config = VfsConfig::new(kms);
     config.make_default = make_default;
+    config.named_key = crate::vfs::named_key_from_env();
     if let Ok(v) = std::env::var(ENV_FORGET_ON_CLOSE) {
         config.cache.forget_on_last_close = parse_flag(ENV_FORGET_ON_CLOSE, &v)?;
     }

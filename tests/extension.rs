@@ -349,6 +349,36 @@ fn sqlite3_shell_uri_key() {
     assert_eq!(std::fs::read(&db).unwrap(), before, "the plain shell changed the file");
 }
 
+/// `VACUUM INTO` and `ATTACH` of a new file from a connection on a database under a restricted
+/// key create the new database under that key, not under the shared default key (issue 14).
+#[test]
+fn sqlite3_shell_vacuum_into_and_attach_inherit_the_key() {
+    let Some(sh) = shell() else { return };
+    let env = Env::new();
+    let key_id = env.create_key(ALIAS);
+    let db = env.db("app.db");
+    let ks = [("SQLITE_TDE_KEYSTORE", env.keystore())];
+    let marker = "shell-inherit-marker";
+    let lib = extension_stem();
+    let (copy, aux) = (env.db("copy.db"), env.db("aux.db"));
+    let script = format!(
+        ".load {lib}\n.open {}\n{}VACUUM INTO '{}';\nATTACH '{}' AS aux;\n\
+         CREATE TABLE aux.t AS SELECT * FROM main.t;\n",
+        uri(&db, &format!("vfs=tde&key={ALIAS}")),
+        rows_sql("t", marker, 50),
+        copy.display(),
+        aux.display()
+    );
+    ok(sqlite3(sh, &ks, &[], &script), "sqlite3 vacuum into / attach");
+    for p in [&copy, &aux] {
+        let script = format!(".load {lib}\n.open {}\nSELECT count(*) FROM t;\nPRAGMA tde_status;\n", uri(p, "vfs=tde"));
+        let out = ok(sqlite3(sh, &ks, &[], &script), "sqlite3 reopen the copy");
+        assert!(out.lines().any(|l| l.trim() == "50"), "{out}");
+        assert_open_under(&status(&out), &key_id);
+    }
+    env.assert_no_plaintext(marker);
+}
+
 /// `PRAGMA tde_key` before the first write chooses the key of a new database; `tde_create`
 /// creates its header at once. Loaded with the default-VFS flag from the environment, plain
 /// file names are encrypted too.

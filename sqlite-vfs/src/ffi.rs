@@ -1589,6 +1589,11 @@ unsafe extern "C" fn x_file_control<S: Shim>(file: *mut sys::sqlite3_file, op: c
                     sys::SQLITE_FCNTL_CHUNK_SIZE if !arg.is_null() => FileControl::ChunkSize(*arg.cast::<c_int>()),
                     sys::SQLITE_FCNTL_CKPT_START => FileControl::CheckpointStart,
                     sys::SQLITE_FCNTL_CKPT_DONE => FileControl::CheckpointDone,
+                    // The argument is `sqlite3 **` (the address of the B-tree's connection
+                    // field); only the pointer value is read, as an identity.
+                    sys::SQLITE_FCNTL_PDB if !arg.is_null() => {
+                        FileControl::Connection(crate::ConnectionId::from_raw(*arg.cast::<*const c_void>() as usize))
+                    }
                     op => FileControl::Other(op),
                 }
             };

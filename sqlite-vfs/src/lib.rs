@@ -67,8 +67,26 @@ pub enum FileControl {
     CheckpointStart,
     /// `SQLITE_FCNTL_CKPT_DONE`: the checkpoint finished.
     CheckpointDone,
+    /// `SQLITE_FCNTL_PDB`: SQLite's B-tree layer just opened this file for the database
+    /// connection identified here (sent once per main, attached or `VACUUM INTO` database,
+    /// right after the open and before any read or write).
+    Connection(ConnectionId),
     /// Any other op code; the argument is opaque to the shim.
     Other(i32),
+}
+
+/// The identity of a database connection (the address of its `sqlite3` object), as SQLite
+/// reports it with `SQLITE_FCNTL_PDB`. Opaque: the binding never dereferences it, and it names
+/// one connection only while that connection is open (a closed connection's address may be
+/// reused), so whoever keys state by it must drop that state when the file it came with closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId(usize);
+
+impl ConnectionId {
+    /// For tests of shims: an identity that no real connection has at the same time.
+    pub fn from_raw(raw: usize) -> ConnectionId {
+        ConnectionId(raw)
+    }
 }
 
 /// What the binding should do with a file control after the shim saw it.

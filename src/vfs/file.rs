@@ -10,7 +10,8 @@ use sqlite_vfs::{
 
 use super::blockio::{EncryptedIo, WriteCache};
 use super::database::{self, Database, OpenPolicy, Opened};
-use super::{TdeContext, ENV_KEY, URI_KEY_PARAM};
+use super::lineage::{Registration, Reported};
+use super::{TdeContext, URI_KEY_PARAM};
 use crate::crypto::{DataKey, Domain, XtsCipher};
 use crate::error::{set_last_open_error, Error, Result};
 use crate::format::HEADER_REGION_LEN;
@@ -37,7 +38,7 @@ enum Storage {
     /// reads see an empty file; nothing can be written.
     PendingMain {
         /// CMK for the header: `PRAGMA tde_key`, else the URI `key=`, else `SQLITE_TDE_KEY`,
-        /// else the VFS default.
+        /// else the key of the connection that creates it (`lineage`), else the VFS default.
         key: String,
     },
 }
@@ -70,6 +71,8 @@ pub struct TdeFile {
     trust_format_1: bool,
     /// The host SQLite's functions (its error log).
     api: sqlite_vfs::api::SqliteApi,
+    /// This main database is its connection's origin of key inheritance (`lineage`).
+    origin: Option<Registration>,
 }
 
 /// Tell the application's error log (`sqlite3_log`, SQLITE_NOTICE) what an open finished on
@@ -134,7 +137,29 @@ impl TdeFile {
         let (generation, cipher) = db.cipher();
         self.storage = Storage::Encrypted { cipher, domain: Domain::Database, data_offset: HEADER_REGION_LEN as u64 };
         self.generation = generation;
+        if let Some(origin) = &self.origin {
+            origin.update(db.header().key.key_id());
+        }
         self.db = Some(db);
+    }
+
+    /// `SQLITE_FCNTL_PDB`: the connection `conn` opened this main database. The first one a
+    /// connection reports is its origin; a later one that is still to be created and names no
+    /// key of its own (`VACUUM INTO`, `ATTACH` of a new file) takes the origin's key.
+    fn report_connection(&mut self, conn: sqlite_vfs::ConnectionId) {
+        let key = match (&self.storage, &self.db) {
+            (Storage::PendingMain { key }, _) => key.clone(),
+            (_, Some(db)) => db.header().key.key_id().to_string(),
+            _ => return, // a plain file opened for in-place encryption
+        };
+        match self.ctx.lineage.report(conn, &key) {
+            Reported::Origin(r) => self.origin = Some(r),
+            Reported::Inherit(inherited) => {
+                if let (Storage::PendingMain { key }, None) = (&mut self.storage, &self.pinned) {
+                    *key = inherited;
+                }
+            }
+        }
     }
 
     /// Leave the pending state: load the header another connection wrote (finishing an
@@ -269,6 +294,9 @@ impl TdeFile {
             (Storage::PendingMain { key }, Some(v)) => {
                 *key = v.to_string();
                 self.pinned = Some(v.to_string());
+                if let Some(origin) = &self.origin {
+                    origin.update(v);
+                }
                 PragmaOutcome::Handled(Some(format!("pending:{v}")))
             }
             (Storage::PendingMain { key }, None) => PragmaOutcome::Handled(Some(format!("pending:{key}"))),
@@ -496,7 +524,7 @@ pub fn open(
         FileKind::MainDb => {
             convert = req.uri_parameter(URI_CONVERT_PARAM).is_some();
             trust_format_1 = req.uri_parameter(URI_TRUST_FORMAT_1_PARAM).is_some_and(|v| v == "1");
-            pinned = req.uri_parameter(URI_KEY_PARAM).or_else(|| std::env::var(ENV_KEY).ok().filter(|k| !k.is_empty()));
+            pinned = req.uri_parameter(URI_KEY_PARAM).or_else(|| ctx.named_key.clone());
             let pending = || Storage::PendingMain { key: pinned.clone().unwrap_or_else(|| ctx.default_key.clone()) };
             if base.file_size()? == 0 {
                 (pending(), None)
@@ -571,6 +599,7 @@ pub fn open(
         pinned,
         trust_format_1,
         api: req.api(),
+        origin: None,
     })
 }
 
@@ -713,6 +742,12 @@ impl ShimFile for TdeFile {
             // Both make the base VFS grow the raw file to sizes computed in logical bytes,
             // which would desynchronise the length encoding; they are only hints.
             FileControl::SizeHint(_) | FileControl::ChunkSize(_) => FileControlOutcome::NotFound,
+            FileControl::Connection(conn) => {
+                if self.kind == FileKind::MainDb {
+                    self.report_connection(conn);
+                }
+                FileControlOutcome::Forward
+            }
             _ => FileControlOutcome::Forward,
         }
     }

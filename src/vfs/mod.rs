@@ -8,6 +8,7 @@
 pub mod blockio;
 pub mod database;
 mod file;
+mod lineage;
 mod pinning;
 mod sidefiles;
 
@@ -32,12 +33,22 @@ pub const URI_KEY_PARAM: &str = "key";
 /// `PRAGMA tde_key` says otherwise).
 pub const ENV_KEY: &str = "SQLITE_TDE_KEY";
 
+/// `SQLITE_TDE_KEY`, read once where a registration is configured.
+pub fn named_key_from_env() -> Option<String> {
+    std::env::var(ENV_KEY).ok().filter(|k| !k.is_empty())
+}
+
 /// What every file of one registered VFS shares: the KMS, the default key and the key cache.
 pub struct TdeContext {
     pub kms: Arc<dyn Kms>,
     pub default_key: String,
+    /// A key every main database is named under unless its URI names another
+    /// ([`VfsConfig::named_key`]).
+    pub named_key: Option<String>,
     pub cache: KeyCache,
     pub vfs_name: String,
+    /// Which connection created which database (key inheritance).
+    pub(crate) lineage: lineage::Lineage,
     /// Key names resolved for key pinning.
     pub(crate) resolved_names: pinning::ResolvedNames,
 }
@@ -54,6 +65,11 @@ pub struct VfsConfig {
     pub kms: Arc<dyn Kms>,
     /// CMK for databases created without an explicit key.
     pub default_key: String,
+    /// A key the process names for every main database whose URI names none (`SQLITE_TDE_KEY`,
+    /// see [`named_key_from_env`]): unlike `default_key` it pins existing databases, and a
+    /// database created through a connection is created under it rather than inheriting the
+    /// connection's key.
+    pub named_key: Option<String>,
     pub cache: CacheConfig,
     /// Register as the process's default VFS.
     pub make_default: bool,
@@ -70,6 +86,7 @@ impl VfsConfig {
             name: VFS_NAME.into(),
             kms,
             default_key: DEFAULT_KEY_ALIAS.into(),
+            named_key: None,
             cache: CacheConfig::default(),
             make_default: false,
             base_vfs: None,
@@ -125,9 +142,11 @@ fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
     let ctx = Arc::new(TdeContext {
         kms: config.kms,
         default_key: config.default_key,
+        named_key: config.named_key,
         cache: KeyCache::with_probe(config.cache, config.epoch_probe),
         vfs_name: config.name,
         resolved_names: pinning::ResolvedNames::default(),
+        lineage: lineage::Lineage::default(),
     });
     // Revocations made in this process's embedded KMS (disable, deletion, ...) drop cached
     // data keys at once, for static and extension registrations alike.
