@@ -325,19 +325,20 @@ fn separation_of_duties_key_users_and_key_admins() {
 }
 
 /// BYOK refuses weak material (all zero, repeated 16-byte blocks, few distinct bytes) with a
-/// clear error and nothing changed: the key stays PendingImport and the token stays usable.
+/// clear error: the key stays PendingImport, and the attempt spent its token (every attempt
+/// that reaches the RSA private key does, so no wrapping key decrypts twice).
 #[test]
 fn byok_refuses_weak_key_material() {
     let env = KmsEnv::new();
     let kms = env.kms("ops");
     let id =
         kms.op_create_key("ops", &CreateKeyParams { origin: Origin::External, ..Default::default() }).unwrap().key_id;
-    let p = kms.op_get_import_parameters("ops", &id).unwrap();
     let block: [u8; 16] = test_material(1)[..16].try_into().unwrap();
     let few: Vec<u8> = (0..32u8).map(|i| i % 5 + (i / 16) * 100).collect();
     for (what, weak) in
         [("all zero", vec![0u8; 32]), ("repeated 16-byte blocks", [block, block].concat()), ("too few distinct", few)]
     {
+        let p = kms.op_get_import_parameters("ops", &id).unwrap();
         let wrapped = wrap_for_import(&p.public_key, &weak).unwrap();
         let e = kms.op_import("ops", &id, &p.import_token, &wrapped, None).unwrap_err();
         assert!(
@@ -345,9 +346,15 @@ fn byok_refuses_weak_key_material() {
             "{what}: {e}"
         );
         assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::PendingImport, "{what}");
+        let good = wrap_for_import(&p.public_key, &test_material(2)).unwrap();
+        assert!(
+            matches!(kms.op_import("ops", &id, &p.import_token, &good, None), Err(KmsError::InvalidRequest(m)) if m.contains("no import parameters")),
+            "{what}: a token was usable again after a failed attempt"
+        );
     }
     let ks = kms.read_keystore().unwrap().unwrap();
     assert!(ks.keys[&id].import.as_ref().unwrap().fingerprint.is_none(), "weak material was fingerprinted");
+    let p = kms.op_get_import_parameters("ops", &id).unwrap();
     let good = wrap_for_import(&p.public_key, &test_material(2)).unwrap();
     assert_eq!(kms.op_import("ops", &id, &p.import_token, &good, None).unwrap().state, KeyState::Enabled);
 }
@@ -377,6 +384,7 @@ fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
         assert!(pk.size() * 8 >= 3072, "wrapping key has {} bits", pk.size() * 8);
     }
     let wrapped = wrap_for_import(&p.public_key, &material).unwrap();
+    // A wrong token never reaches the private key, and does not spend the real one.
     assert!(kms.op_import("ops", &id, b"not the token", &wrapped, None).is_err());
     let info = kms.op_import("ops", &id, &p.import_token, &wrapped, Some(T0 + 10 * 86_400)).unwrap();
     assert_eq!((info.state, info.primary_version), (KeyState::Enabled, 1));
@@ -411,8 +419,9 @@ fn byok_import_expiry_delete_and_reimport_of_the_same_material_only() {
     assert!(
         matches!(kms.op_import("ops", &id, &p2.import_token, &other, None), Err(KmsError::InvalidRequest(m)) if m.contains("different key material"))
     );
-    let again = wrap_for_import(&p2.public_key, &material).unwrap();
-    assert_eq!(kms.op_import("ops", &id, &p2.import_token, &again, None).unwrap().state, KeyState::Enabled);
+    let p3 = kms.op_get_import_parameters("ops", &id).unwrap();
+    let again = wrap_for_import(&p3.public_key, &material).unwrap();
+    assert_eq!(kms.op_import("ops", &id, &p3.import_token, &again, None).unwrap().state, KeyState::Enabled);
     assert_eq!(read_db(&env.tde("ops"), &db).unwrap(), "hello");
 
     // DeleteImportedKeyMaterial: unusable at once, in this process's cache too.

@@ -1,6 +1,6 @@
 //! BYOK: keys with origin `external` are created without material (PendingImport).
 //! GetParametersForImport hands out an RSA-3072 wrapping public key and an import token,
-//! both valid 24 hours and good for one import; ImportKeyMaterial takes the 32-byte material
+//! both valid 24 hours and good for one import attempt (spent by a failed attempt too); ImportKeyMaterial takes the 32-byte material
 //! wrapped with RSAES-OAEP-SHA-256 and an optional expiry, and refuses weak material (all zero,
 //! repeated blocks, few distinct bytes). Expiry or DeleteImportedKeyMaterial make the
 //! key unusable (PendingImport) until the same material is imported again; different
@@ -157,6 +157,13 @@ impl LocalKms {
                     return Err(KmsError::InvalidRequest("the expiry time is in the past".into()));
                 }
             }
+            // From here on the attempt spends the token and its wrapping key, whatever the
+            // outcome: each RSA private key decrypts at most one ciphertext, so the timing of
+            // RSA-OAEP decryption (RUSTSEC-2023-0071, `rsa` has no constant-time release) cannot
+            // be sampled: an attack needs many decryptions under one key.
+            let spent = txn.data.keys.get_mut(&id).expect("resolved");
+            spent.import.get_or_insert_with(ImportRecord::default).params = None;
+            txn.keep_on_error = true;
             let sealed_private = hex::decode(&params.wrapping_key)
                 .map_err(|_| KmsError::Keystore("bad wrapping key encoding".into()))?;
             let private_der =
@@ -206,9 +213,8 @@ impl LocalKms {
                 rec.state = KeyState::Enabled;
             }
             let imp = rec.import.get_or_insert_with(ImportRecord::default);
-            // Single use: the token (and its wrapping key) are spent once material is in; a
-            // replayed request finds no parameters. A failed import leaves them valid.
-            imp.params = None;
+            // Single use: the token (and its wrapping key) were spent above; a replayed
+            // request finds no parameters.
             imp.fingerprint = Some(fp);
             imp.expires = expires;
             imp.imported_at = Some(now);

@@ -157,6 +157,9 @@ struct Txn<'a> {
     now: u64,
     /// Key URIs whose cached data keys must be dropped after commit.
     revoked: Vec<String>,
+    /// Commit `data` even when the operation fails (set once a failure must still consume
+    /// something, like a spent import token).
+    keep_on_error: bool,
 }
 
 fn key_uri(key_id: &str) -> String {
@@ -625,7 +628,7 @@ impl LocalKms {
         let mut events = Vec::new();
         let _ = self.maintain_locked(&mut data, &root, now, false, &mut revoked, &mut events);
         let mut ctx = OpCtx::new(principal, operation);
-        let mut txn = Txn { data: data.clone(), root: &root, now, revoked: Vec::new() };
+        let mut txn = Txn { data: data.clone(), root: &root, now, revoked: Vec::new(), keep_on_error: false };
         let r = f(&mut ctx, &mut txn).map_err(|e| self.explain_not_found(&data, e));
         let r = match r {
             Ok(v) => {
@@ -637,7 +640,8 @@ impl LocalKms {
             Err(e) => {
                 let (outcome, error) = Self::outcome_of(&ctx, &e);
                 events.extend(self.events(&ctx, outcome, error));
-                match self.commit(&root, &mut data, events) {
+                let data = if txn.keep_on_error { &mut txn.data } else { &mut data };
+                match self.commit(&root, data, events) {
                     Err(a @ KmsError::AuditIntegrity(_)) => Err(a),
                     _ => Err(e),
                 }
