@@ -445,6 +445,23 @@ fn sqlite3_shell_wrong_or_unknown_key_is_refused() {
     let out = failed(sqlite3(sh, &ks, &[], &script), "write under an unknown key");
     assert!(out.contains("authorization denied"), "{out}");
     assert_eq!(std::fs::metadata(&fresh).unwrap().len(), 0, "nothing may be written without a key");
+    // SQLite shows one fixed text per result code; the reason is in PRAGMA tde_status on the
+    // same connection, and in the error log (the shell's `.log stderr`).
+    let script = format!(
+        ".log stderr\n.load {lib}\n.open {}\nCREATE TABLE t(v);\nPRAGMA tde_status;\n",
+        uri(&fresh, "vfs=tde&key=alias/nope")
+    );
+    let mut c = command(sh, &ks);
+    c.arg("-batch");
+    let out = run(c, &script);
+    let (stdout, stderr) = text(&out);
+    assert!(stderr.contains("authorization denied"), "{stderr}");
+    assert!(stderr.contains("KMS key not found: alias/nope"), "the log does not name the missing key:\n{stderr}");
+    let st = status(&stdout);
+    assert!(
+        st["last_error"].as_str().is_some_and(|e| e.contains("key not found: alias/nope")),
+        "tde_status does not say why: {st}"
+    );
 
     // An existing database opened with a keystore that does not hold its key.
     let db = env.db("app.db");
@@ -457,6 +474,9 @@ fn sqlite3_shell_wrong_or_unknown_key_is_refused() {
     let out = failed(sqlite3(sh, &[("SQLITE_TDE_KEYSTORE", other.keystore())], &[], &script), "wrong keystore");
     assert!(out.contains("unable to open database") && out.contains("authorization denied"), "{out}");
     assert_eq!(std::fs::read(&db).unwrap(), before, "a refused open changed the file");
+    let script = format!(".log stderr\n{script}");
+    let out = failed(sqlite3(sh, &[("SQLITE_TDE_KEYSTORE", other.keystore())], &[], &script), "wrong keystore, logged");
+    assert!(out.contains("not found in keystore"), "the log does not say why the open failed:\n{out}");
 
     // A bad KMS configuration fails the load itself, with the reason.
     let script = format!(".load {lib}\n");

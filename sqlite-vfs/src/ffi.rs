@@ -807,7 +807,9 @@ unsafe extern "C" fn x_open<S: Shim>(
     }
     let code = error.code.sqlite_code();
     // SAFETY: zName is SQLite's xOpen argument, null or a NUL-terminated string.
+    // sqlite3_log truncates a message at about 200 bytes: say the path once.
     let what = match unsafe { path_for_log(z_name) } {
+        Some(p) if error.message.starts_with(&p) => "open".to_owned(),
         Some(p) => format!("open {p}"),
         None => "open (anonymous)".to_owned(),
     };

@@ -73,6 +73,8 @@ pub struct TdeFile {
     api: sqlite_vfs::api::SqliteApi,
     /// This main database is its connection's origin of key inheritance (`lineage`).
     origin: Option<Registration>,
+    /// Why the last attempt to load or create the header failed (`PRAGMA tde_status`).
+    last_error: Option<String>,
 }
 
 /// Tell the application's error log (`sqlite3_log`, SQLITE_NOTICE) what an open finished on
@@ -206,9 +208,15 @@ impl TdeFile {
         }
     }
 
-    /// `settle`, reporting failures to SQLite (and the detailed error to this thread).
+    /// `settle`, reporting failures to SQLite (and the detailed error to this thread). The
+    /// message is also kept for `PRAGMA tde_status` (`last_error`): a stock client shows only
+    /// SQLite's fixed text for the result code ("authorization denied" for a key the KMS does
+    /// not have, say), and this is where any client can read the reason.
     fn settle_vfs(&mut self, create: bool) -> VfsResult<()> {
-        self.settle(create).map_err(report)
+        self.settle(create).map_err(|e| {
+            self.last_error = Some(e.to_string());
+            report(e)
+        })
     }
 
     /// Before page I/O of a file linked to a database: the periodic header/key check (which
@@ -346,6 +354,9 @@ impl TdeFile {
             }
             Storage::Plain if self.kind == FileKind::MainDb => v["state"] = "plain".into(),
             _ => {}
+        }
+        if let (Some(e), None) = (&self.last_error, &self.db) {
+            v["last_error"] = e.clone().into();
         }
         if let Some(db) = &self.db {
             v["state"] = "open".into();
@@ -600,6 +611,7 @@ pub fn open(
         trust_format_1,
         api: req.api(),
         origin: None,
+        last_error: None,
     })
 }
 
