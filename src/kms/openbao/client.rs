@@ -16,7 +16,11 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 use zeroize::Zeroizing;
 
 use super::config::{Credentials, OpenBaoConfig, ENV_RETRIES, ENV_TIMEOUT_MS};
+use ureq::unversioned::transport::Connector as _;
+use wipe::WipingConnector;
 use crate::kms::KmsError;
+
+mod wipe;
 
 /// Largest response body accepted (transit answers are a few hundred bytes).
 const MAX_BODY: u64 = 1 << 20;
@@ -207,9 +211,19 @@ impl Client {
             .https_only(config.key.tls())
             .user_agent(format!("sqlite-tde/{}", env!("CARGO_PKG_VERSION")))
             .tls_config(tls_config(&config)?)
+            // No idle connections: a connection's buffers (which held the last answer, maybe a
+            // data key) are wiped when it drops, right after its body is read. A KMS call
+            // happens on a cold open only, so the extra connect is rare.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build();
+        let connector = ureq::unversioned::transport::DefaultConnector::new().chain(WipingConnector);
         Ok(Client {
-            agent: ureq::Agent::new_with_config(agent_config),
+            agent: ureq::Agent::with_parts(
+                agent_config,
+                connector,
+                ureq::unversioned::resolver::DefaultResolver::default(),
+            ),
             base: config.key.base_url(),
             namespace: config.namespace.clone(),
             timeout: config.timeout,
