@@ -1,7 +1,7 @@
 //! The KMS as its own process: `sqlite-tde kms serve --socket PATH` answers the request API
 //! (`api::Request`) as HTTP/1.1 + JSON on a Unix domain socket (hyper on tokio), so CMK
 //! material and the root key stay in the daemon's process and the application only ever
-//! holds data keys.
+//! holds data keys (received sealed, see [`seal`], so none lingers in HTTP buffers).
 //!
 //! Protocol v2: `POST /v2/kms` with the JSON of one `Request` (externally tagged, e.g.
 //! `{"DisableKey":{"key":"alias/app"}}`) and the client's per-request X25519 public key in
