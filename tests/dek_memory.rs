@@ -113,8 +113,10 @@ fn run(mode: Mode, test: &str) -> Outcome {
         Mode::OpenBao(server) => {
             server.create_key("dekmem");
             Arc::new(
-                OpenBaoKms::new(OpenBaoConfig::new(&server.uri("dekmem"), Credentials::token(&server.root_token)).unwrap())
-                    .unwrap(),
+                OpenBaoKms::new(
+                    OpenBaoConfig::new(&server.uri("dekmem"), Credentials::token(&server.root_token)).unwrap(),
+                )
+                .unwrap(),
             )
         }
         _ => Arc::new(sqlite_tde::kms::local::LocalKms::new(&ks)),
@@ -141,8 +143,8 @@ fn run(mode: Mode, test: &str) -> Outcome {
         }
     };
 
-    let daemon = matches!(mode, Mode::Daemon)
-        .then(|| kms_support::start_daemon(&ks, &env.dir.path().join("kms.sock"), &[]));
+    let daemon =
+        matches!(mode, Mode::Daemon).then(|| kms_support::start_daemon(&ks, &env.dir.path().join("kms.sock"), &[]));
     let gcore = require_gcore(test);
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "dek_child_entry", "--nocapture", "--test-threads", "1"]);
@@ -152,9 +154,7 @@ fn run(mode: Mode, test: &str) -> Outcome {
     match &mode {
         Mode::Embedded => cmd.env("SQLITE_TDE_KMS", "local:"),
         Mode::Daemon => cmd.env("SQLITE_TDE_KMS", format!("unix:{}", daemon.as_ref().unwrap().socket.display())),
-        Mode::OpenBao(server) => {
-            cmd.env("SQLITE_TDE_KMS", server.uri("dekmem")).env("BAO_TOKEN", &server.root_token)
-        }
+        Mode::OpenBao(server) => cmd.env("SQLITE_TDE_KMS", server.uri("dekmem")).env("BAO_TOKEN", &server.root_token),
     };
     let mut child = cmd
         .env(ROLE_VAR, "dek")
@@ -228,4 +228,33 @@ fn dek_memory_openbao_http() {
     let Some(bao) = openbao_support::require_bao("dek_memory_openbao_http") else { return };
     let server = openbao_support::BaoServer::start(&bao, false);
     check(run(Mode::OpenBao(&server), "dek_memory_openbao_http"));
+}
+
+/// One raw HTTP/1.1 exchange with the daemon (what an old client would send).
+fn raw_exchange(socket: &Path, head: &str, body: &str) -> String {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(s, "{head}Host: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Protocol v1 sent data keys in the clear: a v1 client gets 426 and a message naming the
+/// upgrade, and a v2 request without the client's key is refused, not answered in the clear.
+#[test]
+fn daemon_refuses_unsealed_protocol_clearly() {
+    let env = common::Env::new();
+    let ks = env.dir.path().join("ks");
+    let d = kms_support::start_daemon(&ks, &env.dir.path().join("kms.sock"), &[]);
+    let req = r#"{"GenerateDataKey":{"key":"alias/default","context":{},"bytes":null}}"#;
+    let v1 = raw_exchange(&d.socket, "POST /v1/kms HTTP/1.1\r\n", req);
+    assert!(v1.starts_with("HTTP/1.1 426"), "{v1}");
+    assert!(v1.contains("protocol v1 sent data keys in the clear: upgrade the client"), "{v1}");
+    assert!(!v1.contains("plaintext"), "{v1}");
+    let unsealed = raw_exchange(&d.socket, "POST /v2/kms HTTP/1.1\r\n", req);
+    assert!(unsealed.starts_with("HTTP/1.1 400"), "{unsealed}");
+    assert!(unsealed.contains("needs the client's X25519 public key in the x-tde-recipient header"), "{unsealed}");
+    assert!(!unsealed.contains("plaintext"), "{unsealed}");
 }

@@ -46,9 +46,7 @@ fn plain_http_to_a_remote_host_when_allowed_warns() {
     let out = sql(dir.path(), Some("1"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(
-            "WARNING: SQLITE_TDE_BAO_ALLOW_INSECURE_HTTP is set: talking plain http to http://192.0.2.1:8200"
-        ),
+        err.contains("WARNING: SQLITE_TDE_BAO_ALLOW_INSECURE_HTTP is set: talking plain http to http://192.0.2.1:8200"),
         "{err}"
     );
     // Accepted: it went on to try the server (which does not exist).

@@ -83,7 +83,10 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, PATH_HEALTH) => {
-            return Ok(json_response(StatusCode::OK, format!(r#"{{"status":"ok","protocol":{PROTOCOL}}}"#).into_bytes()))
+            return Ok(json_response(
+                StatusCode::OK,
+                format!(r#"{{"status":"ok","protocol":{PROTOCOL}}}"#).into_bytes(),
+            ))
         }
         (&Method::POST, PATH_KMS) => {}
         (&Method::POST, PATH_KMS_V1) => {

@@ -16,9 +16,9 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 use zeroize::Zeroizing;
 
 use super::config::{Credentials, OpenBaoConfig, ENV_ALLOW_INSECURE_HTTP, ENV_RETRIES, ENV_TIMEOUT_MS};
+use crate::kms::KmsError;
 use ureq::unversioned::transport::Connector as _;
 use wipe::WipingConnector;
-use crate::kms::KmsError;
 
 mod wipe;
 

@@ -273,7 +273,9 @@ impl OpenBaoConfig {
                 "1" | "true" | "yes" => true,
                 "0" | "false" | "no" => false,
                 other => {
-                    return Err(KmsError::InvalidRequest(format!("{ENV_ALLOW_INSECURE_HTTP} must be 1 or 0, not '{other}'")))
+                    return Err(KmsError::InvalidRequest(format!(
+                        "{ENV_ALLOW_INSECURE_HTTP} must be 1 or 0, not '{other}'"
+                    )))
                 }
             };
         }
