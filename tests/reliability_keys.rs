@@ -13,14 +13,16 @@
 //! child's output; and whether the pages that held the key were excluded from core dumps.
 
 mod common;
+mod memscan_support;
 mod reliability_support;
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use common::child::ROLE_VAR;
+use memscan_support::{raw_pieces, readable_regions, scan, vm_flags};
 use reliability_support::report;
 use sqlite_tde::crypto::DataKey;
 use sqlite_tde::format::{choose_slot, HEADER_REGION_LEN};
@@ -84,107 +86,6 @@ fn keys_child_entry() {
     wait_line(&mut stdin);
 }
 
-struct Region {
-    start: usize,
-    end: usize,
-    name: String,
-}
-
-fn readable_regions(pid: u32) -> Vec<Region> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    maps.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let range = it.next()?;
-            let perms = it.next()?;
-            let name = it.nth(3).unwrap_or("").to_string();
-            if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" || name == "[vvar_vclock]" {
-                return None;
-            }
-            let (a, b) = range.split_once('-')?;
-            Some(Region { start: usize::from_str_radix(a, 16).ok()?, end: usize::from_str_radix(b, 16).ok()?, name })
-        })
-        .collect()
-}
-
-/// Every (address, needle index) where a needle occurs in the child's readable memory, and the
-/// number of bytes scanned.
-fn scan(pid: u32, needles: &[Vec<u8>]) -> (Vec<(usize, usize, String)>, u64) {
-    let mut mem =
-        std::fs::File::open(format!("/proc/{pid}/mem")).expect("cannot open /proc/PID/mem (ptrace restrictions?)");
-    let mut hits = Vec::new();
-    let mut scanned = 0u64;
-    for r in readable_regions(pid) {
-        let mut buf = vec![0u8; r.end - r.start];
-        if mem.seek(SeekFrom::Start(r.start as u64)).is_err() || mem.read_exact(&mut buf).is_err() {
-            continue; // e.g. guard pages
-        }
-        scanned += buf.len() as u64;
-        for (ni, n) in needles.iter().enumerate() {
-            let mut from = 0;
-            while let Some(at) = memchr_find(&buf[from..], n) {
-                hits.push((r.start + from + at, ni, r.name.clone()));
-                from += at + 1;
-            }
-        }
-    }
-    (hits, scanned)
-}
-
-fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        match hay[i..hay.len() - needle.len() + 1].iter().position(|&b| b == first) {
-            None => return None,
-            Some(p) => {
-                i += p;
-                if &hay[i..i + needle.len()] == needle {
-                    return Some(i);
-                }
-                i += 1;
-            }
-        }
-    }
-    None
-}
-
-/// VmFlags of the mapping containing `addr`.
-fn vm_flags(pid: u32, addr: usize) -> Option<String> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut inside = false;
-    for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ') {
-            if let Some((a, b)) = range.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                    inside = a <= addr && addr < b;
-                    continue;
-                }
-            }
-        }
-        if inside {
-            if let Some(f) = line.strip_prefix("VmFlags:") {
-                return Some(f.trim().to_string());
-            }
-        }
-    }
-    None
-}
-
-fn needles_of(key: &[u8]) -> Vec<Vec<u8>> {
-    vec![
-        key[..32].to_vec(),
-        key[32..].to_vec(),
-        key[..16].to_vec(),
-        key[16..32].to_vec(),
-        key[32..48].to_vec(),
-        key[48..].to_vec(),
-    ]
-}
-
 /// Index of the first decryption-schedule needle in [`dek_needles`] (the raw pieces come first).
 const DEC_SCHEDULE_AT: usize = 6;
 
@@ -194,7 +95,7 @@ const DEC_SCHEDULE_AT: usize = 6;
 /// these contains a raw piece: without them a leaked decryption schedule goes unnoticed (and
 /// it is enough to decrypt every page).
 fn dek_needles(key: &[u8]) -> Vec<Vec<u8>> {
-    let mut v = needles_of(key);
+    let mut v = raw_pieces(key);
     for half in [&key[..32], &key[32..]] {
         let enc = aes_schedule::expand(half.try_into().unwrap());
         v.extend((1..14).map(|r| aes_schedule::inv_mix_columns(&enc[r]).to_vec()));
@@ -312,7 +213,7 @@ fn run_child() -> Outcome {
     let seed = std::process::id() as u64 ^ 0x5EED_CAFE;
     let mut canary_bytes = [0u8; 64];
     canary(seed, &mut canary_bytes);
-    let canary_needles = needles_of(&canary_bytes);
+    let canary_needles = raw_pieces(&canary_bytes);
     let mut needles = dek_needles.clone();
     needles.extend(canary_needles);
 

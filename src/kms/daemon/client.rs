@@ -14,7 +14,8 @@ use hyper::{Method, Request as HttpRequest};
 use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
 
-use super::{ENV_DAEMON_UID, ENV_TOKEN, ENV_TOKEN_FILE, PATH_KMS};
+use super::seal::{Opener, CONTENT_TYPE_SEALED, HEADER_RECIPIENT};
+use super::{ENV_DAEMON_UID, ENV_TOKEN, ENV_TOKEN_FILE, PATH_KMS, PROTOCOL};
 use crate::crypto::DataKey;
 use crate::format::KeyRef;
 use crate::kms::api::{KmsClient, KmsService, Request, WireError};
@@ -101,7 +102,7 @@ impl UnixKms {
         KmsClient::new(Arc::new(self.clone()))
     }
 
-    async fn exchange(&self, body: Vec<u8>) -> Result<(u16, Bytes), KmsError> {
+    async fn exchange(&self, body: Vec<u8>, recipient: &str) -> Result<(u16, Option<String>, Bytes), KmsError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             KmsError::Unavailable(format!("KMS daemon at unix:{}: {what}: {e}", self.socket.display()))
         };
@@ -128,24 +129,30 @@ impl UnixKms {
             .method(Method::POST)
             .uri(PATH_KMS)
             .header(HOST, "localhost")
-            .header(CONTENT_TYPE, "application/json");
+            .header(CONTENT_TYPE, "application/json")
+            .header(HEADER_RECIPIENT, recipient);
         if let Some(t) = &self.token {
             req = req.header(AUTHORIZATION, format!("Bearer {}", t.as_str()));
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| unavailable("bad request", &e))?;
         let resp = sender.send_request(req).await.map_err(|e| unavailable("request failed", &e))?;
         let status = resp.status().as_u16();
+        let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = resp.into_body().collect().await.map_err(|e| unavailable("response failed", &e))?.to_bytes();
         driver.abort();
-        Ok((status, bytes))
+        Ok((status, content_type, bytes))
     }
 }
 
 impl KmsService for UnixKms {
     fn call(&self, req: &Request) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let body = serde_json::to_vec(req).map_err(|e| KmsError::InvalidRequest(e.to_string()))?;
-        let (status, bytes) = run_blocking(async {
-            match tokio::time::timeout(TIMEOUT, self.exchange(body)).await {
+        // A fresh key pair per request: the daemon seals its answer to it, so the data key
+        // never lies in clear text in hyper's buffers (which are not ours to wipe).
+        let opener = Opener::new()?;
+        let recipient = opener.recipient();
+        let (status, content_type, bytes) = run_blocking(async {
+            match tokio::time::timeout(TIMEOUT, self.exchange(body, &recipient)).await {
                 Ok(r) => r,
                 Err(_) => Err(KmsError::Unavailable(format!(
                     "KMS daemon at unix:{} did not answer in time",
@@ -154,13 +161,26 @@ impl KmsService for UnixKms {
             }
         })??;
         if status == 200 {
-            return Ok(Zeroizing::new(bytes.to_vec()));
+            if content_type.as_deref() != Some(CONTENT_TYPE_SEALED) {
+                return Err(KmsError::Unavailable(format!(
+                    "the KMS daemon at unix:{} answered without sealing (protocol v1?): refusing it; upgrade the daemon to this version of sqlite-tde (protocol v{PROTOCOL})",
+                    self.socket.display()
+                )));
+            }
+            return opener.open(&bytes);
         }
         #[derive(serde::Deserialize)]
         struct Envelope {
             error: WireError,
         }
         match serde_json::from_slice::<Envelope>(&bytes) {
+            // A v1 daemon does not know the v2 path.
+            Ok(env) if status == 400 && env.error.message.contains("no such endpoint POST /v2/kms") => {
+                Err(KmsError::Unavailable(format!(
+                    "the KMS daemon at unix:{} speaks protocol v1 (data keys in the clear), this client v{PROTOCOL}: upgrade the daemon to this version of sqlite-tde",
+                    self.socket.display()
+                )))
+            }
             Ok(env) => Err(env.error.into_error()),
             Err(_) => Err(KmsError::Unavailable(format!("KMS daemon answered HTTP {status}"))),
         }

@@ -15,7 +15,8 @@ use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::config::DaemonConfig;
-use super::{MAX_BODY, PATH_HEALTH, PATH_KMS};
+use super::seal::{seal, CONTENT_TYPE_SEALED, HEADER_RECIPIENT};
+use super::{MAX_BODY, PATH_HEALTH, PATH_KMS, PATH_KMS_V1, PROTOCOL};
 use crate::kms::api::{Request, WireError};
 use crate::kms::local::LocalKms;
 use crate::kms::policy::principal_of_uid;
@@ -81,8 +82,20 @@ async fn handle(
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, PATH_HEALTH) => return Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
+        (&Method::GET, PATH_HEALTH) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                format!(r#"{{"status":"ok","protocol":{PROTOCOL}}}"#).into_bytes(),
+            ))
+        }
         (&Method::POST, PATH_KMS) => {}
+        (&Method::POST, PATH_KMS_V1) => {
+            let mut r = error_response(&KmsError::InvalidRequest(format!(
+                "this KMS daemon speaks protocol v{PROTOCOL} only (POST {PATH_KMS}, responses sealed to the client); protocol v1 sent data keys in the clear: upgrade the client to this version of sqlite-tde"
+            )));
+            *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+            return Ok(r);
+        }
         _ => {
             return Ok(error_response(&KmsError::InvalidRequest(format!(
                 "no such endpoint {} {} (use POST {PATH_KMS})",
@@ -92,6 +105,11 @@ async fn handle(
         }
     }
     let auth = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let Some(recipient) = req.headers().get(HEADER_RECIPIENT).and_then(|v| v.to_str().ok()).map(str::to_string) else {
+        return Ok(error_response(&KmsError::InvalidRequest(format!(
+            "protocol v{PROTOCOL} needs the client's X25519 public key in the {HEADER_RECIPIENT} header"
+        ))));
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(error_response(&KmsError::InvalidRequest(format!("cannot read request body: {e}")))),
@@ -106,7 +124,16 @@ async fn handle(
     })
     .await;
     Ok(match result {
-        Ok(Ok(bytes)) => json_response(StatusCode::OK, bytes.to_vec()),
+        // The JSON (which may hold a data key or a secret) is wiped when `bytes` drops; only the
+        // sealed copy reaches hyper's buffers.
+        Ok(Ok(bytes)) => match seal(&recipient, &bytes) {
+            Ok(sealed) => Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, CONTENT_TYPE_SEALED)
+                .body(Full::new(Bytes::from(sealed)))
+                .expect("valid response"),
+            Err(e) => error_response(&e),
+        },
         Ok(Err(e)) => error_response(&e),
         Err(e) => error_response(&KmsError::Unavailable(format!("request failed: {e}"))),
     })

@@ -15,8 +15,12 @@ use ureq::http::HeaderValue;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 use zeroize::Zeroizing;
 
-use super::config::{Credentials, OpenBaoConfig, ENV_RETRIES, ENV_TIMEOUT_MS};
+use super::config::{Credentials, OpenBaoConfig, ENV_ALLOW_INSECURE_HTTP, ENV_RETRIES, ENV_TIMEOUT_MS};
 use crate::kms::KmsError;
+use ureq::unversioned::transport::Connector as _;
+use wipe::WipingConnector;
+
+mod wipe;
 
 /// Largest response body accepted (transit answers are a few hundred bytes).
 const MAX_BODY: u64 = 1 << 20;
@@ -200,6 +204,19 @@ impl Client {
     /// Build the HTTP agent. Certificate files are read now, so a wrong path fails at
     /// registration rather than at the first open.
     pub(crate) fn new(config: OpenBaoConfig) -> Result<Client, KmsError> {
+        if !config.key.tls() && !config.key.is_loopback() {
+            if !config.allow_insecure_http {
+                return Err(KmsError::InvalidRequest(format!(
+                    "refusing {}: plain http to a host other than loopback would send the token and every data key over the network in the clear; use openbao+https://, or set {ENV_ALLOW_INSECURE_HTTP}=1 (OpenBaoConfig::with_insecure_http) on an isolated network",
+                    config.key.base_url()
+                )));
+            }
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!(
+                "sqlite-tde: WARNING: {ENV_ALLOW_INSECURE_HTTP} is set: talking plain http to {}; the OpenBao token and data keys cross the network in the clear",
+                config.key.base_url()
+            ));
+        }
         let agent_config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(config.timeout))
@@ -207,9 +224,19 @@ impl Client {
             .https_only(config.key.tls())
             .user_agent(format!("sqlite-tde/{}", env!("CARGO_PKG_VERSION")))
             .tls_config(tls_config(&config)?)
+            // No idle connections: a connection's buffers (which held the last answer, maybe a
+            // data key) are wiped when it drops, right after its body is read. A KMS call
+            // happens on a cold open only, so the extra connect is rare.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build();
+        let connector = ureq::unversioned::transport::DefaultConnector::new().chain(WipingConnector);
         Ok(Client {
-            agent: ureq::Agent::new_with_config(agent_config),
+            agent: ureq::Agent::with_parts(
+                agent_config,
+                connector,
+                ureq::unversioned::resolver::DefaultResolver::default(),
+            ),
             base: config.key.base_url(),
             namespace: config.namespace.clone(),
             timeout: config.timeout,

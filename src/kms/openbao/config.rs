@@ -38,6 +38,9 @@ pub const ENV_CLIENT_CERT: &str = "BAO_CLIENT_CERT";
 pub const ENV_CLIENT_KEY: &str = "BAO_CLIENT_KEY";
 /// Namespace sent as `X-Vault-Namespace`; `VAULT_NAMESPACE` too.
 pub const ENV_NAMESPACE: &str = "BAO_NAMESPACE";
+/// `1` allows `openbao+http://` to a host other than loopback (the token and data keys then
+/// cross the network in the clear; a warning is printed).
+pub const ENV_ALLOW_INSECURE_HTTP: &str = "SQLITE_TDE_BAO_ALLOW_INSECURE_HTTP";
 /// Per-attempt connect + response timeout in milliseconds.
 pub const ENV_TIMEOUT_MS: &str = "SQLITE_TDE_KMS_TIMEOUT_MS";
 /// Retries after the first attempt on timeouts, connection failures, 429 and 5xx.
@@ -155,6 +158,8 @@ pub struct OpenBaoConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Namespace (`X-Vault-Namespace`).
     pub namespace: Option<String>,
+    /// Allow `openbao+http://` to a non-loopback host (refused otherwise).
+    pub allow_insecure_http: bool,
 }
 
 impl OpenBaoConfig {
@@ -168,7 +173,15 @@ impl OpenBaoConfig {
             ca_cert: None,
             client_cert: None,
             namespace: None,
+            allow_insecure_http: false,
         })
+    }
+
+    /// Allow plain `http` to a host other than loopback: the token and every data key cross
+    /// the network readable by anyone on the path. For isolated test networks only.
+    pub fn with_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
     }
 
     /// Set the per-attempt timeout.
@@ -254,6 +267,17 @@ impl OpenBaoConfig {
                 KmsError::InvalidRequest(format!("{ENV_RETRIES} must be a number from 0 to {MAX_RETRIES}, not '{r}'"))
             })?;
             config.retries = r;
+        }
+        if let Some(v) = get(ENV_ALLOW_INSECURE_HTTP) {
+            config.allow_insecure_http = match v.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                other => {
+                    return Err(KmsError::InvalidRequest(format!(
+                        "{ENV_ALLOW_INSECURE_HTTP} must be 1 or 0, not '{other}'"
+                    )))
+                }
+            };
         }
         config.ca_cert = first(&[ENV_CACERT, "VAULT_CACERT"]).map(PathBuf::from);
         match (first(&[ENV_CLIENT_CERT, "VAULT_CLIENT_CERT"]), first(&[ENV_CLIENT_KEY, "VAULT_CLIENT_KEY"])) {

@@ -142,6 +142,13 @@ impl TransitKeyUri {
         self.tls
     }
 
+    /// Is the server on this host's loopback interface (`localhost`, 127.0.0.0/8, `::1`)? Only
+    /// there may plain `http` carry tokens and data keys without an explicit opt-in.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Transit mount path (no leading or trailing `/`).
     pub fn mount(&self) -> &str {
         &self.mount
