@@ -132,6 +132,35 @@ fn hsm_keys_are_never_extractable_and_still_serve_the_vfs() {
     // Deletion destroys the token objects.
     kms.op_schedule_deletion("ops", &id, Some(7)).unwrap();
     env.advance_days(7);
+
+    // A process without the PIN runs the due deletion first: the token object cannot be
+    // destroyed, so the key stays pending deletion (labels kept), the failure is reported by
+    // `rotate-due`'s exit code, `describe` and the audit log, and the deletion is retried.
+    let now = (kms_support::T0 + 7 * 86_400).to_string();
+    let no_pin = || {
+        let mut c = cli(&env.ks);
+        c.env_remove(hsm::ENV_HSM_PIN).env_remove(hsm::ENV_HSM_PIN_FILE).env("SQLITE_TDE_TEST_NOW", &now);
+        c.args(["--principal", "ops"]);
+        c
+    };
+    let out = no_pin().args(["kms", "rotate-due"]).output().unwrap();
+    assert!(!out.status.success(), "rotate-due without the PIN succeeded: {out:?}");
+    let rec = &kms.read_keystore().unwrap().unwrap().keys[&id];
+    assert_eq!(rec.state, KeyState::PendingDeletion);
+    assert!(rec.versions.iter().all(|v| v.hsm_label.is_some()), "labels dropped: {rec:?}");
+    let d = kms.describe_key(&id).unwrap();
+    assert_eq!(d.state, KeyState::PendingDeletion);
+    assert!(d.deletion_error.as_deref().is_some_and(|e| e.contains("not destroyed")), "{d:?}");
+    let failed = kms.op_read_audit("ops", Some(&id), None).unwrap();
+    assert!(
+        failed.iter().any(|r| r.operation == "DeleteKey:scheduled"
+            && r.outcome == sqlite_tde::kms::audit::Outcome::Failed
+            && r.error.as_deref().is_some_and(|e| e.contains("not destroyed"))),
+        "no failed deletion audited: {failed:?}"
+    );
+    // This process has the PIN: the explicit run retries and destroys the objects.
+    let r = kms.op_rotate_due("ops").unwrap();
+    assert_eq!(r.deleted, vec![id.clone()]);
     assert!(matches!(kms_error(read_db(&env.tde("ops"), &db).unwrap_err()), KmsError::Deleted(_)));
     assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::Deleted);
     let left = session

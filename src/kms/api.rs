@@ -354,6 +354,9 @@ pub struct MaintenanceReport {
     pub rotated: Vec<(String, u32)>,
     pub deleted: Vec<String>,
     pub import_expired: Vec<String>,
+    /// Due deletions that could not destroy their HSM objects (still pending, retried).
+    #[serde(default)]
+    pub deletion_failed: Vec<String>,
     /// Deletion checkpoints were renewed (keystore bookkeeping, not an event).
     #[serde(skip)]
     pub checkpointed: bool,

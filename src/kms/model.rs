@@ -136,6 +136,9 @@ pub struct KeyInfo {
     /// When a PendingDeletion key's material is destroyed.
     #[serde(default)]
     pub deletion_date: Option<u64>,
+    /// Why a due deletion has not happened yet (HSM objects not destroyed; retried).
+    #[serde(default)]
+    pub deletion_error: Option<String>,
     /// When a Deleted key's material was destroyed.
     #[serde(default)]
     pub deleted_at: Option<u64>,

@@ -21,6 +21,19 @@ use crate::kms::clock::BootReading;
 /// How often (boot-clock seconds) a pending deletion's checkpoint is renewed.
 pub const CHECKPOINT_SECS: u64 = 3600;
 
+/// How long (wall-clock seconds) on-use maintenance waits before retrying a deletion whose
+/// HSM objects could not be destroyed (`kms rotate-due` always retries).
+pub const RETRY_SECS: u64 = 300;
+
+/// A due deletion that could not destroy the key's HSM objects: the key stays pending
+/// deletion (keystore field `deletion_failure`) until a retry succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionFailure {
+    /// Wall clock of the failed attempt.
+    pub at: u64,
+    pub error: String,
+}
+
 /// The boot-clock side of a pending deletion (keystore field `deletion_clock`, FORMAT.md §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionClock {

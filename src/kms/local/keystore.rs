@@ -132,6 +132,9 @@ pub struct KeyRecord {
     /// early (`super::deletion`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_clock: Option<super::deletion::DeletionClock>,
+    /// pending_deletion: the last due deletion failed to destroy the HSM objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_failure: Option<super::deletion::DeletionFailure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -252,6 +252,7 @@ fn info(data: &KeystoreData, r: &KeyRecord) -> KeyInfo {
         rotation_period_days: r.rotation.as_ref().map(|x| x.period_days),
         next_rotation: r.rotation.as_ref().map(|x| x.next_rotation),
         deletion_date: r.deletion_date,
+        deletion_error: r.deletion_failure.as_ref().map(|f| f.error.clone()),
         deleted_at: r.deleted_at,
         import_expires: r.import.as_ref().and_then(|i| i.expires),
     }
@@ -598,7 +599,7 @@ impl LocalKms {
         f: impl FnOnce(&mut OpCtx<'_>, &KeystoreData, &RootKey) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         let mut data = self.load(u)?;
-        if Self::due(&data, self.now(), self.clock.boot().as_ref()) {
+        if Self::due(&data, self.now(), self.clock.boot().as_ref(), false) {
             self.maintain(false)?;
             data = self.load(u)?;
         }
@@ -663,9 +664,17 @@ impl LocalKms {
             && k.deletion_clock.as_ref().is_none_or(|c| c.elapsed(now, boot))
     }
 
-    fn due(data: &KeystoreData, now: u64, boot: Option<&BootReading>) -> bool {
+    /// Should this run attempt `k`'s due deletion? After a failure, on-use maintenance waits
+    /// [`deletion::RETRY_SECS`] so that processes without the token do not retry on every use.
+    fn deletion_attempt(k: &KeyRecord, now: u64, boot: Option<&BootReading>, explicit: bool) -> bool {
+        Self::deletion_due(k, now, boot)
+            && (explicit
+                || k.deletion_failure.as_ref().is_none_or(|f| f.at.saturating_add(deletion::RETRY_SECS) <= now))
+    }
+
+    fn due(data: &KeystoreData, now: u64, boot: Option<&BootReading>, explicit: bool) -> bool {
         data.keys.values().any(|k| {
-            Self::deletion_due(k, now, boot)
+            Self::deletion_attempt(k, now, boot, explicit)
                 || (k.state == KeyState::PendingDeletion && k.deletion_clock.as_ref().is_some_and(|c| c.stale(boot)))
                 || (k.state == KeyState::Enabled && k.rotation.as_ref().is_some_and(|r| r.next_rotation <= now))
                 || (k.import.as_ref().and_then(|i| i.expires).is_some_and(|e| e <= now) && k.has_material())
@@ -676,7 +685,7 @@ impl LocalKms {
     fn maintain(&self, explicit: bool) -> Result<MaintenanceReport, KmsError> {
         // An unchecked look decides only whether to take the lock.
         let Some(peek) = keystore::load(&self.paths)? else { return Ok(MaintenanceReport::default()) };
-        if !Self::due(&peek.data, self.now(), self.clock.boot().as_ref()) {
+        if !Self::due(&peek.data, self.now(), self.clock.boot().as_ref(), explicit) {
             return Ok(MaintenanceReport::default());
         }
         let _lock = self.lock()?;
@@ -708,17 +717,35 @@ impl LocalKms {
         events: &mut Vec<AuditEvent>,
     ) -> (MaintenanceReport, Option<KmsError>) {
         let mut report = MaintenanceReport::default();
+        let mut failed = None;
         let boot = self.clock.boot();
         let ids: Vec<String> = data.keys.keys().cloned().collect();
         for id in ids {
             let rec = data.keys[&id].clone();
             if Self::deletion_due(&rec, now, boot.as_ref()) {
+                if !Self::deletion_attempt(&rec, now, boot.as_ref(), explicit) {
+                    continue;
+                }
                 let mut ctx = OpCtx::new(SERVICE_PRINCIPAL, "DeleteKey:scheduled");
                 ctx.key(&id);
-                let hsm_error = self.destroy_material(data, &id);
-                events.extend(self.events(&ctx, Outcome::Allowed, hsm_error));
-                report.deleted.push(id.clone());
-                revoked.push(key_uri(&id));
+                match self.destroy_material(data, &id) {
+                    Ok(()) => {
+                        events.extend(self.events(&ctx, Outcome::Allowed, None));
+                        report.deleted.push(id.clone());
+                        revoked.push(key_uri(&id));
+                    }
+                    Err(error) => {
+                        // The token still holds material: the key stays pending deletion,
+                        // the failure is recorded, audited and retried.
+                        events.extend(self.events(&ctx, Outcome::Failed, Some(error.clone())));
+                        let r = data.keys.get_mut(&id).expect("key exists");
+                        r.deletion_failure = Some(deletion::DeletionFailure { at: now, error: error.clone() });
+                        report.deletion_failed.push(id.clone());
+                        if explicit && failed.is_none() {
+                            failed = Some(KmsError::Unavailable(format!("deletion of key {id} failed: {error}")));
+                        }
+                    }
+                }
                 continue;
             }
             if let (Some(b), Some(c)) = (boot.as_ref(), rec.deletion_clock.as_ref()) {
@@ -762,23 +789,28 @@ impl LocalKms {
                 }
             }
         }
-        (report, None)
+        (report, failed)
     }
 
-    /// Destroy every version's material and leave a tombstone. Returns an error text if an
-    /// HSM object could not be destroyed (the key is unusable either way: its record no
-    /// longer names the object).
-    fn destroy_material(&self, data: &mut KeystoreData, id: &str) -> Option<String> {
+    /// Destroy every version's material and leave a tombstone. An HSM key is only marked
+    /// deleted once every token object is destroyed: otherwise the error text is returned, the
+    /// record keeps the labels still in the token (those destroyed are dropped) and stays
+    /// pending deletion, so the deletion is retried.
+    fn destroy_material(&self, data: &mut KeystoreData, id: &str) -> Result<(), String> {
         let now = self.now();
         let rec = data.keys.get_mut(id).expect("key exists");
-        let mut err = None;
-        if let Some(h) = &rec.hsm {
-            for v in &rec.versions {
-                if let Some(label) = &v.hsm_label {
-                    if let Err(e) = super::hsm::destroy(h, label) {
-                        err = Some(format!("HSM object {label} not destroyed: {e}"));
+        if let Some(h) = rec.hsm.clone() {
+            let mut err = None;
+            for v in rec.versions.iter_mut() {
+                if let Some(label) = v.hsm_label.clone() {
+                    match super::hsm::destroy(&h, &label) {
+                        Ok(()) => v.hsm_label = None,
+                        Err(e) => err = Some(format!("HSM object {label} not destroyed: {e}")),
                     }
                 }
+            }
+            if let Some(e) = err {
+                return Err(e);
             }
         }
         for v in rec.versions.iter_mut() {
@@ -794,8 +826,9 @@ impl LocalKms {
         if let Some(i) = rec.import.as_mut() {
             i.params = None;
         }
+        rec.deletion_failure = None;
         data.aliases.retain(|_, v| v != id);
-        err
+        Ok(())
     }
 
     // ----- material -----
@@ -1069,6 +1102,7 @@ impl LocalKms {
                     .map(|d| RotationRecord { period_days: d, next_rotation: txn.now + d as u64 * DAY }),
                 deletion_date: None,
                 deletion_clock: None,
+                deletion_failure: None,
                 deleted_at: None,
                 hsm,
                 import: None,
@@ -1128,6 +1162,7 @@ impl LocalKms {
                     }),
                     deletion_date: None,
                     deletion_clock: None,
+                    deletion_failure: None,
                     deleted_at: None,
                     hsm: None,
                     import: None,
@@ -1313,6 +1348,7 @@ impl LocalKms {
             rec.state = if rec.has_material() { KeyState::Disabled } else { KeyState::PendingImport };
             rec.deletion_date = None;
             rec.deletion_clock = None;
+            rec.deletion_failure = None;
             Ok(info(&txn.data, &txn.data.keys[&id]))
         })
     }
