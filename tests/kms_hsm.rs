@@ -76,6 +76,29 @@ fn hsm_keys_are_never_extractable_and_still_serve_the_vfs() {
     let r = kms.op_decrypt("ops", &g.ciphertext, &other, None);
     assert!(matches!(r, Err(KmsError::InvalidCiphertext { .. })), "{r:?}");
 
+    // The module comes from configuration only: with another module configured, the
+    // record's module is refused, not loaded (even with a session already open to it).
+    std::env::set_var(hsm::ENV_HSM_MODULE, "/nonexistent/libother-pkcs11.so");
+    let r = kms.op_decrypt("ops", &g.ciphertext, &ctx, None);
+    assert!(
+        matches!(&r, Err(KmsError::Unavailable(m)) if m.contains("taken from configuration only")),
+        "the keystore record chose the PKCS#11 module: {r:?}"
+    );
+    std::env::set_var(hsm::ENV_HSM_MODULE, DEFAULT_MODULE);
+
+    // A wrong PIN is tried once, then not again for a while; a different PIN at once.
+    hsm::logout_all();
+    std::env::set_var(hsm::ENV_HSM_PIN, "0000-wrong");
+    let first = kms.op_decrypt("ops", &g.ciphertext, &ctx, None);
+    assert!(matches!(&first, Err(KmsError::Unavailable(m)) if m.contains("login failed")), "{first:?}");
+    let second = kms.op_decrypt("ops", &g.ciphertext, &ctx, None);
+    assert!(
+        matches!(&second, Err(KmsError::Unavailable(m)) if m.contains("not tried again")),
+        "a refused PIN was sent to the token again at once: {second:?}"
+    );
+    std::env::set_var(hsm::ENV_HSM_PIN, PIN);
+    kms.op_decrypt("ops", &g.ciphertext, &ctx, None).expect("the right PIN is tried at once");
+
     // The VFS on top: create, write, read; rotation in the token keeps old databases.
     let tde = env.tde("ops");
     let db = env.path("hsm.db");

@@ -11,7 +11,11 @@
 //! `SQLITE_TDE_HSM_MODULE` (default `/usr/lib/softhsm/libsofthsm2.so`),
 //! `SQLITE_TDE_HSM_TOKEN` (token label), and the user PIN in `SQLITE_TDE_HSM_PIN` or a file
 //! named by `SQLITE_TDE_HSM_PIN_FILE`. The module and token label of each HSM key are
-//! recorded in its keystore record; the PIN is not.
+//! recorded in its keystore record; the PIN is not. The module loaded is always the configured
+//! one: a record naming another module is refused, never loaded (an edited keystore must not
+//! bring a library of its choosing into a process that holds the PIN). A PIN the token refused
+//! is not tried again for [`WRONG_PIN_BACKOFF`] (a real token locks itself after a few wrong
+//! PINs); a different PIN is tried at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,12 +39,52 @@ pub const ENV_HSM_PIN_FILE: &str = "SQLITE_TDE_HSM_PIN_FILE";
 /// Where Debian's softhsm2 package installs its module.
 pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// How long a PIN the token refused is not tried again.
+pub const WRONG_PIN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The PKCS#11 module this process loads (configuration only).
+fn configured_module() -> String {
+    std::env::var(ENV_HSM_MODULE).ok().filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MODULE.to_string())
+}
+
 /// The token new HSM keys go to, if the environment names one.
 pub fn config_from_env() -> Option<HsmRef> {
     let token_label = std::env::var(ENV_HSM_TOKEN).ok().filter(|t| !t.is_empty())?;
-    let module =
-        std::env::var(ENV_HSM_MODULE).ok().filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MODULE.to_string());
-    Some(HsmRef { module, token_label })
+    Some(HsmRef { module: configured_module(), token_label })
+}
+
+/// The record's module must be the configured one; the record never chooses what is loaded.
+fn check_module(h: &HsmRef) -> Result<(), KmsError> {
+    let configured = configured_module();
+    if h.module != configured {
+        return Err(KmsError::Unavailable(format!(
+            "the keystore records PKCS#11 module {} for this key but this process is configured with {configured} \
+             ({ENV_HSM_MODULE}); the module is taken from configuration only and was not loaded",
+            h.module
+        )));
+    }
+    Ok(())
+}
+
+/// (module, token) → when a PIN was refused, and that PIN's digest.
+type WrongPins = Mutex<HashMap<(String, String), (std::time::Instant, [u8; 32])>>;
+
+fn wrong_pins() -> &'static WrongPins {
+    static W: OnceLock<WrongPins> = OnceLock::new();
+    W.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn pin_digest(pin: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(pin.as_bytes()).into()
+}
+
+/// Log out of every token this process has a session with (e.g. after the PIN changed).
+pub fn logout_all() {
+    let t = tokens().lock().unwrap_or_else(|p| p.into_inner());
+    for token in t.values() {
+        *token.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 fn pin() -> Result<Zeroizing<String>, KmsError> {
@@ -103,14 +147,36 @@ fn open_session(h: &HsmRef) -> Result<Session, KmsError> {
         })?;
     let session = p.open_rw_session(slot).map_err(|e| hsm_err("cannot open a session", e))?;
     let pin = pin()?;
+    let key = (h.module.clone(), h.token_label.clone());
+    let digest = pin_digest(&pin);
+    if let Some((at, d)) = wrong_pins().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        let waited = at.elapsed();
+        if *d == digest && waited < WRONG_PIN_BACKOFF {
+            return Err(KmsError::Unavailable(format!(
+                "HSM login: token '{}' refused this PIN {}s ago; it is not tried again for another {}s \
+                 (a token locks itself after a few wrong PINs): correct {ENV_HSM_PIN} or {ENV_HSM_PIN_FILE}",
+                h.token_label,
+                waited.as_secs(),
+                (WRONG_PIN_BACKOFF - waited).as_secs().max(1)
+            )));
+        }
+    }
     match session.login(UserType::User, Some(&AuthPin::new(pin.as_str().into()))) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+            wrong_pins().lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            Ok(session)
+        }
+        Err(e @ CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+            wrong_pins().lock().unwrap_or_else(|p| p.into_inner()).insert(key, (std::time::Instant::now(), digest));
+            Err(hsm_err("login failed", e))
+        }
         Err(e) => Err(hsm_err("login failed", e)),
     }
 }
 
 /// Run `f` with the token's session, reopening it once if it went stale.
 fn with_session<T>(h: &HsmRef, f: impl Fn(&Session) -> Result<T, KmsError>) -> Result<T, KmsError> {
+    check_module(h)?;
     let token = {
         let mut t = tokens().lock().unwrap_or_else(|p| p.into_inner());
         t.entry((h.module.clone(), h.token_label.clone()))
