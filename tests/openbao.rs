@@ -529,3 +529,36 @@ fn cli_rewrap_all_moves_a_fleet_to_the_new_version() {
         assert_eq!(existing(&tde, db).unwrap(), format!("row-{i}"));
     }
 }
+
+/// SQL (or a header) cannot send the plaintext DEK to a path of its choosing: a rewrap to
+/// `cubbyhole/loot` (writable by every token) would post the data key to
+/// `cubbyhole/encrypt/loot` in the clear. Keys outside the configured mount and the
+/// application's allow-list are refused before any request (issue 14).
+#[test]
+fn sql_cannot_send_the_data_key_outside_the_allowed_transit_mounts() {
+    let Some(bao) = require_bao("sql_cannot_send_the_data_key_outside_the_allowed_transit_mounts") else {
+        return;
+    };
+    let server = BaoServer::start(&bao, false);
+    let d = duties(&server);
+    let app_kms = provider(&server, "app", &d.app);
+    let tde = vfs(app_kms.clone(), Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("victim.db");
+    create(&tde, &db, "victim data");
+    let before = std::fs::read(&db).unwrap();
+
+    let c = tde.open(&db).unwrap();
+    for target in ["cubbyhole/loot", "openbao+http://{addr}/cubbyhole/loot"] {
+        let target = target.replace("{addr}", &server.addr().replace("http://", ""));
+        let r: Result<String, _> = c.query_row(&format!("PRAGMA tde_rewrap='{target}'"), [], |r| r.get(0));
+        let e = r.expect_err("a rewrap to a non-transit path was accepted").to_string();
+        assert!(e.contains("outside this application's allowed transit mounts"), "{target}: {e}");
+    }
+    drop(c);
+    // Nothing reached the server's cubbyhole, and the database is unchanged.
+    let api = server.api(&d.app);
+    assert!(api.get("cubbyhole/encrypt/loot").is_err(), "the data key was written to the cubbyhole");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert_eq!(existing(&tde, &db).unwrap(), "victim data");
+}

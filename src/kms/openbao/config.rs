@@ -38,6 +38,9 @@ pub const ENV_CLIENT_CERT: &str = "BAO_CLIENT_CERT";
 pub const ENV_CLIENT_KEY: &str = "BAO_CLIENT_KEY";
 /// Namespace sent as `X-Vault-Namespace`; `VAULT_NAMESPACE` too.
 pub const ENV_NAMESPACE: &str = "BAO_NAMESPACE";
+/// Transit mounts or keys besides the configured key's mount that headers and SQL may name
+/// (comma-separated `MOUNT` or `MOUNT/KEY`).
+pub const ENV_TRANSIT_ALLOW: &str = "SQLITE_TDE_BAO_TRANSIT_ALLOW";
 /// `1` allows `openbao+http://` to a host other than loopback (the token and data keys then
 /// cross the network in the clear; a warning is printed).
 pub const ENV_ALLOW_INSECURE_HTTP: &str = "SQLITE_TDE_BAO_ALLOW_INSECURE_HTTP";
@@ -160,6 +163,12 @@ pub struct OpenBaoConfig {
     pub namespace: Option<String>,
     /// Allow `openbao+http://` to a non-loopback host (refused otherwise).
     pub allow_insecure_http: bool,
+    /// Transit keys besides the configured one that a database header, a URI `key=`,
+    /// `PRAGMA tde_key` or `PRAGMA tde_rewrap` may name: `MOUNT` (any key of that mount) or
+    /// `MOUNT/KEY`. Empty: keys of the configured key's mount only. Nothing at run time widens
+    /// it, so SQL cannot send a data key to a mount that is not a transit engine the
+    /// application chose (`SQLITE_TDE_BAO_TRANSIT_ALLOW`, comma-separated).
+    pub transit_allow: Vec<String>,
 }
 
 impl OpenBaoConfig {
@@ -174,7 +183,23 @@ impl OpenBaoConfig {
             client_cert: None,
             namespace: None,
             allow_insecure_http: false,
+            transit_allow: Vec::new(),
         })
+    }
+
+    /// Allow these transit mounts (`MOUNT`) or keys (`MOUNT/KEY`) besides the configured key's
+    /// mount ([`OpenBaoConfig::transit_allow`]).
+    pub fn with_transit_allow(mut self, entries: &[&str]) -> Result<Self, KmsError> {
+        for e in entries {
+            let e = e.trim().trim_matches('/');
+            if e.is_empty() || self.key.relative(e).is_none() && self.key.relative(&format!("{e}/k")).is_none() {
+                return Err(KmsError::InvalidRequest(format!(
+                    "{ENV_TRANSIT_ALLOW}: '{e}' is not a transit mount path (MOUNT) or key (MOUNT/KEY)"
+                )));
+            }
+            self.transit_allow.push(e.to_string());
+        }
+        Ok(self)
     }
 
     /// Allow plain `http` to a host other than loopback: the token and every data key cross
@@ -267,6 +292,10 @@ impl OpenBaoConfig {
                 KmsError::InvalidRequest(format!("{ENV_RETRIES} must be a number from 0 to {MAX_RETRIES}, not '{r}'"))
             })?;
             config.retries = r;
+        }
+        if let Some(list) = get(ENV_TRANSIT_ALLOW) {
+            let entries: Vec<&str> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+            config = config.with_transit_allow(&entries)?;
         }
         if let Some(v) = get(ENV_ALLOW_INSECURE_HTTP) {
             config.allow_insecure_http = match v.trim() {

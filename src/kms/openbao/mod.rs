@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 pub use config::{
     Credentials, OpenBaoConfig, Secret, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ENV_APPROLE_MOUNT, ENV_BAO_TOKEN, ENV_CACERT,
     ENV_CLIENT_CERT, ENV_CLIENT_KEY, ENV_NAMESPACE, ENV_RETRIES, ENV_ROLE_ID, ENV_SECRET_ID, ENV_SECRET_ID_FILE,
-    ENV_TIMEOUT_MS, ENV_TOKEN_FILE, ENV_VAULT_TOKEN, MAX_RETRIES,
+    ENV_TIMEOUT_MS, ENV_TOKEN_FILE, ENV_TRANSIT_ALLOW, ENV_VAULT_TOKEN, MAX_RETRIES,
 };
 pub use rewrap::rewrap_header;
 pub use uri::{is_openbao_uri, TransitKeyUri, DEFAULT_PORT, PROVIDER_HTTP, PROVIDER_HTTPS};
@@ -74,6 +74,8 @@ pub struct TransitKeyInfo {
 #[derive(Debug)]
 pub struct OpenBaoKms {
     key: TransitKeyUri,
+    /// [`OpenBaoConfig::transit_allow`].
+    allow: Vec<String>,
     client: Client,
 }
 
@@ -203,7 +205,26 @@ impl OpenBaoKms {
     /// A provider for `config` (no network traffic until the first KMS call).
     pub fn new(config: OpenBaoConfig) -> Result<OpenBaoKms, KmsError> {
         let key = config.key.clone();
-        Ok(OpenBaoKms { key, client: Client::new(config)? })
+        let allow = config.transit_allow.clone();
+        Ok(OpenBaoKms { key, allow, client: Client::new(config)? })
+    }
+
+    /// Only the configured key's mount and the configured allow-list may receive data keys:
+    /// a header or SQL naming `kv/app/loot` would otherwise make the provider post a plaintext
+    /// DEK to a key-value mount, or decrypt with a key the application never chose.
+    fn check_allowed(&self, u: &TransitKeyUri) -> Result<(), KmsError> {
+        let mount_key = format!("{}/{}", u.mount(), u.key());
+        if u.mount() == self.key.mount() || self.allow.iter().any(|a| *a == u.mount() || *a == mount_key) {
+            return Ok(());
+        }
+        Err(KmsError::InvalidRequest(format!(
+            "transit key '{mount_key}' on {} is outside this application's allowed transit mounts ('{}'{}); \
+             allow it with {} (SQL and database headers cannot widen the list)",
+            self.client.base(),
+            self.key.mount(),
+            self.allow.iter().map(|a| format!(", '{a}'")).collect::<String>(),
+            config::ENV_TRANSIT_ALLOW
+        )))
     }
 
     /// A provider for the key `uri`, configured from the environment
@@ -232,6 +253,7 @@ impl OpenBaoKms {
                     self.client.base()
                 )));
             }
+            self.check_allowed(&u)?;
             return Ok(u);
         }
         if key.starts_with("alias/") {
@@ -241,9 +263,11 @@ impl OpenBaoKms {
                 self.key.key()
             )));
         }
-        self.key
-            .relative(key)
-            .ok_or_else(|| KmsError::InvalidRequest(format!("invalid transit key name '{key}' (NAME or MOUNT/NAME)")))
+        let u = self.key.relative(key).ok_or_else(|| {
+            KmsError::InvalidRequest(format!("invalid transit key name '{key}' (NAME or MOUNT/NAME)"))
+        })?;
+        self.check_allowed(&u)?;
+        Ok(u)
     }
 
     /// Send one request and map failures to [`KmsError`]s naming the key and the action.
@@ -406,7 +430,9 @@ impl OpenBaoKms {
             )));
         }
         let recorded = TransitKeyUri::parse(&key_ref.uri)?;
-        Ok(self.key.with_mount_and_key(recorded.mount(), recorded.key()))
+        let routed = self.key.with_mount_and_key(recorded.mount(), recorded.key());
+        self.check_allowed(&routed)?;
+        Ok(routed)
     }
 
     fn decrypt(
@@ -584,7 +610,19 @@ mod tests {
             "openbao+http://127.0.0.1:8200/transit/app"
         );
         assert_eq!(kms.resolve_key("other").unwrap().to_string(), "openbao+http://127.0.0.1:8200/transit/other");
-        assert_eq!(kms.resolve_key("tr2/k").unwrap().to_string(), "openbao+http://127.0.0.1:8200/tr2/k");
+        // Another mount only when the application allows it.
+        assert!(kms.resolve_key("tr2/k").unwrap_err().to_string().contains("outside this application's allowed"));
+        assert!(kms.resolve_key("openbao+http://127.0.0.1:8200/kv/app/loot").is_err());
+        let allowing = OpenBaoKms::new(
+            OpenBaoConfig::new("openbao+http://127.0.0.1:8200/transit/app", Credentials::token("t"))
+                .unwrap()
+                .with_transit_allow(&["tr2", "tr3/only"])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(allowing.resolve_key("tr2/k").unwrap().to_string(), "openbao+http://127.0.0.1:8200/tr2/k");
+        assert!(allowing.resolve_key("tr3/only").is_ok());
+        assert!(allowing.resolve_key("tr3/other").is_err());
         assert!(kms.resolve_key("openbao+http://127.0.0.1:8200/transit/x").is_ok());
         assert!(kms.resolve_key("openbao+http://10.0.0.1:8200/transit/x").is_err());
         assert!(kms.resolve_key("alias/app").is_err());
