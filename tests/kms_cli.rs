@@ -317,6 +317,22 @@ fn byok_from_the_command_line() {
         .assert()
         .code(3)
         .stderr(predicate::str::contains("different key material"));
+    // The failed attempt spent the token (no wrapping key decrypts twice): new parameters.
+    env.as_at("ops", 3)
+        .args(["kms", "import", &id, "--material"])
+        .arg(&wrapped)
+        .arg("--token")
+        .arg(&token)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("no import parameters"));
+    env.as_at("ops", 3)
+        .args(["kms", "get-import-params", &id, "--public-key-out"])
+        .arg(&pk)
+        .arg("--token-out")
+        .arg(&token)
+        .assert()
+        .success();
     std::fs::write(&material, kms_support::test_material(7)).unwrap();
     env.as_at("ops", 3)
         .args(["kms", "wrap-material", "--public-key"])
