@@ -561,4 +561,15 @@ fn sql_cannot_send_the_data_key_outside_the_allowed_transit_mounts() {
     assert!(api.get("cubbyhole/encrypt/loot").is_err(), "the data key was written to the cubbyhole");
     assert_eq!(std::fs::read(&db).unwrap(), before);
     assert_eq!(existing(&tde, &db).unwrap(), "victim data");
+
+    // A key the server does not have: "not found" names OpenBao, the mount and the key.
+    let root = provider(&server, "app", &server.root_token);
+    let ctx = EncryptionContext::for_database(&[7; 16]);
+    match root.generate_data_key("missing", &ctx) {
+        Err(KmsError::NotFound(m)) => {
+            assert!(m.contains("OpenBao at") && m.contains("'missing'") && m.contains("'transit'"), "{m}");
+            assert!(!m.contains("keystore"), "{m}");
+        }
+        other => panic!("expected not found, got {:?}", other.map(|_| ())),
+    }
 }

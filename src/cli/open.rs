@@ -7,7 +7,6 @@ use rusqlite::Connection;
 use sqlite_vfs::{ErrorCode, VfsError};
 
 use super::error::{CliError, CliResult};
-use crate::kms::KmsError;
 use crate::{Error, OpenOptions, Tde};
 
 /// Register the VFS over `keystore` (once per process; later calls return the first
@@ -37,15 +36,7 @@ pub fn open(tde: &Tde, keystore: &Path, path: &Path, opts: &OpenOptions) -> CliR
 /// The commonest cause of "key not found" is pointing at another keystore than the one that
 /// holds the database's key: say which keystore was used.
 fn with_hint(e: Error, keystore: &Path) -> CliError {
-    let not_found = matches!(&e, Error::Kms { source: KmsError::NotFound(_), .. });
-    let mut err = CliError::from(e);
-    if not_found {
-        err.message.push_str(&format!(
-            " (keystore {}; use --keystore or SQLITE_TDE_KEYSTORE for another one)",
-            keystore.display()
-        ));
-    }
-    err
+    super::progress::cli_error(e, keystore)
 }
 
 /// A lock that could not be had, as a full error: SQLite's own "database is locked" names

@@ -92,7 +92,9 @@ impl Reporter {
 /// A crate error as a CLI error; a "key not found" names the keystore that was used (the
 /// commonest cause is pointing at another keystore than the one holding the key).
 pub fn cli_error(e: crate::Error, keystore: &std::path::Path) -> super::error::CliError {
-    let not_found = matches!(&e, crate::Error::Kms { source: crate::kms::KmsError::NotFound(_), .. });
+    // Only the embedded KMS has a keystore: an OpenBao "not found" names its server instead.
+    let not_found = matches!(&e, crate::Error::Kms { source: crate::kms::KmsError::NotFound(k), .. }
+        if !crate::kms::openbao::is_openbao_uri(k));
     let mut err = super::error::CliError::from(e);
     if not_found {
         err.message.push_str(&format!(

@@ -286,6 +286,17 @@ impl OpenBaoKms {
         result.map_err(|f| self.map_failure(f, key, action, &path, version))
     }
 
+    /// "Not found" names OpenBao, the mount and the key: the local keystore has nothing to do
+    /// with it.
+    fn missing_key(&self, key: &TransitKeyUri) -> String {
+        format!(
+            "{key} (OpenBao at {} has no transit key '{}' in mount '{}', or this token may not see it)",
+            self.client.base(),
+            key.key(),
+            key.mount()
+        )
+    }
+
     fn map_failure(
         &self,
         failure: Failure,
@@ -335,8 +346,8 @@ impl OpenBaoKms {
                     404 if lower.contains("no handler for route") => {
                         KmsError::NotFound(format!("{uri}: no transit secrets engine is mounted at '{}'", key.mount()))
                     }
-                    404 => KmsError::NotFound(uri),
-                    400 if lower.contains("key not found") => KmsError::NotFound(uri),
+                    404 => KmsError::NotFound(self.missing_key(key)),
+                    400 if lower.contains("key not found") => KmsError::NotFound(self.missing_key(key)),
                     400 if lower.contains("too old") => KmsError::NotUsable {
                         key: uri,
                         reason: format!(
