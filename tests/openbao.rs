@@ -573,3 +573,44 @@ fn sql_cannot_send_the_data_key_outside_the_allowed_transit_mounts() {
         other => panic!("expected not found, got {:?}", other.map(|_| ())),
     }
 }
+
+/// A 403 on a path the AppRole token may not use is not a reason to log in again: each login
+/// spends a use of the secret ID, so crafted opens (headers naming a key the role may not use)
+/// used to lock the application out (issue 14).
+#[test]
+fn approle_denials_do_not_spend_secret_id_uses() {
+    let Some(bao) = require_bao("approle_denials_do_not_spend_secret_id_uses") else {
+        return;
+    };
+    let server = BaoServer::start(&bao, false);
+    server.create_key("app");
+    server.create_key("other");
+    server.policy("app", &app_policy("app"));
+    let root = server.root();
+    root.post("sys/auth/approle", serde_json::json!({ "type": "approle" })).unwrap();
+    root.post("auth/approle/role/app", serde_json::json!({ "token_policies": ["app"], "token_ttl": "10m" })).unwrap();
+    let role_id = root.get("auth/approle/role/app/role-id").unwrap()["data"]["role_id"].as_str().unwrap().to_string();
+    let secret_id = root.post("auth/approle/role/app/secret-id", serde_json::json!({ "num_uses": 4 })).unwrap()["data"]
+        ["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let creds = Credentials::AppRole { mount: "approle".into(), role_id, secret_id: Secret::value(&secret_id) };
+    let kms = Arc::new(OpenBaoKms::new(OpenBaoConfig::new(&server.uri("app"), creds).unwrap()).unwrap());
+    let tde = vfs(kms.clone(), Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&tde, &db, "legit");
+    let ctx = EncryptionContext::for_database(&[9; 16]);
+    for i in 0..6 {
+        let r = kms.generate_data_key("other", &ctx);
+        assert!(matches!(r, Err(KmsError::AccessDenied { .. })), "crafted request {i}: {:?}", r.map(|_| ()));
+    }
+    assert_eq!(existing(&tde, &db).unwrap(), "legit", "crafted denials locked the application out");
+    let logins = server
+        .audit_entries()
+        .iter()
+        .filter(|e| e["type"] == "request" && e["request"]["path"] == "auth/approle/login")
+        .count();
+    assert_eq!(logins, 1, "a permission denial made the provider log in again");
+}

@@ -44,6 +44,9 @@ pub(crate) enum Failure {
     Local(KmsError),
 }
 
+/// Least time between two logins caused by a dead token: each login spends a secret-ID use.
+const RELOGIN_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Token obtained by AppRole login, with the time after which we log in again.
 struct LoginToken {
     token: SecretString,
@@ -59,6 +62,8 @@ pub(crate) struct Client {
     retries: u32,
     credentials: Credentials,
     login: Mutex<Option<LoginToken>>,
+    /// When a dead AppRole token last made us log in again (see [`RELOGIN_BACKOFF`]).
+    last_relogin: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -243,6 +248,7 @@ impl Client {
             retries: config.retries,
             credentials: config.credentials,
             login: Mutex::new(None),
+            last_relogin: Mutex::new(None),
         })
     }
 
@@ -277,7 +283,23 @@ impl Client {
             // A login token can be revoked or expire early (max TTL, secret ID rotation): log
             // in once more before reporting the denial. A static token is what the operator
             // gave; retrying it cannot help.
-            Err(Failure::Status { status: 403, .. }) if matches!(self.credentials, Credentials::AppRole { .. }) => {
+            // But a 403 is usually a path this token may not use (a crafted key name, say), and
+            // every login spends one use of the secret ID: ask the server whether the token
+            // still lives (lookup-self, granted to every token) and log in again only if not,
+            // at most once per RELOGIN_BACKOFF.
+            Err(denied @ Failure::Status { status: 403, .. })
+                if matches!(self.credentials, Credentials::AppRole { .. }) =>
+            {
+                if self.send_with_retries("auth/token/lookup-self", None, Some(&token)).is_ok() {
+                    return Err(denied);
+                }
+                {
+                    let mut last = self.last_relogin.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.is_some_and(|at| at.elapsed() < RELOGIN_BACKOFF) {
+                        return Err(denied);
+                    }
+                    *last = Some(Instant::now());
+                }
                 *self.login.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let token = self.token()?;
                 self.send_with_retries(path, body, Some(&token))
