@@ -515,3 +515,33 @@ fn scheduled_deletion_is_not_brought_forward_by_a_clock_jump() {
     assert_eq!(kms.describe_key(&id).unwrap().state, KeyState::Deleted);
     assert!(!material(&kms));
 }
+
+/// Secret squatting: a principal pre-creates a secret name under a key it can read; a victim
+/// that later stores a value there naming its own key by alias must get an error, never a
+/// value sealed under the squatter's key (issue 14, high; the alias used to fall through the
+/// key check).
+#[test]
+fn a_put_naming_its_key_by_alias_never_seals_under_a_squatters_key() {
+    let env = KmsEnv::new();
+    let ops = env.kms("ops");
+    let victim_key = ops
+        .op_create_key(
+            "ops",
+            &CreateKeyParams { alias: Some("alias/victim".into()), users: vec!["victim".into()], ..Default::default() },
+        )
+        .unwrap()
+        .key_id;
+    let mallory = env.kms("mallory").client();
+    mallory.put_secret("prod/db-password", b"placeholder", None, "squatted").unwrap();
+    let victim = env.kms("victim").client();
+    let r = victim.put_secret("prod/db-password", b"s3cret", Some("alias/victim"), "");
+    assert!(
+        matches!(&r, Err(KmsError::InvalidRequest(m)) if m.contains("cannot change keys")),
+        "the victim's value was stored under another key than the one it named: {:?}",
+        r.as_ref().map(|v| v.key_id.clone())
+    );
+    assert_ne!(mallory.list_secrets().unwrap()[0].key_id, victim_key);
+    assert_eq!(&mallory.get_secret("prod/db-password", None, None).unwrap().value[..], b"placeholder");
+    // The same by key id is refused too.
+    assert!(victim.put_secret("prod/db-password", b"s3cret", Some(&victim_key), "").is_err());
+}

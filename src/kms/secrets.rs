@@ -173,7 +173,11 @@ fn add_version(
                 s.key_id
             )))
         }
-        (Some(s), _) => s.key_id.clone(),
+        // An alias is resolved by the seal and checked against the secret's key below: a put
+        // naming its key must never end up under another key (secret squatting: someone
+        // pre-creates the name under a key they can read).
+        (Some(_), Some(k)) => k.to_string(),
+        (Some(s), None) => s.key_id.clone(),
         (None, Some(k)) => k.to_string(),
         (None, None) => DEFAULT_KEY_ALIAS.to_string(),
     };
