@@ -393,17 +393,19 @@ fn killed_mutations_leave_no_temp_files_after_the_next_mutation() {
     let env = KmsEnv::new();
     let kms = LocalKms::new(&env.ks).with_principal("ops");
     // Enough keys that each keystore.json write takes a while.
-    for i in 0..40 {
+    for i in 0..120 {
         kms.create_key(None, &format!("filler {i}")).unwrap();
     }
     let mut kills = 0;
     let mut stale = Vec::new();
-    while kills < 200 {
+    // A kill lands inside a write only by chance (how often depends on the machine's load):
+    // keep trying, with delays spread over a whole create, until one does.
+    while kills < 1000 {
         let (mut c, mut out) = child::spawn("keystore_child_entry", "create-loop", &[(ROLE_KS, &env.ks)]);
         for _ in 0..1 + kills % 3 {
             assert!(child::wait_for(&mut out, "ack ").is_some(), "child died on its own");
         }
-        std::thread::sleep(std::time::Duration::from_micros((kills as u64 * 733) % 3000));
+        std::thread::sleep(std::time::Duration::from_micros((kills as u64 * 733) % 6000));
         c.kill().unwrap();
         c.wait().unwrap();
         kills += 1;
