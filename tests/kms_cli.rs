@@ -291,65 +291,39 @@ fn byok_from_the_command_line() {
         .assert()
         .code(3)
         .stderr(predicate::str::contains("pending import"));
-    // Different material is refused, the same is accepted.
-    env.as_at("ops", 3)
-        .args(["kms", "get-import-params", &id, "--public-key-out"])
-        .arg(&pk)
-        .arg("--token-out")
-        .arg(&token)
-        .assert()
-        .success();
-    std::fs::write(&material, kms_support::test_material(8)).unwrap();
-    env.as_at("ops", 3)
-        .args(["kms", "wrap-material", "--public-key"])
-        .arg(&pk)
-        .arg("--material")
-        .arg(&material)
-        .arg("--out")
-        .arg(&wrapped)
-        .assert()
-        .success();
-    env.as_at("ops", 3)
-        .args(["kms", "import", &id, "--material"])
-        .arg(&wrapped)
-        .arg("--token")
-        .arg(&token)
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("different key material"));
+    // Different material is refused, the same is accepted; at day 3, by key id.
+    let params = || {
+        env.as_at("ops", 3)
+            .args(["kms", "get-import-params", &id, "--public-key-out"])
+            .arg(&pk)
+            .arg("--token-out")
+            .arg(&token)
+            .assert()
+            .success();
+    };
+    let wrap = |seed: u8| {
+        std::fs::write(&material, kms_support::test_material(seed)).unwrap();
+        env.as_at("ops", 3)
+            .args(["kms", "wrap-material", "--public-key"])
+            .arg(&pk)
+            .arg("--material")
+            .arg(&material)
+            .arg("--out")
+            .arg(&wrapped)
+            .assert()
+            .success();
+    };
+    let import = || {
+        env.as_at("ops", 3).args(["kms", "import", &id, "--material"]).arg(&wrapped).arg("--token").arg(&token).assert()
+    };
+    params();
+    wrap(8);
+    import().code(3).stderr(predicate::str::contains("different key material"));
     // The failed attempt spent the token (no wrapping key decrypts twice): new parameters.
-    env.as_at("ops", 3)
-        .args(["kms", "import", &id, "--material"])
-        .arg(&wrapped)
-        .arg("--token")
-        .arg(&token)
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("no import parameters"));
-    env.as_at("ops", 3)
-        .args(["kms", "get-import-params", &id, "--public-key-out"])
-        .arg(&pk)
-        .arg("--token-out")
-        .arg(&token)
-        .assert()
-        .success();
-    std::fs::write(&material, kms_support::test_material(7)).unwrap();
-    env.as_at("ops", 3)
-        .args(["kms", "wrap-material", "--public-key"])
-        .arg(&pk)
-        .arg("--material")
-        .arg(&material)
-        .arg("--out")
-        .arg(&wrapped)
-        .assert()
-        .success();
-    env.as_at("ops", 3)
-        .args(["kms", "import", &id, "--material"])
-        .arg(&wrapped)
-        .arg("--token")
-        .arg(&token)
-        .assert()
-        .success();
+    import().code(3).stderr(predicate::str::contains("no import parameters"));
+    params();
+    wrap(7);
+    import().success();
     env.as_at("ops", 3).arg("sql").arg(&db).arg("SELECT x FROM t").assert().success().stdout("imported\n");
     env.as_at("ops", 3)
         .args(["kms", "delete-imported-material", &id])

@@ -332,6 +332,16 @@ fn server_down_cached_opens_until_ttl_then_fail_fast() {
     eprintln!("server_down_cached_opens_until_ttl_then_fail_fast: {:.2?}", t0.elapsed());
 }
 
+/// AppRole on `server` for policy `app`: (role id, a secret id created with `secret_opts`).
+fn approle(server: &BaoServer, secret_opts: serde_json::Value) -> (String, String) {
+    let root = server.root();
+    root.post("sys/auth/approle", serde_json::json!({ "type": "approle" })).unwrap();
+    root.post("auth/approle/role/app", serde_json::json!({ "token_policies": ["app"], "token_ttl": "10m" })).unwrap();
+    let role_id = root.get("auth/approle/role/app/role-id").unwrap()["data"]["role_id"].as_str().unwrap().to_string();
+    let secret = root.post("auth/approle/role/app/secret-id", secret_opts).unwrap();
+    (role_id, secret["data"]["secret_id"].as_str().unwrap().to_string())
+}
+
 #[test]
 fn https_with_ca_bundle_and_approle() {
     let Some(bao) = require_bao("https_with_ca_bundle_and_approle") else {
@@ -342,13 +352,7 @@ fn https_with_ca_bundle_and_approle() {
     server.create_key("app");
     server.policy("app", &app_policy("app"));
     let root = server.root();
-    root.post("sys/auth/approle", serde_json::json!({ "type": "approle" })).unwrap();
-    root.post("auth/approle/role/app", serde_json::json!({ "token_policies": ["app"], "token_ttl": "10m" })).unwrap();
-    let role_id = root.get("auth/approle/role/app/role-id").unwrap()["data"]["role_id"].as_str().unwrap().to_string();
-    let secret_id = root.post("auth/approle/role/app/secret-id", serde_json::json!({})).unwrap()["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (role_id, secret_id) = approle(&server, serde_json::json!({}));
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret-id");
     std::fs::write(&secret_file, format!("{secret_id}\n")).unwrap();
@@ -586,15 +590,7 @@ fn approle_denials_do_not_spend_secret_id_uses() {
     server.create_key("app");
     server.create_key("other");
     server.policy("app", &app_policy("app"));
-    let root = server.root();
-    root.post("sys/auth/approle", serde_json::json!({ "type": "approle" })).unwrap();
-    root.post("auth/approle/role/app", serde_json::json!({ "token_policies": ["app"], "token_ttl": "10m" })).unwrap();
-    let role_id = root.get("auth/approle/role/app/role-id").unwrap()["data"]["role_id"].as_str().unwrap().to_string();
-    let secret_id = root.post("auth/approle/role/app/secret-id", serde_json::json!({ "num_uses": 4 })).unwrap()["data"]
-        ["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (role_id, secret_id) = approle(&server, serde_json::json!({ "num_uses": 4 }));
     let creds = Credentials::AppRole { mount: "approle".into(), role_id, secret_id: Secret::value(&secret_id) };
     let kms = Arc::new(OpenBaoKms::new(OpenBaoConfig::new(&server.uri("app"), creds).unwrap()).unwrap());
     let tde = vfs(kms.clone(), Duration::ZERO);
