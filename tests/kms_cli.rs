@@ -255,17 +255,20 @@ fn byok_from_the_command_line() {
         .assert()
         .success();
     let material = env.path("material.bin");
-    std::fs::write(&material, kms_support::test_material(7)).unwrap();
     let wrapped = env.path("material.enc");
-    env.as_("ops")
-        .args(["kms", "wrap-material", "--public-key"])
-        .arg(&pk)
-        .arg("--material")
-        .arg(&material)
-        .arg("--out")
-        .arg(&wrapped)
-        .assert()
-        .success();
+    let wrap = |seed: u8| {
+        std::fs::write(&material, kms_support::test_material(seed)).unwrap();
+        env.as_("ops")
+            .args(["kms", "wrap-material", "--public-key"])
+            .arg(&pk)
+            .arg("--material")
+            .arg(&material)
+            .arg("--out")
+            .arg(&wrapped)
+            .assert()
+            .success();
+    };
+    wrap(7);
     env.as_("ops")
         .args(["kms", "import", "alias/byok", "--material"])
         .arg(&wrapped)
@@ -298,18 +301,6 @@ fn byok_from_the_command_line() {
             .arg(&pk)
             .arg("--token-out")
             .arg(&token)
-            .assert()
-            .success();
-    };
-    let wrap = |seed: u8| {
-        std::fs::write(&material, kms_support::test_material(seed)).unwrap();
-        env.as_at("ops", 3)
-            .args(["kms", "wrap-material", "--public-key"])
-            .arg(&pk)
-            .arg("--material")
-            .arg(&material)
-            .arg("--out")
-            .arg(&wrapped)
             .assert()
             .success();
     };
