@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use sqlite_vfs::{ErrorCode, VfsError};
 
-use super::error::{CliError, CliResult};
+use super::error::CliResult;
 use crate::{Error, OpenOptions, Tde};
 
 /// Register the VFS over `keystore` (once per process; later calls return the first
@@ -28,15 +28,9 @@ pub fn open(tde: &Tde, keystore: &Path, path: &Path, opts: &OpenOptions) -> CliR
             if !existed && std::fs::metadata(path).map(|m| m.is_file() && m.len() == 0).unwrap_or(false) {
                 let _ = std::fs::remove_file(path);
             }
-            Err(with_hint(e, keystore))
+            Err(super::progress::cli_error(e, keystore))
         }
     }
-}
-
-/// The commonest cause of "key not found" is pointing at another keystore than the one that
-/// holds the database's key: say which keystore was used.
-fn with_hint(e: Error, keystore: &Path) -> CliError {
-    super::progress::cli_error(e, keystore)
 }
 
 /// A lock that could not be had, as a full error: SQLite's own "database is locked" names

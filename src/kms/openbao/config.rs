@@ -192,7 +192,8 @@ impl OpenBaoConfig {
     pub fn with_transit_allow(mut self, entries: &[&str]) -> Result<Self, KmsError> {
         for e in entries {
             let e = e.trim().trim_matches('/');
-            if e.is_empty() || self.key.relative(e).is_none() && self.key.relative(&format!("{e}/k")).is_none() {
+            // `MOUNT` or `MOUNT/KEY`: every segment a valid mount segment (a key name is one too).
+            if e.is_empty() || !e.split('/').all(super::uri::valid_mount_segment) {
                 return Err(KmsError::InvalidRequest(format!(
                     "{ENV_TRANSIT_ALLOW}: '{e}' is not a transit mount path (MOUNT) or key (MOUNT/KEY)"
                 )));

@@ -634,6 +634,10 @@ mod tests {
         assert_eq!(allowing.resolve_key("tr2/k").unwrap().to_string(), "openbao+http://127.0.0.1:8200/tr2/k");
         assert!(allowing.resolve_key("tr3/only").is_ok());
         assert!(allowing.resolve_key("tr3/other").is_err());
+        for bad in ["../sys", "a b", "tr2//k", ""] {
+            let cfg = OpenBaoConfig::new("openbao+http://127.0.0.1:8200/transit/app", Credentials::token("t")).unwrap();
+            assert!(cfg.with_transit_allow(&[bad]).is_err(), "{bad:?} was accepted");
+        }
         assert!(kms.resolve_key("openbao+http://127.0.0.1:8200/transit/x").is_ok());
         assert!(kms.resolve_key("openbao+http://10.0.0.1:8200/transit/x").is_err());
         assert!(kms.resolve_key("alias/app").is_err());

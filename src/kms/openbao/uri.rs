@@ -50,7 +50,7 @@ pub(crate) fn valid_key_name(name: &str) -> bool {
         && name.chars().all(|c| word(c) || c == '-' || c == '.')
 }
 
-fn valid_mount_segment(seg: &str) -> bool {
+pub(crate) fn valid_mount_segment(seg: &str) -> bool {
     !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
