@@ -9,7 +9,7 @@ use kms_support::*;
 use sqlite_tde::kms::api::CreateKeyParams;
 use sqlite_tde::kms::local::import::wrap_for_import;
 use sqlite_tde::kms::model::{KeyManager, KeyState, Origin};
-use sqlite_tde::kms::policy::KeyPolicy;
+use sqlite_tde::kms::policy::{Effect, KeyPolicy, Statement};
 use sqlite_tde::kms::{EncryptionContext, Kms, KmsError, DEFAULT_KEY_ALIAS};
 
 fn ctx(db: &str) -> EncryptionContext {
@@ -544,4 +544,83 @@ fn a_put_naming_its_key_by_alias_never_seals_under_a_squatters_key() {
     assert_eq!(&mallory.get_secret("prod/db-password", None, None).unwrap().value[..], b"placeholder");
     // The same by key id is refused too.
     assert!(victim.put_secret("prod/db-password", b"s3cret", Some(&victim_key), "").is_err());
+}
+
+/// Secret squatting in the shared namespace (issue 14, high): a name someone else created is
+/// theirs. Another principal can neither write a value there (which would seal it where the
+/// squatter reads it), nor read, list, describe or re-policy it, until the owner grants it.
+#[test]
+fn secrets_have_owners_and_resource_policies_so_names_cannot_be_squatted() {
+    use sqlite_tde::kms::secrets::owner_policy;
+    let env = KmsEnv::new();
+    let mallory = env.kms("mallory").client();
+    let victim = env.kms("victim").client();
+    // Under the service default key every principal passes the key check: only the secret's
+    // own policy stands between them.
+    mallory.put_secret("prod/db-password", b"placeholder", None, "squatted").unwrap();
+    let denied = |r: Result<_, KmsError>, what: &str| match r {
+        Err(KmsError::AccessDenied { principal, key, .. }) => {
+            assert_eq!(principal, "victim");
+            assert_eq!(key, "secret prod/db-password", "{what}");
+        }
+        Err(e) => panic!("{what}: expected AccessDenied, got {e}"),
+        Ok(_) => panic!("{what}: a principal wrote or read a secret another principal owns"),
+    };
+    denied(victim.put_secret("prod/db-password", b"s3cret", None, "").map(|_| ()), "put");
+    denied(victim.rotate_secret("prod/db-password", Some(b"s3cret")).map(|_| ()), "rotate");
+    denied(victim.get_secret("prod/db-password", None, None).map(|_| ()), "get");
+    denied(victim.list_secret_versions("prod/db-password").map(|_| ()), "versions");
+    denied(victim.get_secret_policy("prod/db-password").map(|_| ()), "get-policy");
+    denied(victim.put_secret_policy("prod/db-password", &owner_policy("victim")).map(|_| ()), "put-policy");
+    assert!(victim.list_secrets().unwrap().is_empty(), "a secret the victim may not describe was listed");
+    // Nothing the victim sent was stored.
+    let versions = mallory.list_secret_versions("prod/db-password").unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(&mallory.get_secret("prod/db-password", None, None).unwrap().value[..], b"placeholder");
+    let log = env.kms("ops").op_read_audit("ops", None, None).unwrap();
+    assert!(log.iter().any(|r| r.principal == "victim"
+        && r.operation == "secrets:PutSecretValue"
+        && r.outcome == sqlite_tde::kms::audit::Outcome::Denied));
+
+    // The victim's own secret is equally closed to mallory, and its owner is recorded.
+    victim.put_secret("victim/token", b"t0ken", None, "").unwrap();
+    let info = victim.get_secret_policy("victim/token").unwrap();
+    assert_eq!(info.owner, "victim");
+    assert!(mallory.get_secret("victim/token", None, None).is_err());
+    assert_eq!(mallory.list_secrets().unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["prod/db-password"]);
+
+    // A grant opens exactly what it names.
+    let mut p = owner_policy("victim");
+    p.statements.push(Statement {
+        sid: Some("reader".into()),
+        effect: Effect::Allow,
+        principals: vec!["mallory".into()],
+        actions: vec!["secrets:GetSecretValue".into()],
+    });
+    victim.put_secret_policy("victim/token", &p).unwrap();
+    assert_eq!(&mallory.get_secret("victim/token", None, None).unwrap().value[..], b"t0ken");
+    assert!(mallory.put_secret("victim/token", b"evil", None, "").is_err());
+    assert!(mallory.put_secret_policy("victim/token", &owner_policy("mallory")).is_err());
+    // The lockout check: a policy nobody could change again is refused, and changes nothing.
+    let orphan = KeyPolicy {
+        version: 1,
+        statements: vec![Statement {
+            sid: None,
+            effect: Effect::Allow,
+            principals: vec!["victim".into()],
+            actions: vec!["secrets:GetSecretValue".into()],
+        }],
+    };
+    assert!(matches!(victim.put_secret_policy("victim/token", &orphan), Err(KmsError::InvalidRequest(_))));
+    let bad_action = KeyPolicy {
+        version: 1,
+        statements: vec![Statement {
+            sid: None,
+            effect: Effect::Allow,
+            principals: vec!["victim".into()],
+            actions: vec!["secrets:*".into(), "kms:Decrypt".into()],
+        }],
+    };
+    assert!(matches!(victim.put_secret_policy("victim/token", &bad_action), Err(KmsError::InvalidRequest(_))));
+    assert_eq!(victim.get_secret_policy("victim/token").unwrap().policy.unwrap(), p);
 }

@@ -12,6 +12,7 @@ use super::error::{CliError, CliResult};
 use super::Global;
 use crate::connection::ENV_KMS;
 use crate::kms::clock::format_time;
+use crate::kms::policy::KeyPolicy;
 
 /// Subcommands of `sqlite-tde secrets`.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -60,6 +61,19 @@ pub enum SecretsCommand {
     Versions {
         #[arg(value_name = "NAME")]
         name: String,
+    },
+    /// Print a secret's owner, key and resource policy (JSON).
+    GetPolicy {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Replace a secret's resource policy with the JSON policy in FILE (or stdin with `-`).
+    /// Granting secrets:GetSecretValue only helps a principal the secret's key also serves.
+    PutPolicy {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -148,6 +162,23 @@ pub fn run(global: &Global, cmd: &SecretsCommand) -> CliResult {
                     writeln!(out, "{}\t{}\t{}", v.version_id, format_time(v.created), stages)?;
                 }
             }
+        }
+        SecretsCommand::GetPolicy { name } => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&c.get_secret_policy(name)?)?)?;
+        }
+        SecretsCommand::PutPolicy { name, file } => {
+            let text = match file.as_ref().filter(|f| f.as_os_str() != "-") {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| CliError::failure(format!("cannot read {}: {e}", f.display())))?,
+                None => {
+                    let mut s = String::new();
+                    io::stdin().read_to_string(&mut s)?;
+                    s
+                }
+            };
+            let policy: KeyPolicy =
+                serde_json::from_str(&text).map_err(|e| CliError::usage(format!("not a secret policy: {e}")))?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&c.put_secret_policy(name, &policy)?)?)?;
         }
     }
     Ok(())

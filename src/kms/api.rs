@@ -13,7 +13,7 @@ use super::audit::{AuditRecord, VerifyReport};
 use super::local::uri_of;
 use super::model::{AliasInfo, KeyInfo, Origin, Protection};
 use super::policy::{KeyPolicy, LintFinding};
-use super::secrets::{SecretInfo, SecretValue, SecretVersionInfo};
+use super::secrets::{SecretInfo, SecretPolicyInfo, SecretValue, SecretVersionInfo};
 use super::{EncryptionContext, GeneratedDataKey, KmsError};
 use crate::crypto::DataKey;
 use crate::format::KeyRef;
@@ -221,6 +221,13 @@ pub enum Request {
     ListSecretVersions {
         name: String,
     },
+    GetSecretPolicy {
+        name: String,
+    },
+    PutSecretPolicy {
+        name: String,
+        policy: KeyPolicy,
+    },
 }
 
 impl Request {
@@ -261,6 +268,8 @@ impl Request {
             Request::RotateSecret { .. } => "RotateSecret",
             Request::ListSecrets => "ListSecrets",
             Request::ListSecretVersions { .. } => "ListSecretVersionIds",
+            Request::GetSecretPolicy { .. } => "GetSecretPolicy",
+            Request::PutSecretPolicy { .. } => "PutSecretPolicy",
         }
     }
 }
@@ -716,5 +725,11 @@ impl KmsClient {
     }
     pub fn list_secret_versions(&self, name: &str) -> Result<Vec<SecretVersionInfo>, KmsError> {
         self.typed(Request::ListSecretVersions { name: name.into() })
+    }
+    pub fn get_secret_policy(&self, name: &str) -> Result<SecretPolicyInfo, KmsError> {
+        self.typed(Request::GetSecretPolicy { name: name.into() })
+    }
+    pub fn put_secret_policy(&self, name: &str, policy: &KeyPolicy) -> Result<SecretPolicyInfo, KmsError> {
+        self.typed(Request::PutSecretPolicy { name: name.into(), policy: policy.clone() })
     }
 }

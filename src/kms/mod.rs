@@ -57,7 +57,7 @@ pub enum KmsError {
     PendingImport(String),
     #[error("KMS key {key} is not usable: {reason}")]
     NotUsable { key: String, reason: String },
-    #[error("access denied: principal {principal} may not {action} with key {key}")]
+    #[error("access denied: principal {principal} may not {action} on {key}")]
     AccessDenied { principal: String, action: String, key: String },
     #[error("the wrapped data key does not decrypt under {key}: wrong key, wrong database (encryption context), or tampered")]
     InvalidCiphertext { key: String },

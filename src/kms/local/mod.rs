@@ -36,7 +36,7 @@ use super::clock::{BootReading, Clock, DAY};
 use super::model::{
     limits, normalize_alias, validate_alias, AliasInfo, KeyInfo, KeyManager, KeyState, Origin, Protection, VersionInfo,
 };
-use super::policy::{actions, default_principal, KeyPolicy};
+use super::policy::{actions, default_principal, principal_of_uid, KeyPolicy};
 use super::{EncryptionContext, GeneratedDataKey, Kms, KmsError, DEFAULT_KEY_ALIAS};
 use crate::crypto::{random_array, DataKey};
 use crate::format::KeyRef;
@@ -73,6 +73,8 @@ pub struct LocalKms {
     clock: Arc<dyn Clock>,
     audit: AuditLog,
     mode: &'static str,
+    /// Who sees the whole keystore; `None`: the directory's owner and root.
+    operators: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -278,6 +280,7 @@ impl LocalKms {
             principal: default_principal(),
             clock: super::clock::process_clock(),
             mode: "embedded",
+            operators: None,
         }
     }
 
@@ -1040,6 +1043,10 @@ impl LocalKms {
             }
             Request::ListSecrets => to_json(&super::secrets::list(self, principal)?),
             Request::ListSecretVersions { name } => to_json(&super::secrets::versions(self, principal, name)?),
+            Request::GetSecretPolicy { name } => to_json(&super::secrets::get_policy(self, principal, name)?),
+            Request::PutSecretPolicy { name, policy } => {
+                to_json(&super::secrets::put_policy(self, principal, name, policy)?)
+            }
         }
     }
 
@@ -1716,6 +1723,59 @@ impl LocalKms {
             ctx.key(k);
         }
         self.finish(&ctx, r)
+    }
+
+    /// [`Self::record_only`] with a detail for the record (what a sibling module changed).
+    pub(crate) fn record_detail<T>(
+        &self,
+        principal: &str,
+        op: &str,
+        key: Option<&str>,
+        detail: String,
+        r: Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        self.load(Use::Existing(key))?;
+        let mut ctx = OpCtx::new(principal, op);
+        if let Some(k) = key {
+            ctx.key(k);
+        }
+        ctx.detail = Some(detail);
+        self.finish(&ctx, r)
+    }
+
+    /// A key derived from this keystore's root key (for sibling modules' MACs).
+    pub(crate) fn derived_key(&self, label: &[u8]) -> Result<Zeroizing<[u8; 32]>, KmsError> {
+        let data = self.load(Use::Existing(None))?;
+        Ok(self.root_key(&data)?.derive(label))
+    }
+
+    /// Does `key`'s policy allow `principal` `action`? (No record: the caller records its own
+    /// operation.)
+    pub(crate) fn key_policy_allows(&self, principal: &str, key: &str, action: &str) -> Result<bool, KmsError> {
+        let data = self.load(Use::Existing(Some(key)))?;
+        let Ok(rec) = data.resolve(key) else { return Ok(false) };
+        Ok(authorize(&mut OpCtx::new(principal, action), rec, action).is_ok())
+    }
+
+    /// May `principal` see the whole keystore (every key, alias, secret and audit record)?
+    /// The configured operators (daemon: `operators` in kmsd.json or `kms serve --operator`),
+    /// else the owner of the keystore directory and root: they can read its files anyway.
+    pub fn is_operator(&self, principal: &str) -> bool {
+        if principal == SERVICE_PRINCIPAL {
+            return true;
+        }
+        if let Some(ops) = &self.operators {
+            return ops.iter().any(|o| o == principal);
+        }
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&self.paths.dir).map(|m| m.uid()).unwrap_or_else(|_| nix::unistd::geteuid().as_raw());
+        principal == principal_of_uid(owner) || principal == principal_of_uid(0)
+    }
+
+    /// Set who may see the whole keystore ([`Self::is_operator`]).
+    pub fn with_operators(mut self, operators: Vec<String>) -> LocalKms {
+        self.operators = Some(operators);
+        self
     }
 
     // ----- convenience for the acting principal -----
