@@ -327,7 +327,18 @@ fn byok_from_the_command_line() {
 #[test]
 fn secrets_from_the_command_line() {
     let env = Env::new();
-    out(env.as_("admin").args(["kms", "create-key", "--alias", "vault", "--admin", "admin", "--user", "app"]));
+    out(env.as_("admin").args([
+        "kms",
+        "create-key",
+        "--alias",
+        "vault",
+        "--admin",
+        "admin",
+        "--user",
+        "app",
+        "--user",
+        "app2",
+    ]));
     env.as_("app")
         .args(["secrets", "put", "api/token", "--key", "alias/vault"])
         .write_stdin("s3cr3t-value\n")
@@ -354,6 +365,36 @@ fn secrets_from_the_command_line() {
     let g = json(env.as_("app").args(["--json", "secrets", "get", "api/token", "--stage", "previous"]));
     assert_eq!(g["value"]["text"], "s3cr3t-value");
     assert!(!std::fs::read_to_string(env.ks.join("secrets.json")).unwrap().contains("s3cr3t"));
+
+    // The secret is app's: app2 may use the key, yet reads and writes nothing until app grants it.
+    let p = json(env.as_("app").args(["secrets", "get-policy", "api/token"]));
+    assert_eq!(p["owner"], "app");
+    for args in [&["secrets", "get", "api/token"][..], &["secrets", "put", "api/token"][..]] {
+        env.as_("app2")
+            .args(args)
+            .write_stdin("x")
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains("principal app2 may not secrets:"));
+    }
+    let mut policy = p["policy"].clone();
+    policy["statements"].as_array_mut().unwrap().push(serde_json::json!({
+        "sid": "reader", "effect": "allow", "principals": ["app2"], "actions": ["secrets:GetSecretValue"]
+    }));
+    env.as_("app2").args(["secrets", "put-policy", "api/token"]).write_stdin(policy.to_string()).assert().code(3);
+    env.as_("app").args(["secrets", "put-policy", "api/token"]).write_stdin(policy.to_string()).assert().success();
+    assert_eq!(
+        out(env.as_("app2").args(["secrets", "get", "api/token"])),
+        out(env.as_("app").args(["secrets", "get", "api/token"]))
+    );
+    env.as_("app2").args(["secrets", "rotate", "api/token"]).assert().code(3);
+    // A policy nobody could change again is refused.
+    env.as_("app")
+        .args(["secrets", "put-policy", "api/token"])
+        .write_stdin(r#"{"version":1,"statements":[{"effect":"allow","principals":["app"],"actions":["secrets:GetSecretValue"]}]}"#)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("to nobody"));
 }
 
 // ----- daemon -----

@@ -589,3 +589,78 @@ fn unmaced_keystore_keeps_loading_is_upgraded_and_cannot_come_back() {
     fs::write(env.ks.join("keystore.json"), &upgraded).unwrap();
     assert!(ok(cli(&env.ks).args(["kms", "audit", "--verify"])).contains("audit log OK"));
 }
+
+/// `secrets.json` as format 1: the same JSON under the old magic line and a bare SHA-256
+/// checksum, which anyone who can write the file can compute.
+fn secrets_as_format_1(text: &str) -> String {
+    use sha2::Digest;
+    let body = text.strip_prefix("sqlite-tde-secrets 2\n").expect("a format-2 secrets.json");
+    let json = &body[..body.rfind("hmac-sha256:").expect("a MAC trailer")];
+    let covered = format!("sqlite-tde-secrets 1\n{json}");
+    format!("{covered}sha256:{}\n", hex::encode(sha2::Sha256::digest(covered.as_bytes())))
+}
+
+fn assert_refused_and_unchanged(env: &KmsEnv, file: &Path, needle: &str) {
+    use sqlite_tde::kms::secrets;
+    let before = fs::read(file).unwrap();
+    for who in ["mallory", "victim"] {
+        let kms = env.kms(who);
+        let e = secrets::get(&kms, who, "prod/db-password", None, None).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(needle), "{who}: {e}");
+        let e = secrets::put(&kms, who, "prod/db-password", b"new", None, "").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(needle), "{who}: {e}");
+        assert!(secrets::list(&kms, who).is_err());
+    }
+    assert_eq!(fs::read(file).unwrap(), before, "a refused secrets.json was rewritten");
+}
+
+/// Issue 14: the secrets' owners and policies decide who reads them, so an attacker who can
+/// write `secrets.json` must not be able to hand a secret to itself.
+#[test]
+fn secrets_json_edited_without_the_root_key_is_refused() {
+    let env = KmsEnv::new();
+    sqlite_tde::kms::secrets::put(&env.kms("victim"), "victim", "prod/db-password", b"s3cret", None, "").unwrap();
+    let file = env.ks.join("secrets.json");
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("sqlite-tde-secrets 2\n") && text.contains("\"owner\": \"victim\""), "{text}");
+    fs::write(&file, text.replace("\"victim\"", "\"mallory\"")).unwrap();
+    assert_refused_and_unchanged(&env, &file, "MAC does not verify");
+}
+
+/// ... nor by putting back the unauthenticated format 1 (a downgrade) ...
+#[test]
+fn secrets_json_downgraded_to_format_1_is_refused() {
+    let env = KmsEnv::new();
+    sqlite_tde::kms::secrets::put(&env.kms("victim"), "victim", "prod/db-password", b"s3cret", None, "").unwrap();
+    let file = env.ks.join("secrets.json");
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, secrets_as_format_1(&text.replace("\"victim\"", "\"mallory\""))).unwrap();
+    assert_refused_and_unchanged(&env, &file, "downgrade");
+}
+
+/// ... nor by planting a format-1 file in a keystore that never had secrets, after leaving a
+/// *refused* secrets write in the audit log (only writes that happened make a format-1 file
+/// plausible).
+#[test]
+fn a_planted_format_1_secrets_json_is_refused_even_after_a_refused_write() {
+    use sqlite_tde::kms::api::CreateKeyParams;
+    use sqlite_tde::kms::audit::Outcome;
+    let env = KmsEnv::new();
+    let ops = env.kms("ops");
+    ops.op_create_key("ops", &CreateKeyParams { alias: Some("alias/ops".into()), ..Default::default() }).unwrap();
+    assert!(sqlite_tde::kms::secrets::put(&env.kms("mallory"), "mallory", "x", b"v", Some("alias/ops"), "").is_err());
+    let log = ops.op_read_audit("ops", None, None).unwrap();
+    assert!(
+        log.iter().any(|r| r.operation == "secrets:PutSecretValue" && r.outcome != Outcome::Allowed),
+        "the refused write must be in the log for this test to mean anything"
+    );
+    assert!(!env.ks.join("secrets.json").exists());
+    let planted = {
+        use sha2::Digest;
+        let covered = "sqlite-tde-secrets 1\n{\"secrets\": {}}\n".to_string();
+        format!("{covered}sha256:{}\n", hex::encode(sha2::Sha256::digest(covered.as_bytes())))
+    };
+    let file = env.ks.join("secrets.json");
+    fs::write(&file, planted).unwrap();
+    assert_refused_and_unchanged(&env, &file, "no secret ever written");
+}

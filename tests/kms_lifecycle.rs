@@ -535,8 +535,10 @@ fn a_put_naming_its_key_by_alias_never_seals_under_a_squatters_key() {
     mallory.put_secret("prod/db-password", b"placeholder", None, "squatted").unwrap();
     let victim = env.kms("victim").client();
     let r = victim.put_secret("prod/db-password", b"s3cret", Some("alias/victim"), "");
+    // Refused either way: the name is mallory's (secret policies), and it is under another key.
     assert!(
-        matches!(&r, Err(KmsError::InvalidRequest(m)) if m.contains("cannot change keys")),
+        matches!(&r, Err(KmsError::AccessDenied { .. }))
+            || matches!(&r, Err(KmsError::InvalidRequest(m)) if m.contains("cannot change keys")),
         "the victim's value was stored under another key than the one it named: {:?}",
         r.as_ref().map(|v| v.key_id.clone())
     );
@@ -544,6 +546,18 @@ fn a_put_naming_its_key_by_alias_never_seals_under_a_squatters_key() {
     assert_eq!(&mallory.get_secret("prod/db-password", None, None).unwrap().value[..], b"placeholder");
     // The same by key id is refused too.
     assert!(victim.put_secret("prod/db-password", b"s3cret", Some(&victim_key), "").is_err());
+    // Even the owner cannot move a secret to another key by naming it on a put.
+    ops.op_create_key(
+        "ops",
+        &CreateKeyParams { alias: Some("alias/mallory".into()), users: vec!["mallory".into()], ..Default::default() },
+    )
+    .unwrap();
+    let r = mallory.put_secret("prod/db-password", b"v2", Some("alias/mallory"), "");
+    assert!(
+        matches!(&r, Err(KmsError::InvalidRequest(m)) if m.contains("cannot change keys")),
+        "{:?}",
+        r.map(|v| v.key_id)
+    );
 }
 
 /// Secret squatting in the shared namespace (issue 14, high): a name someone else created is
@@ -587,7 +601,10 @@ fn secrets_have_owners_and_resource_policies_so_names_cannot_be_squatted() {
     let info = victim.get_secret_policy("victim/token").unwrap();
     assert_eq!(info.owner, "victim");
     assert!(mallory.get_secret("victim/token", None, None).is_err());
-    assert_eq!(mallory.list_secrets().unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["prod/db-password"]);
+    assert_eq!(
+        mallory.list_secrets().unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["prod/db-password"]
+    );
 
     // A grant opens exactly what it names.
     let mut p = owner_policy("victim");

@@ -1768,7 +1768,8 @@ impl LocalKms {
             return ops.iter().any(|o| o == principal);
         }
         use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(&self.paths.dir).map(|m| m.uid()).unwrap_or_else(|_| nix::unistd::geteuid().as_raw());
+        let owner =
+            std::fs::metadata(&self.paths.dir).map(|m| m.uid()).unwrap_or_else(|_| nix::unistd::geteuid().as_raw());
         principal == principal_of_uid(owner) || principal == principal_of_uid(0)
     }
 

@@ -155,7 +155,10 @@ fn save(kms: &LocalKms, store: &Store, from: u32, data: &SecretsData) -> Result<
             SERVICE_PRINCIPAL,
             store::UPGRADE_OP,
             None,
-            format!("secrets.json format {from} -> {}: authenticated under a key derived from the root key", store::FORMAT),
+            format!(
+                "secrets.json format {from} -> {}: authenticated under a key derived from the root key",
+                store::FORMAT
+            ),
             Ok(()),
         )?;
     }
@@ -389,14 +392,23 @@ pub fn get_policy(kms: &LocalKms, principal: &str, name: &str) -> Result<SecretP
         return kms.record_only(principal, OP, None, Err(KmsError::NotFound(format!("secret {name}"))));
     };
     authorize(kms, principal, OP, s, actions::GET_SECRET_POLICY)?;
-    let info =
-        SecretPolicyInfo { name: s.name.clone(), key_id: s.key_id.clone(), owner: s.owner.clone(), policy: s.policy.clone() };
+    let info = SecretPolicyInfo {
+        name: s.name.clone(),
+        key_id: s.key_id.clone(),
+        owner: s.owner.clone(),
+        policy: s.policy.clone(),
+    };
     kms.record_only(principal, OP, Some(&s.key_id), Ok(info))
 }
 
 /// `secrets put-policy NAME`: replace the secret's policy (recorded with the new policy's
 /// digest before the file changes).
-pub fn put_policy(kms: &LocalKms, principal: &str, name: &str, policy: &KeyPolicy) -> Result<SecretPolicyInfo, KmsError> {
+pub fn put_policy(
+    kms: &LocalKms,
+    principal: &str,
+    name: &str,
+    policy: &KeyPolicy,
+) -> Result<SecretPolicyInfo, KmsError> {
     const OP: &str = "secrets:PutSecretPolicy";
     let store = Store::of(kms.dir());
     let _lock = store.locked()?;
@@ -407,7 +419,12 @@ pub fn put_policy(kms: &LocalKms, principal: &str, name: &str, policy: &KeyPolic
     };
     authorize(kms, principal, OP, rec, actions::PUT_SECRET_POLICY)?;
     if let Err(why) = access::validate(policy) {
-        return kms.record_only(principal, OP, Some(&rec.key_id), Err(KmsError::InvalidRequest(format!("secret policy: {why}"))));
+        return kms.record_only(
+            principal,
+            OP,
+            Some(&rec.key_id),
+            Err(KmsError::InvalidRequest(format!("secret policy: {why}"))),
+        );
     }
     rec.policy = Some(policy.clone());
     let info = SecretPolicyInfo {

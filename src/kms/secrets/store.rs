@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::SecretsData;
+use crate::kms::audit::Outcome;
 use crate::kms::local::LocalKms;
 use crate::kms::KmsError;
 
@@ -112,7 +113,9 @@ impl Store {
         if records.iter().any(|r| r.operation == UPGRADE_OP) {
             return refuse("the audit log shows it was upgraded to the authenticated format");
         }
-        if !records.iter().any(|r| LEGACY_WRITES.contains(&r.operation.as_str())) {
+        // Only a write that happened counts: a refused attempt is something any principal can
+        // leave in the log.
+        if !records.iter().any(|r| r.outcome == Outcome::Allowed && LEGACY_WRITES.contains(&r.operation.as_str())) {
             return refuse("the audit log records no secret ever written");
         }
         Ok(())
