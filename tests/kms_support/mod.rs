@@ -143,8 +143,14 @@ pub fn dir_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 }
 
 /// Temp files left in `dir` (`.tmp-*`).
+/// Names only: killers poll this in a tight loop, so it must not read file contents.
 pub fn temp_files(dir: &Path) -> Vec<String> {
-    dir_files(dir).into_keys().filter(|n| n.starts_with(".tmp-")).collect()
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with(".tmp-"));
+    names.sort();
+    names
 }
 
 /// A `sqlite-tde kms serve` process, killed when dropped.

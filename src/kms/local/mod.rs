@@ -1717,12 +1717,7 @@ impl LocalKms {
         key: Option<&str>,
         r: Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        self.load(Use::Existing(key))?;
-        let mut ctx = OpCtx::new(principal, op);
-        if let Some(k) = key {
-            ctx.key(k);
-        }
-        self.finish(&ctx, r)
+        self.record_with(principal, op, key, None, r)
     }
 
     /// [`Self::record_only`] with a detail for the record (what a sibling module changed).
@@ -1734,12 +1729,23 @@ impl LocalKms {
         detail: String,
         r: Result<T, KmsError>,
     ) -> Result<T, KmsError> {
+        self.record_with(principal, op, key, Some(detail), r)
+    }
+
+    fn record_with<T>(
+        &self,
+        principal: &str,
+        op: &str,
+        key: Option<&str>,
+        detail: Option<String>,
+        r: Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
         self.load(Use::Existing(key))?;
         let mut ctx = OpCtx::new(principal, op);
         if let Some(k) = key {
             ctx.key(k);
         }
-        ctx.detail = Some(detail);
+        ctx.detail = detail;
         self.finish(&ctx, r)
     }
 
