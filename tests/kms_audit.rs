@@ -79,10 +79,14 @@ fn every_request_allowed_or_denied_is_recorded_without_secrets() {
     use base64::Engine;
     assert!(!text.contains(&base64::engine::general_purpose::STANDARD.encode(&dek[..])));
 
-    let report = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    let report = env.kms("auditor").with_operators(auditors()).op_verify_audit("auditor").unwrap();
     assert!(report.ok && report.authenticated, "{report:?}");
     // Reading the log is itself recorded; filters work.
-    let only = env.kms("auditor").op_read_audit("auditor", Some("alias/audited"), Some(T0)).unwrap();
+    let only = env
+        .kms("auditor")
+        .with_operators(auditors())
+        .op_read_audit("auditor", Some("alias/audited"), Some(T0))
+        .unwrap();
     assert!(only.iter().all(|r| r.key_id.as_deref() == Some(id.as_str())));
     assert!(AuditLog::new(&env.ks)
         .read()
@@ -99,6 +103,12 @@ fn write_lines(path: &Path, lines: &[String]) {
     let mut s = lines.join("\n");
     s.push('\n');
     std::fs::write(path, s).unwrap();
+}
+
+/// The principal these tests verify and read the whole trail as: a keystore operator (only
+/// operators may; see `listings_show_a_principal_only_what_it_may_use`).
+fn auditors() -> Vec<String> {
+    vec!["auditor".into()]
 }
 
 fn verify(kms: &LocalKms) -> Vec<String> {
@@ -130,7 +140,7 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
         let mut l = original.clone();
         mutate(&mut l);
         write_lines(&ks.join("audit.log"), &l);
-        let kms = LocalKms::new(&ks).with_principal("auditor");
+        let kms = LocalKms::new(&ks).with_principal("auditor").with_operators(auditors());
         let problems = kms.audit_log().verify(None, None).unwrap().problems;
         let with_mac = kms.op_verify_audit("auditor").unwrap();
         assert!(!with_mac.ok, "{want}: tampering not detected");
@@ -140,7 +150,7 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
             with_mac.problems
         );
     };
-    assert!(verify(&LocalKms::new(&env.ks).with_principal("auditor")).is_empty());
+    assert!(verify(&LocalKms::new(&env.ks).with_principal("auditor").with_operators(auditors())).is_empty());
 
     // Editing a field.
     check(
@@ -196,12 +206,12 @@ fn audit_chain_detects_editing_forging_deleting_reordering_and_truncation() {
         let edited = format!("{}2{}", &text[..seq_at], &text[end..]);
         std::fs::write(ks.join("keystore.json"), edited).unwrap();
         write_lines(&ks.join("audit.log"), &original[..2]);
-        let e = LocalKms::new(&ks).op_verify_audit("auditor").unwrap_err().to_string();
+        let e = LocalKms::new(&ks).with_operators(auditors()).op_verify_audit("auditor").unwrap_err().to_string();
         assert!(e.contains("MAC does not verify"), "{e}");
     }
     // The untouched original still verifies.
     assert!(lines(&path).starts_with(&original));
-    assert!(verify(&LocalKms::new(&env.ks).with_principal("auditor")).is_empty());
+    assert!(verify(&LocalKms::new(&env.ks).with_principal("auditor").with_operators(auditors())).is_empty());
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -296,7 +306,7 @@ fn cut_log_tail_closes_the_kms_until_a_gap_is_acknowledged_and_verify_keeps_repo
     write_lines(&log, &l);
 
     assert_closed(&env, &id, &blob, "3 record(s) missing");
-    let r = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    let r = env.kms("auditor").with_operators(auditors()).op_verify_audit("auditor").unwrap();
     assert!(!r.ok && r.problems.iter().any(|p| p.contains("3 record(s) missing")), "{r:?}");
 
     let ack = env.kms("admin").acknowledge_audit_gap("admin").unwrap();
@@ -309,7 +319,7 @@ fn cut_log_tail_closes_the_kms_until_a_gap_is_acknowledged_and_verify_keeps_repo
     assert_eq!(read_db(&env.tde("bob"), &env.path("closed.db")).unwrap(), "hello");
     env.kms("alice").op_disable("alice", &id).unwrap();
     // The gap is in the chain for good.
-    let r = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    let r = env.kms("auditor").with_operators(auditors()).op_verify_audit("auditor").unwrap();
     assert!(r.ok, "{r:?}");
     assert!(r.gaps.len() == 1 && r.gaps[0].contains("3 record(s) missing") && r.gaps[0].contains("admin"), "{r:?}");
     assert!(matches!(env.kms("admin").acknowledge_audit_gap("admin"), Err(KmsError::InvalidRequest(_))));
@@ -367,7 +377,7 @@ fn a_record_with_a_field_the_mac_does_not_cover_is_rejected() {
     assert_ne!(forged, l[1]);
     l[1] = forged;
     write_lines(&log, &l);
-    let r = env.kms("auditor").op_verify_audit("auditor").unwrap();
+    let r = env.kms("auditor").with_operators(auditors()).op_verify_audit("auditor").unwrap();
     assert!(!r.ok && r.problems.iter().any(|p| p.starts_with("line 2:")), "{r:?}");
     // On the newest record it closes the KMS at once.
     l[last] = l[last].replacen("\"outcome\"", "\"approved_by\":\"security\",\"outcome\"", 1);
@@ -587,7 +597,7 @@ fn keystore_survives_kill_9_during_mutations_without_losing_a_version() {
         }
 
         // Everything acknowledged is there.
-        let kms = LocalKms::new(&ks).with_principal("ops");
+        let kms = LocalKms::new(&ks).with_principal("ops").with_operators(auditors());
         let data = kms.read_keystore().expect("keystore readable after kill -9").expect("keystore exists");
         for id in &acked.created {
             assert!(data.keys.contains_key(id), "round {round}: acknowledged key {id} lost");

@@ -149,17 +149,18 @@ fn lifecycle_policy_and_audit_from_the_command_line() {
     // Policy get/put and lint.
     let policy = out(env.as_("alice").args(["kms", "policy", "get", "alias/app"]));
     let mut p: serde_json::Value = serde_json::from_str(&policy).unwrap();
-    env.as_("carol").args(["kms", "lint"]).assert().success().stdout("");
+    // Lint as the key-admin: a principal's lint covers the keys whose policy it may read.
+    env.as_("alice").args(["kms", "lint"]).assert().success().stdout("");
     // Granting bob the admin role as well is flagged by lint.
     p["statements"][0]["principals"] = serde_json::json!(["alice", "bob"]);
     env.as_("alice").args(["kms", "policy", "put", "alias/app"]).write_stdin(p.to_string()).assert().success();
-    env.as_("carol")
+    env.as_("alice")
         .args(["kms", "lint"])
         .assert()
         .code(1)
         .stdout(predicate::str::contains("principal bob holds kms:Decrypt"));
     let lint: serde_json::Value =
-        serde_json::from_slice(&env.as_("carol").args(["--json", "kms", "lint"]).assert().code(1).get_output().stdout)
+        serde_json::from_slice(&env.as_("alice").args(["--json", "kms", "lint"]).assert().code(1).get_output().stdout)
             .unwrap();
     assert_eq!(lint[0]["key_id"], id.as_str());
 
@@ -205,8 +206,9 @@ fn lifecycle_policy_and_audit_from_the_command_line() {
     let d = json(env.as_at("alice", 12).args(["--json", "kms", "describe", &id]));
     assert_eq!(d["state"], "deleted");
 
-    // The audit log lists and verifies; tampering is exit code 3.
-    let recs = json(env.as_at("auditor", 12).args(["--json", "kms", "audit", "--key", &id]));
+    // The audit log lists and verifies (as root, an operator of every keystore: the whole
+    // trail is for operators); tampering is exit code 3.
+    let recs = json(env.as_at("root", 12).args(["--json", "kms", "audit", "--key", &id]));
     let ops: Vec<&str> = recs.as_array().unwrap().iter().map(|r| r["operation"].as_str().unwrap()).collect();
     for op in [
         "CreateKey",
@@ -221,9 +223,9 @@ fn lifecycle_policy_and_audit_from_the_command_line() {
         assert!(ops.contains(&op), "{op} not in {ops:?}");
     }
     assert!(recs.as_array().unwrap().iter().any(|r| r["principal"] == "alice" && r["outcome"] == "denied"));
-    let since = json(env.as_at("auditor", 12).args(["--json", "kms", "audit", "--since", "2025-01-05"]));
+    let since = json(env.as_at("root", 12).args(["--json", "kms", "audit", "--since", "2025-01-05"]));
     assert!(since.as_array().unwrap().iter().all(|r| r["time"].as_u64().unwrap() >= T0 + 4 * 86_400));
-    env.as_at("auditor", 12)
+    env.as_at("root", 12)
         .args(["kms", "audit", "--verify"])
         .assert()
         .success()
@@ -231,7 +233,7 @@ fn lifecycle_policy_and_audit_from_the_command_line() {
     let log = env.ks.join("audit.log");
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::write(&log, text.replacen("\"principal\":\"bob\"", "\"principal\":\"eve\"", 1)).unwrap();
-    env.as_at("auditor", 12)
+    env.as_at("root", 12)
         .args(["kms", "audit", "--verify"])
         .assert()
         .code(3)
@@ -555,7 +557,7 @@ fn daemon_clients_see_a_broken_audit_trail_and_its_recovery_command() {
     let env = Env::new();
     let me = nix::unistd::geteuid().as_raw();
     let map = format!("{me}=ops");
-    let daemon = start_daemon(&env.ks, &env.path("kms.sock"), &["--map-uid", &map]);
+    let daemon = start_daemon(&env.ks, &env.path("kms.sock"), &["--map-uid", &map, "--operator", "ops"]);
     let spec = format!("unix:{}", daemon.socket.display());
     let client = |args: &[&str]| {
         let mut c = env.as_("ignored");
@@ -652,4 +654,57 @@ open(out, "wb").write(got)
             None => assert!(sent_token, "control: the capture saw no token ({} bytes)", got.len()),
         }
     }
+}
+
+/// Issue 14 (daemon listings): through the daemon any account used to list every key and
+/// alias and read the whole audit trail. Now `kms serve --operator ops` names who sees
+/// everything; another account sees its own keys and the records it may read, and cannot
+/// verify the trail.
+#[test]
+fn daemon_accounts_see_only_their_own_keys_and_records() {
+    let env = Env::new();
+    let daemon = start_daemon(&env.ks, &env.path("kms.sock"), &["--operator", "ops"]);
+    let spec = format!("unix:{}", daemon.socket.display());
+    let token = |p: &str| out(env.as_("-").args(["kms", "token", "create", p])).trim().to_string();
+    let (ops, eve) = (token("ops"), token("eve"));
+    let with = |t: &str, args: &[&str]| {
+        let mut c = env.as_("ignored");
+        c.env("SQLITE_TDE_KMS_TOKEN", t).arg("--kms").arg(&spec).args(args);
+        c
+    };
+    let app_key = out(&mut with(&ops, &["kms", "create-key", "--alias", "app", "--admin", "ops", "--user", "app"]))
+        .trim()
+        .to_string();
+    let eve_key = out(&mut with(&eve, &["kms", "create-key", "--alias", "eve"])).trim().to_string();
+    let listed = |t: &str| {
+        json(&mut with(t, &["--json", "kms", "list"]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let all = listed(&ops);
+    assert!(all.contains(&app_key) && all.contains(&eve_key), "{all:?}");
+    let eves = listed(&eve);
+    assert!(eves.contains(&eve_key) && !eves.contains(&app_key), "eve lists a key she holds no right on: {eves:?}");
+
+    let audit = |t: &str, extra: &[&str]| {
+        let mut args = vec!["--json", "kms", "audit"];
+        args.extend_from_slice(extra);
+        json(&mut with(t, &args)).as_array().unwrap().clone()
+    };
+    let eve_sees = audit(&eve, &[]);
+    assert!(!eve_sees.is_empty() && eve_sees.iter().all(|r| r["principal"] == "eve"), "{eve_sees:?}");
+    assert!(audit(&ops, &[]).iter().any(|r| r["principal"] == "eve"));
+    with(&eve, &["kms", "audit", "--key", "alias/app"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("eve may not kms:ReadAudit"));
+    with(&eve, &["kms", "audit", "--verify"]).assert().code(3).stderr(predicate::str::contains("kms:VerifyAudit"));
+    with(&ops, &["kms", "audit", "--verify"]).assert().success();
+    // Lint: eve's key (she holds both roles) is hers to see; app's is not.
+    let lint = String::from_utf8(with(&eve, &["kms", "lint"]).assert().code(1).get_output().stdout.clone()).unwrap();
+    assert!(lint.contains(&eve_key) && !lint.contains(&app_key), "{lint}");
+    drop(daemon);
 }

@@ -469,7 +469,7 @@ fn restore_killed_midway_leaves_the_old_or_the_new_keystore() {
             journals += 1;
         }
         // The next use finishes an interrupted restore; the state is one snapshot's, whole.
-        let fresh = LocalKms::new(&env.ks).with_principal("ops");
+        let fresh = LocalKms::new(&env.ks).with_principal("ops").with_operators(vec!["ops".into()]);
         fresh.list_keys().unwrap();
         assert!(!env.ks.join("restore.pending").exists());
         // Keys compared without the audit head, which every request (this check's too) moves.

@@ -7,7 +7,9 @@ mod kms_support;
 
 use kms_support::*;
 use sqlite_tde::kms::api::CreateKeyParams;
+use sqlite_tde::kms::audit::Outcome;
 use sqlite_tde::kms::local::import::wrap_for_import;
+use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::model::{KeyManager, KeyState, Origin};
 use sqlite_tde::kms::policy::{Effect, KeyPolicy, Statement};
 use sqlite_tde::kms::{EncryptionContext, Kms, KmsError, DEFAULT_KEY_ALIAS};
@@ -300,10 +302,12 @@ fn separation_of_duties_key_users_and_key_admins() {
     assert!(matches!(kms_error(read_db(&env.tde("alice"), &db).unwrap_err()), KmsError::AccessDenied { .. }));
     assert_eq!(read_db(&env.tde("svc"), &db).unwrap(), "hello");
 
-    // Lint: clean for this key; flags the creator of a default-policy key.
+    // Lint: clean for this key; flags the creator of a default-policy key (to an operator,
+    // here root; alice may not read that key's policy, so her lint does not show it).
     assert!(alice.op_lint("alice").unwrap().is_empty());
     let both = env.kms("dave").create_key(Some("alias/both"), "").unwrap().key_id;
-    let lint = alice.op_lint("alice").unwrap();
+    assert!(alice.op_lint("alice").unwrap().is_empty());
+    let lint = env.kms("root").op_lint("root").unwrap();
     assert_eq!(lint.len(), 1);
     assert_eq!(lint[0].key_id, both);
     assert_eq!(lint[0].findings[0].principal, "dave");
@@ -591,7 +595,7 @@ fn secrets_have_owners_and_resource_policies_so_names_cannot_be_squatted() {
     let versions = mallory.list_secret_versions("prod/db-password").unwrap();
     assert_eq!(versions.len(), 1);
     assert_eq!(&mallory.get_secret("prod/db-password", None, None).unwrap().value[..], b"placeholder");
-    let log = env.kms("ops").op_read_audit("ops", None, None).unwrap();
+    let log = env.kms("root").op_read_audit("root", None, None).unwrap();
     assert!(log.iter().any(|r| r.principal == "victim"
         && r.operation == "secrets:PutSecretValue"
         && r.outcome == sqlite_tde::kms::audit::Outcome::Denied));
@@ -640,4 +644,164 @@ fn secrets_have_owners_and_resource_policies_so_names_cannot_be_squatted() {
     };
     assert!(matches!(victim.put_secret_policy("victim/token", &bad_action), Err(KmsError::InvalidRequest(_))));
     assert_eq!(victim.get_secret_policy("victim/token").unwrap().policy.unwrap(), p);
+}
+
+fn sod_key(env: &KmsEnv) -> String {
+    env.kms("carol")
+        .op_create_key(
+            "carol",
+            &CreateKeyParams {
+                alias: Some("alias/app".into()),
+                admins: vec!["ops".into()],
+                users: vec!["app".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .key_id
+}
+
+/// Issue 14 (SoD escape): a key-admin used to add itself to the key-user statement with
+/// PutKeyPolicy and then decrypt the application's data keys; `kms lint` saw nothing. Now a
+/// policy change may not give its author a cryptographic right (or kms:GrantSelf) that the
+/// policy in force does not, and lint counts PutKeyPolicy as every right it can grant.
+#[test]
+fn a_key_admin_cannot_grant_itself_cryptographic_rights() {
+    let env = KmsEnv::new();
+    let id = sod_key(&env);
+    let ops = env.kms("ops");
+    let app = env.kms("app");
+    let blob = app.op_generate_data_key("app", &id, &ctx("db"), None, true).unwrap().ciphertext;
+    let before = ops.op_get_policy("ops", &id).unwrap();
+    let refused = |p: &KeyPolicy, what: &str| match ops.op_put_policy("ops", &id, p) {
+        Err(KmsError::AccessDenied { principal, action, .. }) => {
+            assert_eq!(principal, "ops");
+            assert!(action.starts_with("kms:GrantSelf") && action.contains(what), "{action}");
+        }
+        other => panic!("self-grant of {what} must be refused, got {other:?}"),
+    };
+    // Itself into the key-user statement; everyone (which includes itself); and the two-step
+    // route, first the permission to self-grant.
+    let mut as_user = before.clone();
+    as_user.statements[1].principals.push("ops".into());
+    refused(&as_user, "kms:Decrypt");
+    let mut everyone = before.clone();
+    everyone.statements[1].principals = vec!["*".into()];
+    refused(&everyone, "kms:Decrypt");
+    let mut two_step = before.clone();
+    two_step.statements[0].actions.push("kms:GrantSelf".into());
+    refused(&two_step, "give itself kms:GrantSelf");
+    let mut star = before.clone();
+    star.statements[0].actions = vec!["kms:*".into()];
+    refused(&star, "kms:Encrypt");
+    assert_eq!(ops.op_get_policy("ops", &id).unwrap(), before, "a refused change changed the policy");
+    assert!(matches!(ops.op_decrypt("ops", &blob, &ctx("db"), None), Err(KmsError::AccessDenied { .. })));
+    let denials = env.kms("root").op_read_audit("root", Some(&id), None).unwrap();
+    assert_eq!(
+        denials
+            .iter()
+            .filter(|r| r.operation == "PutKeyPolicy" && r.principal == "ops" && r.outcome == Outcome::Denied)
+            .count(),
+        4
+    );
+
+    // Administering itself is fine (no new cryptographic right), and so is granting another
+    // principal: a second identity the admin controls is beyond what a policy can see.
+    let mut more = before.clone();
+    more.statements[1].principals.push("batch".into());
+    ops.op_put_policy("ops", &id, &more).unwrap();
+    // A policy nobody could ever change again is refused (lockout check).
+    let mut locked = more.clone();
+    locked.statements[0].actions.retain(|a| a != "kms:PutKeyPolicy");
+    assert!(matches!(ops.op_put_policy("ops", &id, &locked), Err(KmsError::InvalidRequest(m)) if m.contains("nobody")));
+
+    // Self-grants happen only where the policy in force explicitly allows them; lint says so.
+    assert!(env.kms("root").op_lint("root").unwrap().iter().all(|l| l.key_id != id));
+    let carol_key = env.kms("carol").create_key(Some("alias/carol"), "").unwrap().key_id;
+    let carol = env.kms("carol");
+    let mut p = carol.op_get_policy("carol", &carol_key).unwrap();
+    p.statements[0].principals = vec!["ops".into()];
+    p.statements[0].actions.push("kms:GrantSelf".into());
+    p.statements[1].principals = vec!["app".into()];
+    carol.op_put_policy("carol", &carol_key, &p).unwrap();
+    let lint = env.kms("root").op_lint("root").unwrap();
+    let finding = &lint.iter().find(|l| l.key_id == carol_key).expect("lint flags the self-granting admin").findings[0];
+    assert_eq!(finding.principal, "ops");
+    assert!(finding.message.contains("can grant itself kms:Decrypt"), "{}", finding.message);
+    let mut grant = p.clone();
+    grant.statements[1].principals.push("ops".into());
+    ops.op_put_policy("ops", &carol_key, &grant).unwrap();
+    ops.op_generate_data_key("ops", &carol_key, &ctx("db"), None, true).unwrap();
+}
+
+/// Issue 14 (daemon listings): every principal used to see every key, alias, lint finding
+/// and audit record. Now an operator sees everything; anyone else sees the keys its policy
+/// lets it use or manage, the audit records of keys it holds kms:ReadAudit on (key-admins)
+/// and of its own requests; verifying the whole trail is for operators.
+#[test]
+fn listings_show_a_principal_only_what_it_may_use() {
+    let env = KmsEnv::new();
+    let id = sod_key(&env);
+    let app = env.kms("app");
+    app.op_generate_data_key("app", &id, &ctx("db"), None, true).unwrap();
+    let eve_key = env.kms("eve").create_key(Some("alias/eve"), "").unwrap().key_id;
+    let deleted = env.kms("ops").create_key(Some("alias/gone"), "").unwrap().key_id;
+    env.kms("ops").op_schedule_deletion("ops", &deleted, Some(7)).unwrap();
+    env.advance_days(8);
+    let op =
+        LocalKms::new(&env.ks).with_principal("op").with_clock(env.clock.clone()).with_operators(vec!["op".into()]);
+    let as_ = |p: &str| env.kms(p).with_operators(vec!["op".into()]);
+
+    let ids = |keys: Vec<sqlite_tde::kms::model::KeyInfo>| {
+        let mut v: Vec<String> = keys.into_iter().map(|k| k.key_id).collect();
+        v.sort();
+        v
+    };
+    let all = ids(op.op_list_keys("op").unwrap());
+    assert!(all.contains(&id) && all.contains(&eve_key) && all.contains(&deleted), "an operator sees every key");
+    let tomb = op.op_list_keys("op").unwrap().into_iter().find(|k| k.key_id == deleted).unwrap();
+    assert_eq!(
+        tomb.state,
+        KeyState::Deleted,
+        "the deletion ran: its tombstone has no policy, which reads as open to all"
+    );
+    // eve: her own key and the service default key (everyone may use it); not app's, and no tombstone.
+    let eve = ids(as_("eve").op_list_keys("eve").unwrap());
+    assert!(eve.contains(&eve_key) && !eve.contains(&id) && !eve.contains(&deleted), "{eve:?}");
+    let aliases: Vec<String> = as_("eve").op_list_aliases("eve").unwrap().into_iter().map(|a| a.alias).collect();
+    assert!(aliases.contains(&"alias/eve".to_string()) && !aliases.contains(&"alias/app".to_string()), "{aliases:?}");
+    assert!(as_("app").op_list_keys("app").unwrap().iter().any(|k| k.key_id == id));
+    assert!(as_("ops").op_list_keys("ops").unwrap().iter().any(|k| k.key_id == id));
+
+    // Audit: eve reads her own requests, nothing about app's key; asking for it is denied.
+    let eve_audit = as_("eve").op_read_audit("eve", None, None).unwrap();
+    assert!(!eve_audit.is_empty() && eve_audit.iter().all(|r| r.principal == "eve"), "{eve_audit:?}");
+    assert!(
+        matches!(as_("eve").op_read_audit("eve", Some("alias/app"), None), Err(KmsError::AccessDenied { action, .. }) if action == "kms:ReadAudit")
+    );
+    // The key-admin reads its key's trail, app's use included; the key-user does not.
+    let ops_audit = as_("ops").op_read_audit("ops", Some(&id), None).unwrap();
+    assert!(ops_audit.iter().any(|r| r.principal == "app" && r.operation == "GenerateDataKey"));
+    assert!(matches!(as_("app").op_read_audit("app", Some(&id), None), Err(KmsError::AccessDenied { .. })));
+    assert!(as_("app").op_read_audit("app", None, None).unwrap().iter().all(|r| r.principal == "app"));
+    assert!(op.op_read_audit("op", None, None).unwrap().iter().any(|r| r.principal == "eve"));
+
+    // Lint: eve, creator of a key with the default (both roles) policy, sees that finding
+    // only; app's key has none; an operator sees all.
+    let lint_keys =
+        |k: &LocalKms, p: &str| -> Vec<String> { k.op_lint(p).unwrap().into_iter().map(|l| l.key_id).collect() };
+    assert_eq!(lint_keys(&as_("eve"), "eve"), vec![eve_key.clone()]);
+    assert!(lint_keys(&as_("app"), "app").is_empty());
+    assert!(lint_keys(&op, "op").contains(&eve_key));
+
+    // Verification of the whole trail: operators only, and the refusal is recorded.
+    assert!(
+        matches!(as_("eve").op_verify_audit("eve"), Err(KmsError::AccessDenied { action, .. }) if action == "kms:VerifyAudit")
+    );
+    assert!(op.op_verify_audit("op").unwrap().ok);
+    assert!(op
+        .op_read_audit("op", None, None)
+        .unwrap()
+        .iter()
+        .any(|r| r.principal == "eve" && r.operation == "VerifyAudit" && r.outcome == Outcome::Denied));
 }

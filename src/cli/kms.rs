@@ -197,6 +197,11 @@ pub enum KmsCommand {
         /// Map a peer uid to a principal (repeatable), on top of kmsd.json.
         #[arg(long = "map-uid", value_name = "UID=PRINCIPAL")]
         map_uid: Vec<String>,
+        /// A principal that sees the whole keystore: every key, alias, lint finding and audit
+        /// record, and may verify the audit trail (repeatable, on top of `operators` in
+        /// kmsd.json). With none configured: the keystore directory's owner and root.
+        #[arg(long = "operator", value_name = "PRINCIPAL")]
+        operators: Vec<String>,
     },
     /// Manage the daemon's bearer tokens (stored as digests in kmsd.json).
     #[command(subcommand)]
@@ -611,7 +616,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                 }
             }
         }
-        KmsCommand::Serve { socket, socket_mode, socket_group, map_uid } => {
+        KmsCommand::Serve { socket, socket_mode, socket_group, map_uid, operators } => {
             if !spec().starts_with("local:") {
                 return Err(CliError::usage(
                     "kms serve runs the embedded KMS over --keystore; do not combine it with --kms unix:",
@@ -627,7 +632,13 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             }
             let mode = parse_mode(socket_mode)?;
             drop(out);
-            let kms = Arc::new(LocalKms::new(&global.keystore).for_daemon());
+            let mut kms = LocalKms::new(&global.keystore).for_daemon();
+            let mut ops = DaemonConfig::load(&global.keystore)?.operators;
+            ops.extend(operators.iter().cloned());
+            if !ops.is_empty() {
+                kms = kms.with_operators(ops);
+            }
+            let kms = Arc::new(kms);
             crate::kms::daemon::serve(
                 kms,
                 ServeOptions { socket: socket.clone(), mode, group: *socket_group, uid_map },

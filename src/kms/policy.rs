@@ -34,6 +34,22 @@ pub mod actions {
     pub const GET_PARAMETERS_FOR_IMPORT: &str = "kms:GetParametersForImport";
     pub const IMPORT_KEY_MATERIAL: &str = "kms:ImportKeyMaterial";
     pub const DELETE_IMPORTED_KEY_MATERIAL: &str = "kms:DeleteImportedKeyMaterial";
+    /// Read the audit records of this key (key-admin role; operators read every record).
+    pub const READ_AUDIT: &str = "kms:ReadAudit";
+    /// Not an operation: lets a holder of `kms:PutKeyPolicy` give itself rights it does not
+    /// hold (cryptographic use, or this one). Outside both built-in roles, so a key-admin
+    /// cannot turn itself into a key-user.
+    pub const GRANT_SELF: &str = "kms:GrantSelf";
+}
+
+/// Account-level actions: not in key policies, held by the keystore's operators
+/// (`LocalKms::is_operator`). Everyone else gets a view filtered to what it may use.
+pub mod account {
+    pub const LIST_KEYS: &str = "kms:ListKeys";
+    pub const LIST_ALIASES: &str = "kms:ListAliases";
+    pub const LINT: &str = "kms:Lint";
+    pub const READ_AUDIT: &str = "kms:ReadAudit";
+    pub const VERIFY_AUDIT: &str = "kms:VerifyAudit";
 }
 
 use actions::*;
@@ -62,6 +78,21 @@ pub const ALL_ACTIONS: &[&str] = &[
     GET_PARAMETERS_FOR_IMPORT,
     IMPORT_KEY_MATERIAL,
     DELETE_IMPORTED_KEY_MATERIAL,
+    READ_AUDIT,
+    GRANT_SELF,
+];
+
+/// Rights a principal may not give itself through `kms:PutKeyPolicy` unless the current
+/// policy already lets it ([`GRANT_SELF`]): every use of the key material, and the permission
+/// to self-grant. Without this a key-admin edits itself into a key-user.
+pub const SELF_GRANT_GUARDED: &[&str] = &[
+    ENCRYPT,
+    DECRYPT,
+    GENERATE_DATA_KEY,
+    GENERATE_DATA_KEY_WITHOUT_PLAINTEXT,
+    RE_ENCRYPT_FROM,
+    RE_ENCRYPT_TO,
+    GRANT_SELF,
 ];
 
 /// The key-user role: cryptographic operations only.
@@ -86,6 +117,7 @@ pub const KEY_ADMIN_ACTIONS: &[&str] = &[
     GET_PARAMETERS_FOR_IMPORT,
     IMPORT_KEY_MATERIAL,
     DELETE_IMPORTED_KEY_MATERIAL,
+    READ_AUDIT,
 ];
 
 /// Allow or deny.
@@ -214,29 +246,70 @@ impl KeyPolicy {
         out
     }
 
-    /// Separation-of-duties findings: principals that may both decrypt and destroy or
-    /// disable the key.
+    /// Rights `new` would give `principal` that `self` (the current policy) does not, among
+    /// those nobody may give itself ([`SELF_GRANT_GUARDED`]); empty when `self` allows
+    /// self-grants.
+    pub fn self_grants(&self, new: &KeyPolicy, principal: &str) -> Vec<&'static str> {
+        if self.allows(principal, GRANT_SELF) {
+            return Vec::new();
+        }
+        SELF_GRANT_GUARDED.iter().copied().filter(|a| new.allows(principal, a) && !self.allows(principal, a)).collect()
+    }
+
+    /// What `principal` can end up doing: what the policy allows it, and what it may grant
+    /// itself with `kms:PutKeyPolicy` (any right outside [`SELF_GRANT_GUARDED`]; those too
+    /// with `kms:GrantSelf`).
+    fn effective(&self, principal: &str, action: &str) -> bool {
+        self.allows(principal, action)
+            || (self.allows(principal, PUT_KEY_POLICY)
+                && (!SELF_GRANT_GUARDED.contains(&action) || self.allows(principal, GRANT_SELF)))
+    }
+
+    /// Separation-of-duties findings: principals that can use the key material and also
+    /// disable or destroy the key, directly or by granting themselves the missing rights
+    /// through `kms:PutKeyPolicy`; and policies every principal may rewrite.
     pub fn lint(&self) -> Vec<LintFinding> {
         let mut out = Vec::new();
         for p in self.principals() {
-            if !self.allows(&p, DECRYPT) {
-                continue;
-            }
-            let lifecycle: Vec<String> = [SCHEDULE_KEY_DELETION, DISABLE_KEY]
-                .iter()
-                .filter(|a| self.allows(&p, a))
-                .map(|a| a.to_string())
-                .collect();
-            if !lifecycle.is_empty() {
+            if p == "*" && self.allows("*", PUT_KEY_POLICY) {
                 out.push(LintFinding {
                     principal: p.clone(),
-                    message: format!(
-                        "principal {p} holds kms:Decrypt and {}: separate key users from key administrators",
-                        lifecycle.join(" and ")
-                    ),
-                    actions: lifecycle,
+                    message: "every principal (*) holds kms:PutKeyPolicy: anyone can rewrite this policy".into(),
+                    actions: vec![PUT_KEY_POLICY.to_string()],
                 });
+                continue;
             }
+            let destructive: Vec<&str> =
+                [SCHEDULE_KEY_DELETION, DISABLE_KEY].into_iter().filter(|a| self.effective(&p, a)).collect();
+            if !self.effective(&p, DECRYPT) || destructive.is_empty() {
+                continue;
+            }
+            let granted: Vec<&str> =
+                std::iter::once(DECRYPT).chain(destructive.iter().copied()).filter(|a| !self.allows(&p, a)).collect();
+            let (message, actions) = if granted.is_empty() {
+                (
+                    format!(
+                        "principal {p} holds kms:Decrypt and {}: separate key users from key administrators",
+                        destructive.join(" and ")
+                    ),
+                    destructive.iter().map(|a| a.to_string()).collect(),
+                )
+            } else {
+                let mut via = vec![PUT_KEY_POLICY];
+                if granted.iter().any(|a| SELF_GRANT_GUARDED.contains(a)) {
+                    via.push(GRANT_SELF);
+                }
+                (
+                    format!(
+                        "principal {p} holds {} and can grant itself {}: it can both decrypt and {}; separate key users from key administrators",
+                        via.join(" and "),
+                        granted.join(" and "),
+                        destructive.join(" and ")
+                    ),
+                    via.iter().chain(granted.iter()).map(|a| a.to_string()).collect(),
+                )
+            };
+            out.push(LintFinding { principal: p.clone(), message, actions });
         }
         out
     }
@@ -301,5 +374,43 @@ mod tests {
         assert!(p.validate().is_ok());
         p.statements[0].actions.push("kms:Frobnicate".into());
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn put_key_policy_counts_as_every_right_it_can_grant() {
+        // A key-admin cannot give itself crypto rights (guarded), so the split is clean...
+        let p = KeyPolicy::for_new_key("carol", &["ops".into()], &["app".into()]);
+        assert!(p.lint().is_empty(), "{:?}", p.lint());
+        assert_eq!(p.self_grants(&KeyPolicy::with_roles(&["ops".into()], &["ops".into()]), "ops").len(), 6);
+        assert!(p.self_grants(&KeyPolicy::with_roles(&["ops".into()], &["app".into(), "x".into()]), "ops").is_empty());
+        // ...unless a statement lets it self-grant: then it holds everything.
+        let mut g = p.clone();
+        g.statements[0].actions.push(GRANT_SELF.into());
+        assert!(g.self_grants(&KeyPolicy::with_roles(&["ops".into()], &["ops".into()]), "ops").is_empty());
+        let l = g.lint();
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert!(l[0].message.contains("can grant itself kms:Decrypt"), "{}", l[0].message);
+        // A key-user with PutKeyPolicy can grant itself the destructive rights (not guarded).
+        let mut u = p.clone();
+        u.statements[1].actions.push(PUT_KEY_POLICY.into());
+        let l = u.lint();
+        assert_eq!(l[0].principal, "app");
+        assert!(
+            l[0].message.contains("can grant itself kms:ScheduleKeyDeletion and kms:DisableKey"),
+            "{}",
+            l[0].message
+        );
+        // `kms:*` includes kms:GrantSelf, and a wildcard principal's PutKeyPolicy is its own finding.
+        let star = KeyPolicy {
+            version: 1,
+            statements: vec![Statement {
+                sid: None,
+                effect: Effect::Allow,
+                principals: vec!["*".into()],
+                actions: vec!["kms:*".into()],
+            }],
+        };
+        assert!(star.lint().iter().any(|f| f.principal == "*" && f.message.contains("anyone can rewrite")));
+        assert!(star.self_grants(&p, "ops").is_empty());
     }
 }

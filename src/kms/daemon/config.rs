@@ -2,6 +2,7 @@
 //!
 //! ```json
 //! { "uid_principals": { "1000": "app" },
+//!   "operators": [ "ops" ],
 //!   "tokens": [ { "principal": "ops", "sha256": "<hex digest of the token>", "created": 1700000000 } ] }
 //! ```
 //! Tokens themselves are never stored; `sqlite-tde kms token create PRINCIPAL` prints one
@@ -31,6 +32,10 @@ pub struct DaemonConfig {
     pub uid_principals: BTreeMap<u32, String>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
+    /// Principals that see the whole keystore (`LocalKms::is_operator`), read when the
+    /// daemon starts, together with `kms serve --operator`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operators: Vec<String>,
 }
 
 impl DaemonConfig {

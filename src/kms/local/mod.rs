@@ -234,6 +234,17 @@ fn authorize(ctx: &mut OpCtx<'_>, rec: &KeyRecord, action: &str) -> Result<(), K
     }
 }
 
+/// Does `rec`'s policy allow `principal` `action` (no record: for filtering listings)?
+fn may(principal: &str, rec: &KeyRecord, action: &str) -> bool {
+    authorize(&mut OpCtx::new(principal, action), rec, action).is_ok()
+}
+
+/// Is `rec` in a non-operator's listings: a live key its policy grants it anything on.
+/// (Deleted keys lose their policy, which would read as "open to all".)
+fn visible_to(principal: &str, rec: &KeyRecord) -> bool {
+    rec.state != KeyState::Deleted && crate::kms::policy::ALL_ACTIONS.iter().any(|a| may(principal, rec, a))
+}
+
 fn info(data: &KeystoreData, r: &KeyRecord) -> KeyInfo {
     KeyInfo {
         key_id: r.key_id.clone(),
@@ -1193,17 +1204,26 @@ impl LocalKms {
         })
     }
 
-    /// ListKeys (every key, tombstones included).
+    /// ListKeys: every key, tombstones included, for an operator ([`Self::is_operator`]);
+    /// for anyone else the keys its policy lets it use or manage.
     pub fn op_list_keys(&self, principal: &str) -> Result<Vec<KeyInfo>, KmsError> {
+        let everything = self.is_operator(principal);
         self.read_op(principal, "ListKeys", Use::Existing(None), |_, data, _| {
-            Ok(data.keys.values().map(|r| info(data, r)).collect())
+            Ok(data.keys.values().filter(|r| everything || visible_to(principal, r)).map(|r| info(data, r)).collect())
         })
     }
 
-    /// ListAliases.
+    /// ListAliases: every alias for an operator; for anyone else the aliases of the keys
+    /// [`Self::op_list_keys`] shows it.
     pub fn op_list_aliases(&self, principal: &str) -> Result<Vec<AliasInfo>, KmsError> {
+        let everything = self.is_operator(principal);
         self.read_op(principal, "ListAliases", Use::Existing(None), |_, data, _| {
-            Ok(data.aliases.iter().map(|(a, k)| AliasInfo { alias: a.clone(), key_id: k.clone() }).collect())
+            Ok(data
+                .aliases
+                .iter()
+                .filter(|(_, k)| everything || data.keys.get(*k).is_some_and(|r| visible_to(principal, r)))
+                .map(|(a, k)| AliasInfo { alias: a.clone(), key_id: k.clone() })
+                .collect())
         })
     }
 
@@ -1587,9 +1607,30 @@ impl LocalKms {
         self.write_op(principal, "PutKeyPolicy", Use::Existing(Some(key)), |ctx, txn| {
             let id = Self::txn_key(ctx, txn, key, actions::PUT_KEY_POLICY)?;
             policy.validate().map_err(KmsError::InvalidRequest)?;
+            if !policy.principals().iter().any(|p| policy.allows(p, actions::PUT_KEY_POLICY)) {
+                return Err(KmsError::InvalidRequest(format!(
+                    "the policy grants {} to nobody: the key could never be re-policied",
+                    actions::PUT_KEY_POLICY
+                )));
+            }
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
             if rec.state == KeyState::Deleted {
                 return Err(KmsError::Deleted(id));
+            }
+            // Checked against the policy in force, so a two-step edit (first grant
+            // kms:GrantSelf, then kms:Decrypt) fails at its first step.
+            let grants = rec.policy.as_ref().map(|old| old.self_grants(policy, ctx.principal)).unwrap_or_default();
+            if !grants.is_empty() {
+                return Err(ctx.deny(KmsError::AccessDenied {
+                    principal: ctx.principal.to_string(),
+                    action: format!(
+                        "{} (give itself {}; a key administrator cannot make itself a key user unless the current policy grants it {})",
+                        actions::GRANT_SELF,
+                        grants.join(", "),
+                        actions::GRANT_SELF
+                    ),
+                    key: id,
+                }));
             }
             rec.policy = Some(policy.clone());
             // A principal may have lost access: cached keys must be re-authorised.
@@ -1598,13 +1639,16 @@ impl LocalKms {
         })
     }
 
-    /// `kms lint`: separation-of-duties findings for every customer-managed key.
+    /// `kms lint`: separation-of-duties findings for every customer-managed key (an
+    /// operator), or for the keys whose policy the caller may read (anyone else).
     pub fn op_lint(&self, principal: &str) -> Result<Vec<KeyLint>, KmsError> {
+        let everything = self.is_operator(principal);
         self.read_op(principal, "Lint", Use::Existing(None), |_, data, _| {
             Ok(data
                 .keys
                 .values()
                 .filter(|r| r.manager == KeyManager::Customer && r.state != KeyState::Deleted)
+                .filter(|r| everything || may(principal, r, actions::GET_KEY_POLICY))
                 .filter_map(|r| {
                     let findings = r.policy.as_ref().map(KeyPolicy::lint).unwrap_or_default();
                     (!findings.is_empty()).then(|| KeyLint {
@@ -1617,13 +1661,16 @@ impl LocalKms {
         })
     }
 
-    /// Audit records, optionally of one key (id or alias) and since a time.
+    /// Audit records, optionally of one key (id or alias) and since a time. An operator reads
+    /// every record; anyone else the records of keys whose policy grants it `kms:ReadAudit`
+    /// and of its own requests (asking for one key needs `kms:ReadAudit` on it).
     pub fn op_read_audit(
         &self,
         principal: &str,
         key: Option<&str>,
         since: Option<u64>,
     ) -> Result<Vec<AuditRecord>, KmsError> {
+        let everything = self.is_operator(principal);
         self.read_op(principal, "ReadAudit", Use::Existing(key), |ctx, data, _| {
             let id = match key {
                 Some(k) if k.starts_with("alias/") => Some(data.resolve_id(k)?),
@@ -1632,10 +1679,23 @@ impl LocalKms {
             };
             if let Some(i) = &id {
                 ctx.key(i);
+                if !everything {
+                    authorize(ctx, data.resolve(i)?, actions::READ_AUDIT)?;
+                }
             }
+            let readable = |r: &AuditRecord| {
+                everything
+                    || r.principal == principal
+                    || r.key_id
+                        .as_ref()
+                        .and_then(|k| data.keys.get(k))
+                        .is_some_and(|k| may(principal, k, actions::READ_AUDIT))
+            };
             let mut recs = self.audit.read()?;
             recs.retain(|r| {
-                id.as_ref().is_none_or(|i| r.key_id.as_ref() == Some(i)) && since.is_none_or(|s| r.time >= s)
+                id.as_ref().is_none_or(|i| r.key_id.as_ref() == Some(i))
+                    && since.is_none_or(|s| r.time >= s)
+                    && readable(r)
             });
             Ok(recs)
         })
@@ -1644,6 +1704,15 @@ impl LocalKms {
     /// Verify the audit chain (with record MACs: this service holds the root key).
     pub fn op_verify_audit(&self, principal: &str) -> Result<VerifyReport, KmsError> {
         self.load(Use::Existing(None))?;
+        if !self.is_operator(principal) {
+            let mut ctx = OpCtx::new(principal, "VerifyAudit");
+            let e = ctx.deny(KmsError::AccessDenied {
+                principal: principal.to_string(),
+                action: crate::kms::policy::account::VERIFY_AUDIT.to_string(),
+                key: "the audit log (keystore operators only)".into(),
+            });
+            return self.finish(&ctx, Err(e));
+        }
         let (report, broken) = {
             let _lock = self.lock()?;
             let (data, root) = self.load_locked(true)?;
@@ -1760,7 +1829,7 @@ impl LocalKms {
     pub(crate) fn key_policy_allows(&self, principal: &str, key: &str, action: &str) -> Result<bool, KmsError> {
         let data = self.load(Use::Existing(Some(key)))?;
         let Ok(rec) = data.resolve(key) else { return Ok(false) };
-        Ok(authorize(&mut OpCtx::new(principal, action), rec, action).is_ok())
+        Ok(may(principal, rec, action))
     }
 
     /// May `principal` see the whole keystore (every key, alias, secret and audit record)?
