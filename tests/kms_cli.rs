@@ -708,3 +708,67 @@ fn daemon_accounts_see_only_their_own_keys_and_records() {
     assert!(lint.contains(&eve_key) && !lint.contains(&app_key), "{lint}");
     drop(daemon);
 }
+
+/// Issue 14 / brief ("authenticate what you trust"): `kmsd.json` says who a daemon caller is,
+/// and it used to be plain JSON, so anyone who could write the keystore directory added a token
+/// for a principal of their choice (here the key-admin `ops`) and was that principal. Now the
+/// file is MACed under the root key: an edit, or a plain-JSON file, is refused with the reason
+/// and the command that fixes it, and nothing is changed; an operator authenticates an old
+/// file explicitly (`kms daemon-config upgrade`).
+#[test]
+fn kmsd_json_written_without_the_root_key_gives_nobody_an_identity() {
+    use sha2::Digest;
+    let env = Env::new();
+    let daemon = start_daemon(&env.ks, &env.path("kms.sock"), &[]);
+    let spec = format!("unix:{}", daemon.socket.display());
+    let ops = out(env.as_("-").args(["kms", "token", "create", "ops"])).trim().to_string();
+    let whoami = |t: &str| {
+        let mut c = env.as_("ignored");
+        c.env("SQLITE_TDE_KMS_TOKEN", t).args(["--kms", &spec, "kms", "whoami"]);
+        c
+    };
+    assert_eq!(out(&mut whoami(&ops)).trim(), "ops\tdaemon");
+    let kmsd = env.ks.join("kmsd.json");
+    let genuine = std::fs::read_to_string(&kmsd).unwrap();
+    assert!(genuine.starts_with("sqlite-tde-kmsd 2\n") && genuine.contains("hmac-sha256:"), "{genuine}");
+
+    // The attacker's own token, added for `ops`: in place (the MAC no longer verifies), and
+    // as a plain-JSON file like earlier builds wrote.
+    let evil = "tdekms_attacker";
+    let digest: String = sha2::Sha256::digest(evil.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let entry = format!(r#"{{"principal":"ops","sha256":"{digest}","created":0}}"#);
+    let edited = genuine.replacen(r#""tokens": ["#, &format!(r#""tokens": [{entry},"#), 1);
+    assert_ne!(edited, genuine);
+    let legacy = format!(r#"{{"uid_principals":{{}},"tokens":[{entry}]}}"#);
+    for (what, forged, why) in
+        [("edited", edited, "modified without the root key"), ("plain JSON", legacy.clone(), "has no MAC")]
+    {
+        std::fs::write(&kmsd, &forged).unwrap();
+        let o = whoami(evil).output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{what}: the forged token was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(why), "{what}: {err}");
+        // The genuine token is refused too (the file as a whole is untrusted) and nothing was
+        // rewritten.
+        assert_eq!(whoami(&ops).output().unwrap().status.code(), Some(3));
+        assert_eq!(std::fs::read_to_string(&kmsd).unwrap(), forged);
+        env.as_("-").args(["kms", "token", "create", "x"]).assert().code(3).stderr(predicate::str::contains(why));
+        assert_eq!(std::fs::read_to_string(&kmsd).unwrap(), forged);
+    }
+    // The plain-JSON file can be inspected and, by an operator's explicit decision,
+    // authenticated as it is (here: it does grant the attacker's token, which is why the
+    // operator must read it first).
+    let shown = out(env.as_("-").args(["kms", "daemon-config", "show", "--unauthenticated"]));
+    assert!(shown.contains("token\tops"), "{shown}");
+    out(env.as_("root").args(["kms", "daemon-config", "upgrade"]));
+    assert_eq!(out(&mut whoami(evil)).trim(), "ops\tdaemon");
+    let recs = json(env.as_("root").args(["--json", "kms", "audit"]));
+    assert!(recs.as_array().unwrap().iter().any(|r| r["operation"] == "kmsd:UpgradeDaemonConfig"));
+    assert!(recs.as_array().unwrap().iter().any(|r| r["operation"] == "kmsd:CreateToken"));
+    // Mappings and operators are set through the CLI, never by editing the file.
+    let shown =
+        out(env.as_("root").args(["kms", "daemon-config", "set", "--map-uid", "4242=app", "--add-operator", "ops"]));
+    assert!(shown.contains("uid 4242\tapp") && shown.contains("operator\tops"), "{shown}");
+    env.as_("root").args(["kms", "daemon-config", "set", "--map-uid", "nope"]).assert().code(2);
+    drop(daemon);
+}

@@ -161,8 +161,8 @@ pub enum KmsCommand {
     /// Show or replace a key's policy (JSON).
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Flag principals that hold both kms:Decrypt and kms:ScheduleKeyDeletion/kms:DisableKey
-    /// (exit 1 when there are findings).
+    /// Flag principals that can both decrypt and disable or delete a key, counting what
+    /// kms:PutKeyPolicy lets them grant themselves (exit 1 when there are findings).
     Lint,
     /// List the audit log, or verify its hash chain (--verify; exit 3 on tampering), or
     /// acknowledge a gap that keeps the KMS closed (--acknowledge-gap).
@@ -206,6 +206,10 @@ pub enum KmsCommand {
     /// Manage the daemon's bearer tokens (stored as digests in kmsd.json).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The daemon's caller configuration (kmsd.json, authenticated under the root key): uid
+    /// mappings, operators, token principals.
+    #[command(subcommand)]
+    DaemonConfig(DaemonConfigCommand),
     /// Show the principal the KMS sees for this caller.
     Whoami,
     /// Write a consistent snapshot of the keystore (keys, policies, audit log and head,
@@ -290,6 +294,63 @@ pub enum TokenCommand {
         #[arg(value_name = "PRINCIPAL")]
         principal: String,
     },
+}
+
+/// `kms daemon-config ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DaemonConfigCommand {
+    /// Print uid mappings, operators and token principals.
+    Show {
+        /// Print a plain-JSON kmsd.json of an earlier version (not authenticated: check it
+        /// before `upgrade`).
+        #[arg(long)]
+        unauthenticated: bool,
+    },
+    /// Authenticate a plain-JSON kmsd.json of an earlier version as it is (after checking
+    /// it with `show --unauthenticated`: whoever could write the directory could have
+    /// written it).
+    Upgrade,
+    /// Change uid mappings and operators (read by `kms serve` at start).
+    Set {
+        /// Map a peer uid to a principal (repeatable).
+        #[arg(long = "map-uid", value_name = "UID=PRINCIPAL")]
+        map_uid: Vec<String>,
+        /// Remove a uid's mapping (repeatable).
+        #[arg(long = "unmap-uid", value_name = "UID")]
+        unmap_uid: Vec<u32>,
+        /// Make PRINCIPAL an operator: it sees every key, alias, lint finding and audit record
+        /// (repeatable).
+        #[arg(long = "add-operator", value_name = "PRINCIPAL")]
+        add_operator: Vec<String>,
+        #[arg(long = "remove-operator", value_name = "PRINCIPAL")]
+        remove_operator: Vec<String>,
+    },
+}
+
+/// `UID=PRINCIPAL`.
+fn parse_uid_map(m: &str) -> CliResult<(u32, String)> {
+    let (u, p) = m.split_once('=').ok_or_else(|| CliError::usage(format!("--map-uid wants UID=PRINCIPAL, got {m}")))?;
+    let u: u32 = u.parse().map_err(|_| CliError::usage(format!("bad uid in --map-uid {m}")))?;
+    if p.is_empty() || p.chars().any(char::is_control) {
+        return Err(CliError::usage(format!("bad principal in --map-uid {m}")));
+    }
+    Ok((u, p.to_string()))
+}
+
+fn print_daemon_config(out: &mut dyn Write, json: bool, cfg: &DaemonConfig) -> CliResult {
+    if json {
+        return print_json(out, cfg);
+    }
+    for (u, p) in &cfg.uid_principals {
+        writeln!(out, "uid {u}\t{p}")?;
+    }
+    for o in &cfg.operators {
+        writeln!(out, "operator\t{o}")?;
+    }
+    for t in &cfg.tokens {
+        writeln!(out, "token\t{}\tcreated {}", t.principal, t.created)?;
+    }
+    Ok(())
 }
 
 /// The KMS spec in force (`--kms` / SQLITE_TDE_KMS, default `local:`).
@@ -624,16 +685,15 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             }
             let mut uid_map = std::collections::BTreeMap::new();
             for m in map_uid {
-                let (u, p) = m
-                    .split_once('=')
-                    .ok_or_else(|| CliError::usage(format!("--map-uid wants UID=PRINCIPAL, got {m}")))?;
-                let u: u32 = u.parse().map_err(|_| CliError::usage(format!("bad uid in --map-uid {m}")))?;
-                uid_map.insert(u, p.to_string());
+                let (u, p) = parse_uid_map(m)?;
+                uid_map.insert(u, p);
             }
             let mode = parse_mode(socket_mode)?;
             drop(out);
             let mut kms = LocalKms::new(&global.keystore).for_daemon();
-            let mut ops = DaemonConfig::load(&global.keystore)?.operators;
+            // Opened (or created) first: kmsd.json is authenticated under its root key.
+            kms.open_or_create()?;
+            let mut ops = DaemonConfig::load(&kms)?.operators;
             ops.extend(operators.iter().cloned());
             if !ops.is_empty() {
                 kms = kms.with_operators(ops);
@@ -645,18 +705,78 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             )?;
         }
         KmsCommand::Token(t) => {
-            let mut cfg = DaemonConfig::load(&global.keystore)?;
+            let kms = local_only(global, "token")?;
             match t {
-                TokenCommand::Create { principal } => {
-                    let token = cfg.add_token(principal, crate::kms::clock::process_clock().now())?;
-                    cfg.store(&global.keystore)?;
-                    writeln!(out, "{token}")?;
+                TokenCommand::Create { principal: p } => {
+                    let now = crate::kms::clock::process_clock().now();
+                    let token = DaemonConfig::update(&kms, &principal(), "kmsd:CreateToken", false, |cfg| {
+                        Ok((cfg.add_token(p, now)?, format!("token for {p}")))
+                    })?;
+                    writeln!(out, "{}", token.as_str())?;
                 }
-                TokenCommand::Revoke { principal } => {
-                    let before = cfg.tokens.len();
-                    cfg.tokens.retain(|t| &t.principal != principal);
-                    cfg.store(&global.keystore)?;
-                    writeln!(out, "revoked {} token(s)", before - cfg.tokens.len())?;
+                TokenCommand::Revoke { principal: p } => {
+                    let n = DaemonConfig::update(&kms, &principal(), "kmsd:RevokeTokens", false, |cfg| {
+                        let before = cfg.tokens.len();
+                        cfg.tokens.retain(|t| &t.principal != p);
+                        let n = before - cfg.tokens.len();
+                        Ok((n, format!("{n} token(s) of {p}")))
+                    })?;
+                    writeln!(out, "revoked {n} token(s)")?;
+                }
+            }
+        }
+        KmsCommand::DaemonConfig(c) => {
+            let kms = local_only(global, "daemon-config")?;
+            match c {
+                DaemonConfigCommand::Show { unauthenticated: false } => {
+                    print_daemon_config(&mut out, global.json, &DaemonConfig::load(&kms)?)?
+                }
+                DaemonConfigCommand::Show { unauthenticated: true } => {
+                    match DaemonConfig::load_unauthenticated(&kms)? {
+                        Some(cfg) => print_daemon_config(&mut out, global.json, &cfg)?,
+                        None => {
+                            return Err(CliError::usage("kmsd.json is not a plain-JSON file of an earlier version"))
+                        }
+                    }
+                }
+                DaemonConfigCommand::Upgrade => {
+                    let cfg = DaemonConfig::update(&kms, &principal(), "kmsd:UpgradeDaemonConfig", true, |cfg| {
+                        let d = format!(
+                            "authenticated as found: {} uid mapping(s), {} operator(s), {} token(s)",
+                            cfg.uid_principals.len(),
+                            cfg.operators.len(),
+                            cfg.tokens.len()
+                        );
+                        Ok((cfg.clone(), d))
+                    })?;
+                    print_daemon_config(&mut out, global.json, &cfg)?;
+                }
+                DaemonConfigCommand::Set { map_uid, unmap_uid, add_operator, remove_operator } => {
+                    let maps = map_uid.iter().map(|m| parse_uid_map(m)).collect::<CliResult<Vec<_>>>()?;
+                    if let Some(o) = add_operator.iter().find(|o| o.is_empty() || o.chars().any(char::is_control)) {
+                        return Err(CliError::usage(format!("bad principal in --add-operator {o:?}")));
+                    }
+                    let cfg = DaemonConfig::update(&kms, &principal(), "kmsd:SetDaemonConfig", false, |cfg| {
+                        let mut changes = Vec::new();
+                        for (u, p) in &maps {
+                            cfg.uid_principals.insert(*u, p.clone());
+                            changes.push(format!("uid {u}={p}"));
+                        }
+                        for u in unmap_uid {
+                            cfg.uid_principals.remove(u);
+                            changes.push(format!("unmap uid {u}"));
+                        }
+                        for o in add_operator {
+                            if !cfg.operators.contains(o) {
+                                cfg.operators.push(o.clone());
+                            }
+                            changes.push(format!("operator +{o}"));
+                        }
+                        cfg.operators.retain(|o| !remove_operator.contains(o));
+                        changes.extend(remove_operator.iter().map(|o| format!("operator -{o}")));
+                        Ok((cfg.clone(), changes.join(", ")))
+                    })?;
+                    print_daemon_config(&mut out, global.json, &cfg)?;
                 }
             }
         }

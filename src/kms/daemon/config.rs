@@ -1,20 +1,38 @@
-//! `kmsd.json` in the keystore directory: how the daemon names its callers.
+//! `kmsd.json` in the keystore directory: how the daemon names its callers and who its
+//! operators are.
 //!
-//! ```json
+//! ```text
+//! sqlite-tde-kmsd 2
 //! { "uid_principals": { "1000": "app" },
 //!   "operators": [ "ops" ],
 //!   "tokens": [ { "principal": "ops", "sha256": "<hex digest of the token>", "created": 1700000000 } ] }
+//! hmac-sha256:<hex>
 //! ```
-//! Tokens themselves are never stored; `sqlite-tde kms token create PRINCIPAL` prints one
-//! once.
+//!
+//! The file decides who a caller *is*, so it is state that makes the KMS act: format 2 is
+//! authenticated with HMAC-SHA256 under a key derived from the root key (docs/FORMAT.md §7),
+//! and anyone with only write access to the directory cannot add a token or map their uid to
+//! another principal. The plain-JSON files of earlier builds are refused until an operator has
+//! looked at them and run `sqlite-tde kms daemon-config upgrade`: nothing in the keystore
+//! tells a genuine old file from a planted one. Tokens themselves are never stored;
+//! `sqlite-tde kms token create PRINCIPAL` prints one once. Changes are made under
+//! `secrets.lock` (the outermost keystore lock, which `kms backup`/`restore` also hold) and
+//! recorded in the audit log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::kms::local::LocalKms;
 use crate::kms::KmsError;
+
+const MAGIC: &str = "sqlite-tde-kmsd 2\n";
+const MAC_TAG: &str = "hmac-sha256:";
+/// Label of the MAC key (derived from the root key).
+const MAC_LABEL: &[u8] = b"sqlite-tde/kmsd-mac/v1";
 
 /// One bearer token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,29 +56,112 @@ pub struct DaemonConfig {
     pub operators: Vec<String>,
 }
 
+fn mac_over(key: &[u8; 32], covered: &[u8]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).expect("any length");
+    mac.update(covered);
+    mac
+}
+
+/// What [`DaemonConfig::read`] found.
+enum Found {
+    Missing,
+    Authenticated(DaemonConfig),
+    /// A plain-JSON file of an earlier build (or a planted one).
+    Legacy(DaemonConfig),
+}
+
 impl DaemonConfig {
     pub fn path(keystore: &Path) -> PathBuf {
         keystore.join("kmsd.json")
     }
 
-    /// Read `kmsd.json` (empty when absent).
-    pub fn load(keystore: &Path) -> Result<DaemonConfig, KmsError> {
-        let p = Self::path(keystore);
-        match std::fs::read(&p) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| KmsError::Keystore(format!("{} is invalid: {e}", p.display())))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DaemonConfig::default()),
-            Err(e) => Err(KmsError::Keystore(format!("cannot read {}: {e}", p.display()))),
+    fn read(kms: &LocalKms) -> Result<Found, KmsError> {
+        let p = Self::path(kms.dir());
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+            Err(e) => return Err(KmsError::Keystore(format!("cannot read {}: {e}", p.display()))),
+        };
+        let corrupt = |why: String| KmsError::Keystore(format!("{} is invalid: {why}", p.display()));
+        let text = std::str::from_utf8(&bytes).map_err(|_| corrupt("not UTF-8".into()))?;
+        let Some(rest) = text.strip_prefix(MAGIC) else {
+            return serde_json::from_str(text).map(Found::Legacy).map_err(|e| corrupt(e.to_string()));
+        };
+        let idx = rest.rfind(MAC_TAG).ok_or_else(|| corrupt("missing MAC".into()))?;
+        let covered = &text[..MAGIC.len() + idx];
+        let got = hex::decode(rest[idx + MAC_TAG.len()..].trim_end_matches('\n')).unwrap_or_default();
+        let key = kms.derived_key(MAC_LABEL)?;
+        if mac_over(&key, covered.as_bytes()).verify_slice(&got).is_err() {
+            return Err(KmsError::Keystore(format!(
+                "{} was modified without the root key (or is corrupt): its MAC does not verify, so the daemon \
+                 cannot tell who its callers are. Restore it from a backup (`sqlite-tde kms restore BACKUP`) or \
+                 remove it and issue tokens again",
+                p.display()
+            )));
+        }
+        serde_json::from_str(&rest[..idx]).map(Found::Authenticated).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Read `kmsd.json` (empty when absent); an unauthenticated or forged file is an error.
+    pub fn load(kms: &LocalKms) -> Result<DaemonConfig, KmsError> {
+        match Self::read(kms)? {
+            Found::Missing => Ok(DaemonConfig::default()),
+            Found::Authenticated(c) => Ok(c),
+            Found::Legacy(_) => Err(KmsError::Keystore(format!(
+                "{} has no MAC: it was written by an earlier version of sqlite-tde, or by someone who can write the \
+                 keystore directory. Check what it says (`sqlite-tde kms daemon-config show --unauthenticated`) and \
+                 authenticate it with `sqlite-tde kms daemon-config upgrade`, or remove it",
+                Self::path(kms.dir()).display()
+            ))),
         }
     }
 
-    /// Write `kmsd.json` atomically (mode 0600).
-    pub fn store(&self, keystore: &Path) -> Result<(), KmsError> {
-        crate::fsutil::create_private_dir(keystore).map_err(|e| KmsError::Keystore(e.to_string()))?;
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| KmsError::Keystore(e.to_string()))?;
-        crate::fsutil::write_atomic(&Self::path(keystore), &bytes, 0o600)
+    /// The contents of a plain-JSON (format 1) `kmsd.json`, for an operator to inspect.
+    pub fn load_unauthenticated(kms: &LocalKms) -> Result<Option<DaemonConfig>, KmsError> {
+        Ok(match Self::read(kms)? {
+            Found::Legacy(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn store(&self, kms: &LocalKms) -> Result<(), KmsError> {
+        let key = kms.derived_key(MAC_LABEL)?;
+        let mut body = String::from(MAGIC);
+        body.push_str(&serde_json::to_string_pretty(self).map_err(|e| KmsError::Keystore(e.to_string()))?);
+        body.push('\n');
+        let mac = mac_over(&key, body.as_bytes()).finalize().into_bytes();
+        body.push_str(MAC_TAG);
+        body.push_str(&hex::encode(mac));
+        body.push('\n');
+        crate::fsutil::write_atomic(&Self::path(kms.dir()), body.as_bytes(), 0o600)
             .map_err(|e| KmsError::Keystore(format!("cannot write kmsd.json: {e}")))
+    }
+
+    /// Change `kmsd.json` under the keystore's outermost lock and record the change (`op`,
+    /// with what `f` returns as the record's detail) in the audit log. `upgrade` accepts a
+    /// plain-JSON file as the starting point (the operator's explicit decision).
+    pub fn update<T>(
+        kms: &LocalKms,
+        principal: &str,
+        op: &str,
+        upgrade: bool,
+        f: impl FnOnce(&mut DaemonConfig) -> Result<(T, String), KmsError>,
+    ) -> Result<T, KmsError> {
+        let _lock = crate::fsutil::lock_exclusive(&kms.dir().join("secrets.lock"))
+            .map_err(|e| KmsError::Keystore(format!("cannot lock the keystore: {e}")))?;
+        let mut cfg = match (Self::read(kms)?, upgrade) {
+            (Found::Legacy(c), true) => c,
+            (Found::Authenticated(_), true) => {
+                return Err(KmsError::InvalidRequest("kmsd.json is already authenticated".into()))
+            }
+            (Found::Missing, true) => return Err(KmsError::InvalidRequest("there is no kmsd.json to upgrade".into())),
+            (_, false) => Self::load(kms)?,
+        };
+        let (out, detail) = f(&mut cfg)?;
+        // Recorded first: a change that cannot be audited is not made.
+        kms.record_detail(principal, op, None, detail, Ok(()))?;
+        cfg.store(kms)?;
+        Ok(out)
     }
 
     /// The principal a bearer token names.
@@ -70,9 +171,9 @@ impl DaemonConfig {
     }
 
     /// Add a fresh token for `principal`; returns the token (shown once).
-    pub fn add_token(&mut self, principal: &str, now: u64) -> Result<String, KmsError> {
-        let raw = crate::crypto::random_array::<32>()?;
-        let token = format!("tdekms_{}", hex::encode(raw));
+    pub fn add_token(&mut self, principal: &str, now: u64) -> Result<zeroize::Zeroizing<String>, KmsError> {
+        let raw = zeroize::Zeroizing::new(crate::crypto::random_array::<32>()?);
+        let token = zeroize::Zeroizing::new(format!("tdekms_{}", hex::encode(*raw)));
         self.tokens.push(TokenEntry {
             principal: principal.to_string(),
             sha256: hex::encode(Sha256::digest(token.as_bytes())),

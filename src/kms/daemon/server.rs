@@ -56,7 +56,7 @@ struct Shared {
 impl Shared {
     /// The caller's principal: a valid bearer token, else the peer uid's mapping.
     fn principal(&self, uid: u32, auth: Option<&str>) -> Result<String, KmsError> {
-        let cfg = DaemonConfig::load(self.kms.dir())?;
+        let cfg = DaemonConfig::load(&self.kms)?;
         if let Some(a) = auth {
             let token = a.strip_prefix("Bearer ").ok_or_else(|| KmsError::AccessDenied {
                 principal: format!("uid:{uid}"),
