@@ -169,3 +169,54 @@ fn generate() {
     drop(c);
     let _ = std::fs::remove_file(dir.join("keystore/keystore.lock"));
 }
+
+/// A keystore written by the last build before `secrets.json` format 2 and `kmsd.json` format 2
+/// (commit 7e7ab06: `kms create-key --alias app --admin ops --user app`, two `secrets put` of
+/// `prod/db-password` by `app` under alias/app, one `secrets put` of `shared/default-key` by
+/// `anyone` under the default key, `kms token create ops`). Its secrets keep working under
+/// their key's policy and are upgraded by the next write, after which the old file is refused;
+/// its plain `kmsd.json` is refused until `kms daemon-config upgrade`.
+#[test]
+fn kms_v1_keystore_secrets_and_daemon_config_of_an_earlier_build() {
+    use sqlite_tde::kms::daemon::DaemonConfig;
+    use sqlite_tde::kms::local::LocalKms;
+    use sqlite_tde::kms::secrets;
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&version_dir(1).with_file_name("kms-v1"), tmp.path());
+    let ks = tmp.path().join("keystore");
+    let old_secrets = std::fs::read(ks.join("secrets.json")).unwrap();
+    assert!(old_secrets.starts_with(b"sqlite-tde-secrets 1\n"));
+    let app = LocalKms::new(&ks).with_principal("app");
+    let get = |p: &str, name: &str| secrets::get(&LocalKms::new(&ks).with_principal(p), p, name, None, None);
+
+    // Read as format 1 (genuine: the log records the puts), judged by the key's policy.
+    assert_eq!(&get("app", "prod/db-password").unwrap().value[..], b"golden-password-2");
+    assert!(get("mallory", "prod/db-password").is_err(), "a principal without kms:Decrypt on alias/app read it");
+    assert_eq!(&get("anyone", "shared/default-key").unwrap().value[..], b"shared-value");
+    assert_eq!(std::fs::read(ks.join("secrets.json")).unwrap(), old_secrets, "a read rewrote secrets.json");
+
+    // The next write upgrades the file; both versions survive; the old file is now a downgrade.
+    secrets::put(&app, "app", "prod/db-password", b"golden-password-3", None, "").unwrap();
+    assert!(std::fs::read(ks.join("secrets.json")).unwrap().starts_with(b"sqlite-tde-secrets 2\n"));
+    assert_eq!(&get("app", "prod/db-password").unwrap().value[..], b"golden-password-3");
+    assert_eq!(secrets::versions(&app, "app", "prod/db-password").unwrap().len(), 3);
+    assert!(get("mallory", "prod/db-password").is_err());
+    let upgraded = std::fs::read(ks.join("secrets.json")).unwrap();
+    std::fs::write(ks.join("secrets.json"), &old_secrets).unwrap();
+    let e = get("app", "prod/db-password").unwrap_err().to_string();
+    assert!(e.contains("downgrade"), "{e}");
+    std::fs::write(ks.join("secrets.json"), &upgraded).unwrap();
+
+    // kmsd.json of that build: plain JSON, refused (it cannot be told from a planted file)
+    // until an operator authenticates it; its token then names its principal again.
+    let e = DaemonConfig::load(&app).unwrap_err().to_string();
+    assert!(e.contains("has no MAC") && e.contains("daemon-config upgrade"), "{e}");
+    let shown = DaemonConfig::load_unauthenticated(&app).unwrap().unwrap();
+    let token = std::fs::read_to_string(tmp.path().join("ops.token")).unwrap();
+    assert_eq!(shown.principal_of_token(token.trim()), Some("ops"));
+    DaemonConfig::update(&app, "root", "kmsd:UpgradeDaemonConfig", true, |c| {
+        Ok(((), format!("{} token(s)", c.tokens.len())))
+    })
+    .unwrap();
+    assert_eq!(DaemonConfig::load(&app).unwrap().principal_of_token(token.trim()), Some("ops"));
+}
