@@ -131,6 +131,33 @@ fn local_keystore_dir() -> Option<PathBuf> {
     Some(if rest.is_empty() { default_keystore_dir() } else { PathBuf::from(rest) })
 }
 
+/// SQLite versions before this one may lose WAL commits after a crash when a transaction
+/// rolled back to a savepoint after its cache spilled to the WAL: `sqlite3WalSavepointUndo`
+/// did not reset the pending checksum rewrite, so the commit's checksum chain continued from
+/// a stale frame. Verified affected: 3.40.1 (Debian 12); verified fixed: 3.54.1 (the bundled
+/// build). A VFS cannot repair SQLite's in-memory WAL state, so the extension says so once
+/// (docs/RELIABILITY.md, "Upstream SQLite bugs"; `tests/wal_savepoint.rs`).
+const WAL_SAVEPOINT_FIX: i32 = 3_054_001;
+
+/// `sqlite3_log` warnings about the host SQLite, once per process (at the first load).
+fn warn_about_host(api: &SqliteApi) {
+    const SQLITE_WARNING: i32 = 28;
+    let v = api.version_number();
+    if v < WAL_SAVEPOINT_FIX {
+        api.log(
+            SQLITE_WARNING,
+            &format!(
+                "tde: this SQLite ({}.{}.{}) may lose a committed WAL transaction on a crash after ROLLBACK TO \
+                 a savepoint whose changes had spilled to the WAL (an upstream bug; seen in 3.40.1, fixed in 3.54.1): \
+                 use SQLite 3.54.1 or later, or journal_mode=DELETE (docs/RELIABILITY.md)",
+                v / 1_000_000,
+                v / 1_000 % 1_000,
+                v % 1_000
+            ),
+        );
+    }
+}
+
 /// Shared body of the entry points.
 ///
 /// # Safety
@@ -187,6 +214,7 @@ unsafe fn init(pz_err_msg: *mut *mut c_char, p_api: *const sqlite3_api_routines,
         let (_, vfs) = unsafe { crate::vfs::register_with_api(p_api, config) }
             .map_err(|e| format!("cannot register the {VFS_NAME} VFS: {e}"))?;
         *ours = vfs.as_ptr() as usize;
+        warn_about_host(&api);
         Ok(())
     }));
     let message = match outcome {

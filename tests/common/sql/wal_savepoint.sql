@@ -1,0 +1,18 @@
+PRAGMA page_size=PAGE_SIZE;
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=FULL;
+PRAGMA cache_size=2;
+PRAGMA wal_autocheckpoint=0;
+CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, v BLOB);
+INSERT INTO t(tag, v) SELECT 'base', randomblob(300) FROM (WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k+1 FROM n WHERE k<50) SELECT k FROM n);
+BEGIN;
+INSERT INTO t(tag, v) SELECT 'before-sp', randomblob(300) FROM (WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k+1 FROM n WHERE k<20) SELECT k FROM n);
+SAVEPOINT s;
+INSERT INTO t(tag, v) SELECT 'in-sp', randomblob(300) FROM (WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k+1 FROM n WHERE k<200) SELECT k FROM n);
+UPDATE t SET v = randomblob(300) WHERE tag = 'in-sp';
+UPDATE t SET v = randomblob(300) WHERE tag = 'in-sp';
+ROLLBACK TO s;
+INSERT INTO t(tag, v) VALUES ('after-sp', 1);
+COMMIT;
+INSERT INTO t(tag, v) VALUES ('second', 2);
+INSERT INTO t(tag, v) VALUES ('third', 3);
