@@ -134,17 +134,29 @@ impl<R: RawIo> EncryptedIo<'_, R> {
         let b = ceil16(end);
         let aligned = offset == a && end == b;
         let from = (offset - a) as usize;
-        let status = if aligned {
-            self.raw.read_at(buf, self.data_offset + a)?
+        // Unaligned reads (SQLite's 16-byte peeks at page 1, journal and WAL headers) take one
+        // block more than they need: a file that reaches past it has a logical length covering
+        // the range whatever its last byte (physical >= b + 16 gives logical >= b, see
+        // format::size), which saves the fstat below. `Short` then only says the file ends
+        // before `b + 16`, and the fstat decides.
+        let (status, past) = if aligned {
+            (self.raw.read_at(buf, self.data_offset + a)?, false)
         } else {
             let span = (b - a) as usize;
-            self.raw.read_at(scratch(self.scratch, span), self.data_offset + a)?
+            let st = self.raw.read_at(scratch(self.scratch, span + B as usize), self.data_offset + a)?;
+            (st, st == ReadStatus::Full)
         };
         let have_end = match status {
             ReadStatus::Full => end,
             ReadStatus::Short => {
-                // The physical file ends before `b`; bytes past its end were zero-filled.
+                // The physical file ends before `b` (`b + 16` for an unaligned read); bytes
+                // past its end were zero-filled.
                 let l = logical_len(self.raw.len()?.saturating_sub(self.data_offset));
+                if l >= end {
+                    // Only (part of) the extra block was missing: the range is there in full.
+                    self.decrypt_into(buf, a, end, aligned, from);
+                    return Ok(ReadStatus::Full);
+                }
                 if offset >= l {
                     buf.fill(0);
                     return Ok(ReadStatus::Short);
@@ -152,8 +164,23 @@ impl<R: RawIo> EncryptedIo<'_, R> {
                 end.min(l)
             }
         };
-        let n = (have_end - offset) as usize;
+        if have_end < end {
+            let n = (have_end - offset) as usize;
+            self.decrypt_into(buf, a, have_end, aligned, from);
+            buf[n..].fill(0);
+            return Ok(ReadStatus::Short);
+        }
+        if past {
+            self.decrypt_into(buf, a, end, aligned, from);
+            return Ok(ReadStatus::Full);
+        }
+        self.finish_read(buf, offset, a, end, aligned, from)
+    }
+
+    /// Decrypt the raw blocks read for `[a, have_end)` into `buf` (in place when aligned).
+    fn decrypt_into(&mut self, buf: &mut [u8], a: u64, have_end: u64, aligned: bool, from: usize) {
         let dec_len = (ceil16(have_end) - a) as usize;
+        let n = (have_end - a) as usize - from;
         if aligned {
             decrypt_with_holes(self.cipher, self.domain, a, &mut buf[..dec_len]);
         } else {
@@ -161,10 +188,21 @@ impl<R: RawIo> EncryptedIo<'_, R> {
             decrypt_with_holes(self.cipher, self.domain, a, raw);
             buf[..n].copy_from_slice(&raw[from..from + n]);
         }
-        if have_end < end {
-            buf[n..].fill(0);
-            return Ok(ReadStatus::Short);
-        }
+    }
+
+    /// A read whose raw blocks reached `b`: decrypt, then settle the one case a full raw read
+    /// cannot (a partial last block ending inside the range).
+    fn finish_read(
+        &mut self,
+        buf: &mut [u8],
+        offset: u64,
+        a: u64,
+        end: u64,
+        aligned: bool,
+        from: usize,
+    ) -> VfsResult<ReadStatus> {
+        let len = buf.len();
+        self.decrypt_into(buf, a, end, aligned, from);
         // A full raw read proves the physical length reaches `b`, and the logical length then
         // covers `end` unless the file's last block is a partial one ending inside the range
         // (physical length in (b, b + 16), format::size). That block's bytes past the logical
@@ -519,6 +557,52 @@ pub(crate) mod tests {
         // Past the end: short, zero-filled.
         assert_eq!(io.read(&mut buf, 4 * 4096).unwrap(), ReadStatus::Short);
         assert!(buf.iter().all(|&x| x == 0));
+    }
+
+    /// SQLite's 16-byte peeks (page 1's change counter at offset 24, which ends in zeros) need
+    /// no fstat away from the end of the file; near the end the fstat still settles a partial
+    /// last block, with the same answer as before.
+    #[test]
+    fn unaligned_peeks_ending_in_zeros_need_no_fstat_inside_the_file() {
+        let key = DataKey::generate().unwrap();
+        let cipher = XtsCipher::new(&key);
+        let mut raw = Counting(MemFile(vec![0; 8192]), 0);
+        let mut scratch = Vec::new();
+        let mut io = EncryptedIo {
+            raw: &mut raw,
+            cipher: &cipher,
+            domain: Domain::Database,
+            data_offset: 8192,
+            scratch: &mut scratch,
+            cache: None,
+        };
+        let mut page = vec![0u8; 4096];
+        page[24..28].copy_from_slice(&[0, 0, 0, 7]);
+        io.write(&page, 0).unwrap();
+        io.write(&page, 4096).unwrap();
+        io.raw.1 = 0;
+        let mut peek = [0xffu8; 16];
+        assert_eq!(io.read(&mut peek, 24).unwrap(), ReadStatus::Full);
+        assert_eq!(peek, page[24..40]);
+        assert_eq!(io.raw.1, 0, "fstat calls for a peek inside the file");
+        // At the end of a file whose last block is partial (a journal), the answer is exact.
+        let mut j = Counting(MemFile(Vec::new()), 0);
+        let mut scratch = Vec::new();
+        let mut jio = EncryptedIo {
+            raw: &mut j,
+            cipher: &cipher,
+            domain: Domain::Journal,
+            data_offset: 0,
+            scratch: &mut scratch,
+            cache: None,
+        };
+        jio.write(&[0u8; 20], 0).unwrap();
+        let mut buf = [0xffu8; 8];
+        assert_eq!(jio.read(&mut buf, 12).unwrap(), ReadStatus::Full);
+        assert_eq!(buf, [0u8; 8]);
+        assert_eq!(jio.read(&mut buf, 16).unwrap(), ReadStatus::Short);
+        assert_eq!(buf, [0u8; 8]);
+        assert!(jio.raw.1 > 0, "near the end the fstat decides");
     }
 
     #[test]

@@ -708,11 +708,17 @@ impl ShimFile for TdeFile {
     }
 
     fn after_lock_change(&mut self, level: LockLevel) -> VfsResult<()> {
-        // Rollback mode: writing the journal needs RESERVED, taken here (see `io_for_write`).
-        if let Some(db) = &self.db {
-            db.bump_lock_epoch();
-        }
+        // Rollback mode: writing the journal or the database needs RESERVED (see
+        // `io_for_write`). Only a change that starts or ends an unbroken hold of RESERVED or
+        // above lets another connection write in between; RESERVED -> PENDING -> EXCLUSIVE
+        // keeps what this connection's writes taught its handles (no fstat and read-back of
+        // the journal's edge block after the upgrade).
         let previous = self.lock;
+        if previous < LockLevel::Reserved || level < LockLevel::Reserved {
+            if let Some(db) = &self.db {
+                db.bump_lock_epoch();
+            }
+        }
         self.lock = level;
         if self.kind != FileKind::MainDb || level <= previous {
             return Ok(());
