@@ -1,5 +1,5 @@
 //! The `sqlite-tde bench` report as a cargo bench target:
-//! `cargo bench --bench report -- [--quick] [--json] [--no-cipher] [--no-sql] [--no-open]
+//! `cargo bench --bench report -- [--quick] [--json] [--no-cipher] [--no-sql] [--no-mixed] [--no-open]
 //! [--rows N] [--rounds N]` (same measurements as the CLI command; the extra switches narrow a
 //! run down for profiling).
 
@@ -11,6 +11,7 @@ fn main() {
     opts.progress = true;
     opts.cipher = !args.iter().any(|a| a == "--no-cipher");
     opts.sql = !args.iter().any(|a| a == "--no-sql");
+    opts.mixed = !args.iter().any(|a| a == "--no-mixed");
     opts.open = !args.iter().any(|a| a == "--no-open");
     let value =
         |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());

@@ -739,6 +739,22 @@ impl ShimFile for TdeFile {
         r
     }
 
+    /// On a powersafe file system (a torn write damages only the bytes written) the damage of
+    /// a torn tde write stays inside the 16-byte blocks it rewrites, and a 16-byte block never
+    /// crosses a 512-byte boundary: so 512-byte sectors describe it exactly, and SQLite pads
+    /// journal headers and WAL commits to 512 bytes, as it does for plain files (the base's
+    /// 4096 would triple each small transaction's journal). Below a file system that tears
+    /// whole sectors the base's sector size stands.
+    fn sector_size(&mut self) -> u32 {
+        let base = self.base.sector_size();
+        let encrypted = !(matches!(self.storage, Storage::Plain) && self.kind != FileKind::MainDb);
+        if encrypted && self.base.device_characteristics().contains(DeviceCharacteristics::POWERSAFE_OVERWRITE) {
+            base.min(512)
+        } else {
+            base
+        }
+    }
+
     fn device_characteristics(&mut self) -> DeviceCharacteristics {
         let base = self.base.device_characteristics();
         if matches!(self.storage, Storage::Plain) && self.kind != FileKind::MainDb {

@@ -12,6 +12,9 @@
 //!   inserts of 100-byte blobs in 1,000-row transactions, random point lookups by rowid, one
 //!   full scan, in WAL and DELETE journal modes with `synchronous=OFF` (CPU cost) and `FULL`,
 //!   `cache_size` 2 MiB so reads miss SQLite's page cache; plus the peak RSS of each run;
+//! - **mixed workload** ([`mixed`]): SQLite's speed test in miniature, per statement class
+//!   (inserts, autocommit updates and deletes, indexed updates, range deletes, a join, an index
+//!   scan, integrity_check, database creation), rollback and WAL mode;
 //! - **open cost**: open + first query, plain, with a warm key cache, and cold (key cache
 //!   cleared, so the embedded KMS unwraps the data key).
 //!
@@ -30,6 +33,9 @@ use serde::Serialize;
 use crate::crypto::{DataKey, Domain, XtsCipher};
 use crate::{Error, Result, Tde};
 
+mod mixed;
+pub use mixed::MixedRow;
+
 /// Page sizes of the cipher section.
 pub const PAGE_SIZES: [usize; 8] = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536];
 
@@ -45,6 +51,7 @@ pub struct Options {
     /// Sections to run.
     pub cipher: bool,
     pub sql: bool,
+    pub mixed: bool,
     pub open: bool,
     /// Run `openssl speed -evp aes-256-xts` (if installed) for the cipher comparison.
     pub openssl: bool,
@@ -63,6 +70,7 @@ impl Options {
             progress: false,
             cipher: true,
             sql: true,
+            mixed: true,
             open: true,
             openssl: true,
             rows: None,
@@ -193,6 +201,7 @@ pub struct Report {
     pub cipher: Vec<CipherRow>,
     pub sql: Vec<SqlRow>,
     pub memory: Option<MemoryRow>,
+    pub mixed: Vec<MixedRow>,
     pub open: Option<OpenCost>,
     pub elapsed_secs: f64,
     pub summary: String,
@@ -230,6 +239,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         cipher: Vec::new(),
         sql: Vec::new(),
         memory: None,
+        mixed: Vec::new(),
         open: None,
         elapsed_secs: 0.0,
         summary: String::new(),
@@ -237,12 +247,15 @@ pub fn run(opts: &Options) -> Result<Report> {
     if opts.cipher {
         report.cipher = cipher_section(opts, report.machine.openssl_version.is_some());
     }
-    if opts.sql || opts.open {
+    if opts.sql || opts.mixed || opts.open {
         let tde = register(&dir)?;
         if opts.sql {
             let (rows, mem) = sql_section(opts, &tde, &dir)?;
             report.sql = rows;
             report.memory = mem;
+        }
+        if opts.mixed {
+            report.mixed = mixed::section(opts, &tde, &dir)?;
         }
         if opts.open {
             report.open = Some(open_section(opts, &tde, &dir)?);
@@ -740,6 +753,22 @@ impl Report {
                 parts.push(format!("SQL tde/plain worst ({}): {}", if cpu { "cpu" } else { "wall" }, m.join(", ")));
             }
         }
+        if self.mixed.len() > 1 {
+            let totals: Vec<String> = self
+                .mixed
+                .iter()
+                .filter(|r| r.class == "total")
+                .map(|r| format!("{} {:.2}", r.journal_mode, r.ratio_cpu.median))
+                .collect();
+            let worst = self
+                .mixed
+                .iter()
+                .filter(|r| r.class != "total")
+                .min_by(|a, b| a.ratio_cpu.median.total_cmp(&b.ratio_cpu.median))
+                .map(|r| format!("{} ({}) {:.2}", r.class, r.journal_mode, r.ratio_cpu.median))
+                .unwrap_or_default();
+            parts.push(format!("mixed tde/plain (cpu): {}, worst {worst}", totals.join(" ")));
+        }
         if let Some(o) = &self.open {
             parts.push(format!("open warm {:.2} ms cold {:.2} ms", o.tde_warm_ms.median, o.tde_cold_ms.median));
         }
@@ -843,6 +872,29 @@ impl Report {
                 mm.tde_growth_mib.fmt(1),
                 mm.ratio.fmt(3)
             );
+        }
+        if !self.mixed.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nmixed workload (speedtest1 in miniature, synchronous=OFF), ms per run; tde throughput / plain per round"
+            );
+            let _ = writeln!(
+                s,
+                "{:<8} {:<42} {:>24} {:>24} {:>20} {:>20}",
+                "journal", "class", "plain ms", "tde ms", "tde/plain wall", "tde/plain cpu"
+            );
+            for r in &self.mixed {
+                let _ = writeln!(
+                    s,
+                    "{:<8} {:<42} {:>24} {:>24} {:>20} {:>20}",
+                    r.journal_mode,
+                    r.class,
+                    r.plain_ms.fmt(1),
+                    r.tde_ms.fmt(1),
+                    r.ratio.fmt(3),
+                    r.ratio_cpu.fmt(3)
+                );
+            }
         }
         if let Some(o) = &self.open {
             let _ = writeln!(
