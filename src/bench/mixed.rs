@@ -141,7 +141,11 @@ fn run_once(engine: Engine, tde: &Tde, path: &Path, journal: &str, n: usize) -> 
 
 /// The mixed workload in both journal modes, engines interleaved per round.
 pub fn section(opts: &Options, tde: &Tde, dir: &Path) -> Result<Vec<MixedRow>> {
-    let n = if opts.quick { 5_000 } else { 20_000 };
+    let n = match opts.rows {
+        Some(r) => r.max(200),
+        None if opts.quick => 5_000,
+        None => 20_000,
+    };
     let rounds = opts.rounds();
     let mut rows = Vec::new();
     for journal in ["DELETE", "WAL"] {

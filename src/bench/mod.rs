@@ -949,6 +949,7 @@ mod tests {
             progress: false,
             cipher: false,
             sql: true,
+            mixed: true,
             open: true,
             openssl: false,
             rows: Some(2_000),
@@ -957,6 +958,8 @@ mod tests {
         let r = run(&opts).unwrap();
         assert_eq!(r.sql.len(), 12);
         assert!(r.sql.iter().all(|r| r.ratio.median > 0.0 && r.ratio_cpu.median > 0.0));
+        assert_eq!(r.mixed.len(), 20, "10 classes x 2 journal modes");
+        assert!(r.mixed.iter().all(|r| r.ratio.median > 0.0 && r.ratio_cpu.median > 0.0));
         let o = r.open.as_ref().unwrap();
         assert!(o.cold_kms_calls as usize >= o.opens, "cold opens unwrap through the KMS");
         let table = r.table();
