@@ -672,3 +672,15 @@ fn a_planted_format_1_secrets_json_is_refused_even_after_a_refused_write() {
     fs::write(&file, planted).unwrap();
     assert_refused_and_unchanged(&env, &file, "no secret ever written");
 }
+
+/// Review of issue 14: `kms token create` validated nothing (the name of
+/// the service, an empty name, control characters that forge lines of `kms audit` output).
+#[test]
+fn token_create_refuses_reserved_or_malformed_principals() {
+    let env = KmsEnv::new();
+    env.kms("op").create_key(Some("alias/x"), "").unwrap();
+    for bad in ["sqlite-tde-kms", "", "ops\n1735689600\troot\tDisableKey"] {
+        let out = cli(&env.ks).args(["kms", "token", "create", bad]).output().unwrap();
+        assert!(!out.status.success(), "kms token create {bad:?} was accepted");
+    }
+}

@@ -805,3 +805,125 @@ fn listings_show_a_principal_only_what_it_may_use() {
         .iter()
         .any(|r| r.principal == "eve" && r.operation == "VerifyAudit" && r.outcome == Outcome::Denied));
 }
+
+// Review of issue 14 (outside attacker pass): lint's model of "can decrypt" missed
+// kms:ReEncryptFrom and of "can destroy" kms:DeleteImportedKeyMaterial; a key-admin could move
+// the application's alias to a key it may use; the move left no record on the key it left.
+
+fn stmt(principals: &[&str], actions: &[&str]) -> Statement {
+    Statement {
+        sid: None,
+        effect: Effect::Allow,
+        principals: principals.iter().map(|s| s.to_string()).collect(),
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn app_key_named(env: &KmsEnv, alias: &str) -> String {
+    env.kms("carol")
+        .op_create_key(
+            "carol",
+            &CreateKeyParams {
+                alias: Some(alias.into()),
+                admins: vec!["ops".into()],
+                users: vec!["app".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .key_id
+}
+
+/// kms:ReEncryptFrom is a decryption right (re-encrypt to a key you hold, then decrypt
+/// there): `auditor` reads app's data keys that way and may disable or destroy the key, and
+/// lint must say so (it looked at kms:Decrypt only).
+#[test]
+fn lint_counts_reencrypt_from_as_decryption() {
+    let env = KmsEnv::new();
+    let id = app_key_named(&env, "alias/app");
+    let ops = env.kms("ops");
+    let mut p = ops.op_get_policy("ops", &id).unwrap();
+    p.statements.push(stmt(&["auditor"], &["kms:ReEncryptFrom", "kms:DisableKey", "kms:ScheduleKeyDeletion"]));
+    ops.op_put_policy("ops", &id, &p).unwrap();
+    let app = env.kms("app");
+    let dk = app.op_generate_data_key("app", &id, &ctx("db"), None, true).unwrap();
+
+    // The exploit: auditor re-encrypts app's data key to its own key and decrypts it.
+    let auditor = env.kms("auditor");
+    let own = auditor.create_key(Some("alias/auditor"), "").unwrap().key_id;
+    let moved = auditor.op_re_encrypt("auditor", &dk.ciphertext, &ctx("db"), Some(&own), None).unwrap();
+    let plain = auditor.op_decrypt("auditor", &moved.ciphertext, &ctx("db"), None).unwrap().plaintext;
+    assert_eq!(&plain[..], &dk.plaintext.as_ref().unwrap()[..], "auditor recovered app's data key");
+
+    let lint = env.kms("op").with_operators(vec!["op".into()]).op_lint("op").unwrap();
+    let flagged = lint.iter().any(|l| l.key_id == id && l.findings.iter().any(|f| f.principal == "auditor"));
+    assert!(flagged, "lint does not flag auditor (kms:ReEncryptFrom + DisableKey/ScheduleKeyDeletion): {lint:?}");
+}
+
+/// A key-admin used to make itself a user of the application's *future* data keys by moving
+/// the application's alias to a key it owns (UpdateAlias needs the right on both keys; it
+/// holds it on both): refused now, by the self-grant rule of PutKeyPolicy.
+#[test]
+fn a_key_admin_cannot_move_the_applications_alias_to_a_key_it_may_use() {
+    let env = KmsEnv::new();
+    let id = app_key_named(&env, "alias/app");
+    let ops = env.kms("ops");
+    let own = ops
+        .op_create_key(
+            "ops",
+            &CreateKeyParams {
+                alias: Some("alias/ops-own".into()),
+                admins: vec!["ops".into()],
+                users: vec!["ops".into(), "app".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .key_id;
+    match ops.op_alias("ops", "UpdateAlias", "alias/app", Some(&own)) {
+        Err(KmsError::AccessDenied { action, .. }) => assert!(action.starts_with("kms:GrantSelf"), "{action}"),
+        other => panic!("key-admin ops moved alias/app from {id} to its own key {own}: {other:?}"),
+    }
+    // The alias still names the application's key, and app's next data key is not ops's.
+    let app = env.kms("app");
+    let dk = app.op_generate_data_key("app", "alias/app", &ctx("newdb"), None, true).unwrap();
+    assert!(ops.op_decrypt("ops", &dk.ciphertext, &ctx("newdb"), None).is_err());
+    // Between keys where it gains nothing the admin still moves aliases.
+    let other = app_key_named(&env, "alias/other");
+    ops.op_alias("ops", "UpdateAlias", "alias/app", Some(&other)).unwrap();
+}
+
+/// The UpdateAlias record used to name only the new target, so the trail of the key the alias
+/// left (what its admins read with kms:ReadAudit) never showed the move.
+#[test]
+fn an_alias_move_is_recorded_on_the_key_it_leaves() {
+    let env = KmsEnv::new();
+    let id = app_key_named(&env, "alias/app");
+    let ops = env.kms("ops");
+    let other = app_key_named(&env, "alias/other");
+    ops.op_alias("ops", "UpdateAlias", "alias/app", Some(&other)).unwrap();
+    let trail = env.kms("op").with_operators(vec!["op".into()]).op_read_audit("op", Some(&id), None).unwrap();
+    assert!(
+        trail.iter().any(|r| r.operation.starts_with("UpdateAlias")),
+        "alias/app left {id} but {id}'s audit trail has no UpdateAlias record: {:?}",
+        trail.iter().map(|r| &r.operation).collect::<Vec<_>>()
+    );
+}
+
+/// Policy level: kms:ReEncryptFrom decrypts (see above) and kms:DeleteImportedKeyMaterial
+/// destroys a BYOK key at once; lint used to look at kms:Decrypt and DisableKey /
+/// ScheduleKeyDeletion only.
+#[test]
+fn lint_counts_every_way_to_decrypt_or_destroy() {
+    let base = || KeyPolicy::with_roles(&["ops".into()], &[]);
+    let mut reenc = base();
+    reenc.statements.push(stmt(&["app"], &["kms:ReEncryptFrom", "kms:DisableKey"]));
+    let mut byok = base();
+    byok.statements.push(stmt(&["app"], &["kms:Decrypt", "kms:DeleteImportedKeyMaterial"]));
+    let missed: Vec<&str> = [("ReEncryptFrom+DisableKey", &reenc), ("Decrypt+DeleteImportedKeyMaterial", &byok)]
+        .into_iter()
+        .filter(|(_, p)| !p.lint().iter().any(|f| f.principal == "app"))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(missed.is_empty(), "lint does not flag app holding {missed:?}");
+}

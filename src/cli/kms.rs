@@ -331,9 +331,7 @@ pub enum DaemonConfigCommand {
 fn parse_uid_map(m: &str) -> CliResult<(u32, String)> {
     let (u, p) = m.split_once('=').ok_or_else(|| CliError::usage(format!("--map-uid wants UID=PRINCIPAL, got {m}")))?;
     let u: u32 = u.parse().map_err(|_| CliError::usage(format!("bad uid in --map-uid {m}")))?;
-    if p.is_empty() || p.chars().any(char::is_control) {
-        return Err(CliError::usage(format!("bad principal in --map-uid {m}")));
-    }
+    crate::kms::daemon::config::check_principal_name(p).map_err(|e| CliError::usage(format!("--map-uid {m}: {e}")))?;
     Ok((u, p.to_string()))
 }
 
@@ -694,6 +692,10 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             // Opened (or created) first: kmsd.json is authenticated under its root key.
             kms.open_or_create()?;
             let mut ops = DaemonConfig::load(&kms)?.operators;
+            for o in operators {
+                crate::kms::daemon::config::check_principal_name(o)
+                    .map_err(|e| CliError::usage(format!("--operator: {e}")))?;
+            }
             ops.extend(operators.iter().cloned());
             if !ops.is_empty() {
                 kms = kms.with_operators(ops);
@@ -753,8 +755,9 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                 }
                 DaemonConfigCommand::Set { map_uid, unmap_uid, add_operator, remove_operator } => {
                     let maps = map_uid.iter().map(|m| parse_uid_map(m)).collect::<CliResult<Vec<_>>>()?;
-                    if let Some(o) = add_operator.iter().find(|o| o.is_empty() || o.chars().any(char::is_control)) {
-                        return Err(CliError::usage(format!("bad principal in --add-operator {o:?}")));
+                    for o in add_operator {
+                        crate::kms::daemon::config::check_principal_name(o)
+                            .map_err(|e| CliError::usage(format!("--add-operator: {e}")))?;
                     }
                     let cfg = DaemonConfig::update(&kms, &principal(), "kmsd:SetDaemonConfig", false, |cfg| {
                         let mut changes = Vec::new();

@@ -279,17 +279,28 @@ impl KeyPolicy {
                 });
                 continue;
             }
-            let destructive: Vec<&str> =
-                [SCHEDULE_KEY_DELETION, DISABLE_KEY].into_iter().filter(|a| self.effective(&p, a)).collect();
-            if !self.effective(&p, DECRYPT) || destructive.is_empty() {
+            // kms:ReEncryptFrom decrypts too: re-encrypt to a key one holds, decrypt there.
+            // kms:DeleteImportedKeyMaterial destroys a BYOK key at once.
+            let destructive: Vec<&str> = [SCHEDULE_KEY_DELETION, DISABLE_KEY, DELETE_IMPORTED_KEY_MATERIAL]
+                .into_iter()
+                .filter(|a| self.effective(&p, a))
+                .collect();
+            let Some(decrypt) = [DECRYPT, RE_ENCRYPT_FROM]
+                .into_iter()
+                .find(|a| self.allows(&p, a))
+                .or_else(|| self.effective(&p, DECRYPT).then_some(DECRYPT))
+            else {
+                continue;
+            };
+            if destructive.is_empty() {
                 continue;
             }
             let granted: Vec<&str> =
-                std::iter::once(DECRYPT).chain(destructive.iter().copied()).filter(|a| !self.allows(&p, a)).collect();
+                std::iter::once(decrypt).chain(destructive.iter().copied()).filter(|a| !self.allows(&p, a)).collect();
             let (message, actions) = if granted.is_empty() {
                 (
                     format!(
-                        "principal {p} holds kms:Decrypt and {}: separate key users from key administrators",
+                        "principal {p} holds {decrypt} and {}: separate key users from key administrators",
                         destructive.join(" and ")
                     ),
                     destructive.iter().map(|a| a.to_string()).collect(),

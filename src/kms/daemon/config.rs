@@ -56,6 +56,24 @@ pub struct DaemonConfig {
     pub operators: Vec<String>,
 }
 
+/// A principal name the daemon may give a caller (a token's, a uid mapping's, an
+/// operator's): not empty, at most 256 bytes, no control characters (which would forge lines
+/// of `kms audit` output), and not the KMS's own service principal, whose records and
+/// operator rights belong to the service alone.
+pub fn check_principal_name(p: &str) -> Result<(), KmsError> {
+    let bad = |why: &str| Err(KmsError::InvalidRequest(format!("principal {p:?} {why}")));
+    if p.is_empty() || p.len() > 256 {
+        return bad("must be 1 to 256 bytes long");
+    }
+    if p.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    if p == crate::kms::local::SERVICE_PRINCIPAL {
+        return bad("is the KMS's own service principal and cannot be given to a caller");
+    }
+    Ok(())
+}
+
 fn mac_over(key: &[u8; 32], covered: &[u8]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).expect("any length");
     mac.update(covered);
@@ -172,6 +190,7 @@ impl DaemonConfig {
 
     /// Add a fresh token for `principal`; returns the token (shown once).
     pub fn add_token(&mut self, principal: &str, now: u64) -> Result<zeroize::Zeroizing<String>, KmsError> {
+        check_principal_name(principal)?;
         let raw = zeroize::Zeroizing::new(crate::crypto::random_array::<32>()?);
         let token = zeroize::Zeroizing::new(format!("tdekms_{}", hex::encode(*raw)));
         self.tokens.push(TokenEntry {

@@ -56,6 +56,18 @@ struct Shared {
 impl Shared {
     /// The caller's principal: a valid bearer token, else the peer uid's mapping.
     fn principal(&self, uid: u32, auth: Option<&str>) -> Result<String, KmsError> {
+        let p = self.resolve(uid, auth)?;
+        // Whatever named it (an old kmsd.json, an OS user of that name), a caller is never the
+        // service principal.
+        super::config::check_principal_name(&p).map_err(|_| KmsError::AccessDenied {
+            principal: format!("uid:{uid}"),
+            action: format!("authenticate as {p:?} (a reserved or malformed principal name)"),
+            key: "-".into(),
+        })?;
+        Ok(p)
+    }
+
+    fn resolve(&self, uid: u32, auth: Option<&str>) -> Result<String, KmsError> {
         let cfg = DaemonConfig::load(&self.kms)?;
         if let Some(a) = auth {
             let token = a.strip_prefix("Bearer ").ok_or_else(|| KmsError::AccessDenied {

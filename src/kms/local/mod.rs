@@ -1263,11 +1263,35 @@ impl LocalKms {
                     let old = existing.ok_or_else(|| KmsError::NotFound(alias.clone()))?;
                     let old_rec = txn.data.resolve(&old)?.clone();
                     let rec = txn.data.resolve(t)?;
-                    ctx.key(&rec.key_id);
+                    // Recorded on both keys: the one the alias leaves (whose administrators
+                    // must see it go) and its new target.
+                    ctx.key(&old_rec.key_id);
+                    ctx.keys.push((rec.key_id.clone(), None));
                     authorize(ctx, &old_rec, actions::UPDATE_ALIAS)?;
                     authorize(ctx, rec, actions::UPDATE_ALIAS)?;
                     if rec.state == KeyState::Deleted {
                         return Err(KmsError::Deleted(rec.key_id.clone()));
+                    }
+                    // Moving an alias the applications use to a key the caller may use is the
+                    // self-grant by another route (their next data keys would be the caller's
+                    // to decrypt): the same rule as for PutKeyPolicy.
+                    let gained: Vec<&str> = crate::kms::policy::SELF_GRANT_GUARDED
+                        .iter()
+                        .copied()
+                        .filter(|a| *a != actions::GRANT_SELF)
+                        .filter(|a| may(ctx.principal, rec, a) && !may(ctx.principal, &old_rec, a))
+                        .collect();
+                    if !gained.is_empty() && !may(ctx.principal, &old_rec, actions::GRANT_SELF) {
+                        return Err(ctx.deny(KmsError::AccessDenied {
+                            principal: ctx.principal.to_string(),
+                            action: format!(
+                                "{} (move {alias} to a key it may use with {} but not with the key the alias names; \
+                                 new data keys under the alias would be its own to decrypt)",
+                                actions::GRANT_SELF,
+                                gained.join(", ")
+                            ),
+                            key: old_rec.key_id.clone(),
+                        }));
                     }
                     let id = rec.key_id.clone();
                     txn.data.aliases.insert(alias.clone(), id.clone());
