@@ -2,7 +2,7 @@
 //! tests/reliability_support/crashvfs.rs and docs/RELIABILITY.md).
 //!
 //! For every configuration of the matrix journal_mode {DELETE, TRUNCATE, PERSIST, WAL} ×
-//! synchronous {NORMAL, FULL} × page size {1024, 4096, 65536} × sector size {512, 4096}, a dry
+//! synchronous {NORMAL, FULL} × page size {1024, 4096, 65536} × sector size {512, 4096, 4096 on a powersafe device}, a dry
 //! run counts the syncs and writes of a deterministic workload; then the workload is rerun and
 //! the simulated machine loses power at every sync (and at a sample of writes, or every write in
 //! the soak), each pending write being applied, dropped or torn at random. The database is then
@@ -38,6 +38,19 @@ struct Config {
     sync: &'static str,
     page: u32,
     sector: u64,
+    /// A powersafe device: torn writes garble only the bytes written (tde then reports
+    /// 512-byte sectors to SQLite whatever the device's).
+    powersafe: bool,
+}
+
+impl Config {
+    fn session(&self, dir: &Path, cp: CrashPoint, seed: u64) -> std::sync::Arc<Session> {
+        if self.powersafe {
+            Session::start_powersafe(dir, self.sector, cp, seed)
+        } else {
+            Session::start(dir, self.sector, cp, seed)
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -128,7 +141,7 @@ fn run_workload(tde: &Stack, dir: &Path, cfg: Config, w: &Workload, sess: &Sessi
 fn check_one(tde: &Stack, root: &Path, cfg: Config, w: &Workload, cp: CrashPoint, seed: u64, t: &mut Tally) -> bool {
     let dir = root.join(format!("run-{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let sess = Session::start(&dir, cfg.sector, cp, seed);
+    let sess = cfg.session(&dir, cp, seed);
     let (acked, attempted, err) = run_workload(tde, &dir, cfg, w, &sess);
     let crashed = sess.crashed();
     let st = sess.stats();
@@ -213,12 +226,19 @@ fn check_one(tde: &Stack, root: &Path, cfg: Config, w: &Workload, cp: CrashPoint
 
 /// Explore the crash points of one configuration.
 fn explore(tde: &Stack, root: &Path, cfg: Config, w: &Workload, soak: bool, t: &mut Tally) {
-    let cfg_dir = root.join(format!("{}-{}-{}-{}", cfg.mode, cfg.sync, cfg.page, cfg.sector));
+    let cfg_dir = root.join(format!(
+        "{}-{}-{}-{}{}",
+        cfg.mode,
+        cfg.sync,
+        cfg.page,
+        cfg.sector,
+        if cfg.powersafe { "-psow" } else { "" }
+    ));
     std::fs::create_dir_all(&cfg_dir).unwrap();
     // Dry run: how many syncs and writes does the workload make?
     let dry_dir = cfg_dir.join("dry");
     std::fs::create_dir_all(&dry_dir).unwrap();
-    let sess = Session::start(&dry_dir, cfg.sector, CrashPoint::Never, 0);
+    let sess = cfg.session(&dry_dir, CrashPoint::Never, 0);
     let (acked, _, err) = run_workload(tde, &dry_dir, cfg, w, &sess);
     let (syncs, writes) = sess.counts();
     sess.materialize();
@@ -270,8 +290,8 @@ fn run_mode(mode: &'static str, soak: bool) {
         for sync in ["FULL", "NORMAL"] {
             let mut t = Tally::default();
             for page in [1024u32, 4096, 65536] {
-                for sector in [512u64, 4096] {
-                    explore(&stack, &root, Config { mode, sync, page, sector }, &w, soak, &mut t);
+                for (sector, powersafe) in [(512u64, false), (4096, false), (4096, true)] {
+                    explore(&stack, &root, Config { mode, sync, page, sector, powersafe }, &w, soak, &mut t);
                 }
             }
             // With synchronous=FULL every journal mode must be crash-proof, and WAL+NORMAL must
@@ -353,7 +373,7 @@ fn power_loss_during_header_creation() {
     let mut t = Tally::default();
     for sector in [512u64, 4096] {
         for seed in 0..16u64 {
-            let cfg = Config { mode: "DELETE", sync: "FULL", page: 4096, sector };
+            let cfg = Config { mode: "DELETE", sync: "FULL", page: 4096, sector, powersafe: false };
             for k in 1..=2 {
                 check_one(&tde, env.dir.path(), cfg, &w, CrashPoint::Sync(k), seed + sector + 10 * k, &mut t);
                 check_one(&tde, env.dir.path(), cfg, &w, CrashPoint::Write(k), seed + sector + 100 * k, &mut t);

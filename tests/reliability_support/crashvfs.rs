@@ -31,7 +31,10 @@
 //!   change nothing. The caller closes the connection (releasing POSIX locks), then calls
 //!   [`Session::materialize`], which applies the decided fates to the real files.
 //! - `xSectorSize` reports the simulated sector size; `xDeviceCharacteristics` reports 0
-//!   (no POWERSAFE_OVERWRITE, no atomic writes, no SAFE_APPEND, no SEQUENTIAL).
+//!   (no POWERSAFE_OVERWRITE, no atomic writes, no SAFE_APPEND, no SEQUENTIAL), or only
+//!   POWERSAFE_OVERWRITE for a *powersafe* session ([`Session::start_powersafe`]), whose torn
+//!   writes garble exactly the bytes written and nothing around them (what ext4 or XFS on a
+//!   disk with powersafe sectors promise, and what the unix VFS reports by default).
 //!
 //! The shared-memory wal-index (`-shm`) is forwarded untouched, as in test6.c; after the crash
 //! the first connection to reopen the database resets it and recovers from the WAL.
@@ -85,11 +88,10 @@ struct Entry {
 #[derive(Debug)]
 enum Fate {
     Apply(Entry),
-    /// Random bytes over whole sectors `first..=last`.
+    /// Random bytes from `off` on (whole sectors, or exactly the write when powersafe).
     Trash {
         path: String,
-        first: u64,
-        last: u64,
+        off: u64,
         bytes: Vec<u8>,
     },
 }
@@ -116,6 +118,7 @@ pub struct Session {
     trace: bool,
     dir: String,
     sector: u64,
+    powersafe: bool,
     crash: CrashPoint,
     state: Mutex<State>,
 }
@@ -147,6 +150,15 @@ fn dead_err() -> VfsError {
 impl Session {
     /// Start simulating every file under `dir` (which must be unique to this session).
     pub fn start(dir: &Path, sector: u64, crash: CrashPoint, seed: u64) -> Arc<Session> {
+        Self::start_with(dir, sector, false, crash, seed)
+    }
+
+    /// A session on a powersafe device: torn writes damage only the bytes written.
+    pub fn start_powersafe(dir: &Path, sector: u64, crash: CrashPoint, seed: u64) -> Arc<Session> {
+        Self::start_with(dir, sector, true, crash, seed)
+    }
+
+    fn start_with(dir: &Path, sector: u64, powersafe: bool, crash: CrashPoint, seed: u64) -> Arc<Session> {
         ensure_registered();
         let dir = std::fs::canonicalize(dir).unwrap();
         let mut d = dir.to_str().unwrap().to_string();
@@ -157,6 +169,7 @@ impl Session {
             trace: std::env::var_os("SQLITE_TDE_CRASH_TRACE").is_some(),
             dir: d,
             sector,
+            powersafe,
             crash,
             state: Mutex::new(State { rng: seed ^ 0x5EED, ..Default::default() }),
         });
@@ -206,10 +219,9 @@ impl Session {
                         Op::Truncate(n) => f.set_len(n).unwrap(),
                     }
                 }
-                Fate::Trash { path, first, last, bytes } => {
+                Fate::Trash { path, off, bytes } => {
                     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-                    f.seek(SeekFrom::Start(first * self.sector)).unwrap();
-                    assert_eq!(bytes.len() as u64, (last - first + 1) * self.sector);
+                    f.seek(SeekFrom::Start(off)).unwrap();
                     f.write_all(&bytes).unwrap();
                 }
             }
@@ -241,16 +253,20 @@ impl Session {
             }
             if r & 6 == 6 {
                 let Op::Write { off, data } = &e.op else { unreachable!() };
-                let first = off / self.sector;
-                let last = (off + data.len() as u64 - 1) / self.sector;
-                let n = ((last - first + 1) * self.sector) as usize;
+                let (start, n) = if self.powersafe {
+                    (*off, data.len())
+                } else {
+                    let first = off / self.sector;
+                    let last = (off + data.len() as u64 - 1) / self.sector;
+                    (first * self.sector, ((last - first + 1) * self.sector) as usize)
+                };
                 let mut bytes = vec![0u8; n];
                 for chunk in bytes.chunks_mut(8) {
                     let v = splitmix(&mut st.rng).to_le_bytes();
                     chunk.copy_from_slice(&v[..chunk.len()]);
                 }
                 st.stats.torn += 1;
-                st.plan.push(Fate::Trash { path: e.path, first, last, bytes });
+                st.plan.push(Fate::Trash { path: e.path, off: start, bytes });
             } else if r & 1 == 1 {
                 st.stats.dropped += 1;
             } else {
@@ -273,8 +289,8 @@ struct CrashShim;
 pub struct CrashFile {
     base: BaseFile,
     sim: Option<(Arc<Session>, String)>,
-    /// Sector size of a rebooted session's files.
-    sector: Option<u32>,
+    /// Sector size and powersafety of a rebooted session's files.
+    sector: Option<(u32, bool)>,
 }
 
 impl Shim for CrashShim {
@@ -284,7 +300,7 @@ impl Shim for CrashShim {
         let Some(sess) = session_for(path) else { return Ok(CrashFile { base, sim: None, sector: None }) };
         let mut st = lock(&sess.state);
         if st.rebooted {
-            return Ok(CrashFile { base, sim: None, sector: Some(sess.sector as u32) });
+            return Ok(CrashFile { base, sim: None, sector: Some((sess.sector as u32, sess.powersafe)) });
         }
         if st.dead {
             return Err(VfsError::new(ErrorCode::CantOpen, "simulated power loss: the machine is off"));
@@ -422,17 +438,18 @@ impl ShimFile for CrashFile {
     fn sector_size(&mut self) -> u32 {
         match (&self.sim, self.sector) {
             (Some((s, _)), _) => s.sector as u32,
-            (None, Some(n)) => n,
+            (None, Some((n, _))) => n,
             (None, None) => self.base.sector_size(),
         }
     }
 
     fn device_characteristics(&mut self) -> DeviceCharacteristics {
-        if self.sim.is_some() || self.sector.is_some() {
-            DeviceCharacteristics(0)
-        } else {
-            self.base.device_characteristics()
-        }
+        let powersafe = match (&self.sim, self.sector) {
+            (Some((s, _)), _) => s.powersafe,
+            (None, Some((_, p))) => p,
+            (None, None) => return self.base.device_characteristics(),
+        };
+        DeviceCharacteristics(if powersafe { DeviceCharacteristics::POWERSAFE_OVERWRITE } else { 0 })
     }
 
     fn file_control(&mut self, op: FileControl) -> FileControlOutcome {
