@@ -646,21 +646,6 @@ fn secrets_have_owners_and_resource_policies_so_names_cannot_be_squatted() {
     assert_eq!(victim.get_secret_policy("victim/token").unwrap().policy.unwrap(), p);
 }
 
-fn sod_key(env: &KmsEnv) -> String {
-    env.kms("carol")
-        .op_create_key(
-            "carol",
-            &CreateKeyParams {
-                alias: Some("alias/app".into()),
-                admins: vec!["ops".into()],
-                users: vec!["app".into()],
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .key_id
-}
-
 /// Issue 14 (SoD escape): a key-admin used to add itself to the key-user statement with
 /// PutKeyPolicy and then decrypt the application's data keys; `kms lint` saw nothing. Now a
 /// policy change may not give its author a cryptographic right (or kms:GrantSelf) that the
@@ -668,7 +653,7 @@ fn sod_key(env: &KmsEnv) -> String {
 #[test]
 fn a_key_admin_cannot_grant_itself_cryptographic_rights() {
     let env = KmsEnv::new();
-    let id = sod_key(&env);
+    let id = app_key_named(&env, "alias/app");
     let ops = env.kms("ops");
     let app = env.kms("app");
     let blob = app.op_generate_data_key("app", &id, &ctx("db"), None, true).unwrap().ciphertext;
@@ -741,7 +726,7 @@ fn a_key_admin_cannot_grant_itself_cryptographic_rights() {
 #[test]
 fn listings_show_a_principal_only_what_it_may_use() {
     let env = KmsEnv::new();
-    let id = sod_key(&env);
+    let id = app_key_named(&env, "alias/app");
     let app = env.kms("app");
     app.op_generate_data_key("app", &id, &ctx("db"), None, true).unwrap();
     let eve_key = env.kms("eve").create_key(Some("alias/eve"), "").unwrap().key_id;
