@@ -740,9 +740,10 @@ fn kmsd_json_written_without_the_root_key_gives_nobody_an_identity() {
     let edited = genuine.replacen(r#""tokens": ["#, &format!(r#""tokens": [{entry},"#), 1);
     assert_ne!(edited, genuine);
     let legacy = format!(r#"{{"uid_principals":{{}},"tokens":[{entry}]}}"#);
-    for (what, forged, why) in
-        [("edited", edited, "modified without the root key"), ("plain JSON", legacy.clone(), "has no MAC")]
-    {
+    for (what, forged, why) in [
+        ("edited", edited, "modified without the root key"),
+        ("plain JSON", legacy, "is plain JSON (an earlier format)"),
+    ] {
         std::fs::write(&kmsd, &forged).unwrap();
         let o = whoami(evil).output().unwrap();
         assert_eq!(o.status.code(), Some(3), "{what}: the forged token was accepted");
@@ -755,16 +756,33 @@ fn kmsd_json_written_without_the_root_key_gives_nobody_an_identity() {
         env.as_("-").args(["kms", "token", "create", "x"]).assert().code(3).stderr(predicate::str::contains(why));
         assert_eq!(std::fs::read_to_string(&kmsd).unwrap(), forged);
     }
-    // The plain-JSON file can be inspected and, by an operator's explicit decision,
-    // authenticated as it is (here: it does grant the attacker's token, which is why the
-    // operator must read it first).
-    let shown = out(env.as_("-").args(["kms", "daemon-config", "show", "--unauthenticated"]));
-    assert!(shown.contains("token\tops"), "{shown}");
-    out(env.as_("root").args(["kms", "daemon-config", "upgrade"]));
-    assert_eq!(out(&mut whoami(evil)).trim(), "ops\tdaemon");
+    // The genuine file put back: served again.
+    std::fs::write(&kmsd, &genuine).unwrap();
+    assert_eq!(out(&mut whoami(&ops)).trim(), "ops\tdaemon");
     let recs = json(env.as_("root").args(["--json", "kms", "audit"]));
-    assert!(recs.as_array().unwrap().iter().any(|r| r["operation"] == "kmsd:UpgradeDaemonConfig"));
     assert!(recs.as_array().unwrap().iter().any(|r| r["operation"] == "kmsd:CreateToken"));
+    // A plain-JSON file of an earlier build, in a keystore that never wrote format 2 (the
+    // golden keystore of 7e7ab06), can be inspected and, by an operator's explicit decision,
+    // authenticated as it is.
+    let old = env.path("old");
+    std::fs::create_dir(&old).unwrap();
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/kms-v1/keystore");
+    for e in std::fs::read_dir(&golden).unwrap().flatten() {
+        std::fs::copy(e.path(), old.join(e.file_name())).unwrap();
+    }
+    let on_old = |args: &[&str]| {
+        let mut c = Command::cargo_bin("sqlite-tde").unwrap();
+        clean(&mut c);
+        c.arg("--keystore").arg(&old).arg("--principal").arg("root").args(args);
+        c
+    };
+    on_old(&["kms", "daemon-config", "show"]).assert().code(3).stderr(predicate::str::contains("has no MAC"));
+    let shown = out(&mut on_old(&["kms", "daemon-config", "show", "--unauthenticated"]));
+    assert!(shown.contains("token\tops"), "{shown}");
+    out(&mut on_old(&["kms", "daemon-config", "upgrade"]));
+    assert!(out(&mut on_old(&["kms", "daemon-config", "show"])).contains("token\tops"));
+    let recs = json(&mut on_old(&["--json", "kms", "audit"]));
+    assert!(recs.as_array().unwrap().iter().any(|r| r["operation"] == "kmsd:UpgradeDaemonConfig"));
     // Mappings and operators are set through the CLI, never by editing the file.
     let shown =
         out(env.as_("root").args(["kms", "daemon-config", "set", "--map-uid", "4242=app", "--add-operator", "ops"]));

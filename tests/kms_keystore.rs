@@ -684,3 +684,47 @@ fn token_create_refuses_reserved_or_malformed_principals() {
         assert!(!out.status.success(), "kms token create {bad:?} was accepted");
     }
 }
+
+/// Review of issue 14: kmsd.json had a MAC but no freshness, so whoever could write the
+/// keystore directory and kept an earlier genuine copy put it back, and a revoked token worked
+/// again (deleting the file dropped uid mappings and operators silently). keystore.json (MACed)
+/// now records the newest generation: an older file, a deleted one, or a plain-JSON one after
+/// that is refused, and nothing is rewritten.
+#[test]
+fn a_rolled_back_or_deleted_kmsd_json_is_refused() {
+    use sqlite_tde::kms::daemon::DaemonConfig;
+    let env = KmsEnv::new();
+    let kms = env.kms("op").with_operators(vec!["op".into()]);
+    kms.create_key(Some("alias/x"), "").unwrap();
+    let token = DaemonConfig::update(&kms, "op", "kmsd:CreateToken", false, |c| {
+        Ok((c.add_token("eve", T0)?, "token for eve".into()))
+    })
+    .unwrap();
+    let path = DaemonConfig::path(&env.ks);
+    let saved = fs::read(&path).unwrap();
+    DaemonConfig::update(&kms, "op", "kmsd:RevokeTokens", false, |c| {
+        c.tokens.retain(|t| t.principal != "eve");
+        Ok(((), "revoked eve".into()))
+    })
+    .unwrap();
+    assert_eq!(DaemonConfig::load(&kms).unwrap().principal_of_token(&token), None);
+    let current = fs::read(&path).unwrap();
+    for (what, put) in
+        [("older copy", Some(saved)), ("plain JSON", Some(br#"{"tokens":[]}"#.to_vec())), ("deleted", None)]
+    {
+        match &put {
+            Some(b) => fs::write(&path, b).unwrap(),
+            None => fs::remove_file(&path).unwrap(),
+        }
+        let e = DaemonConfig::load(&kms).unwrap_err().to_string();
+        assert!(e.contains("the keystore records generation 2"), "{what}: {e}");
+        assert!(DaemonConfig::update(&kms, "op", "kmsd:CreateToken", false, |c| Ok((
+            c.add_token("x", T0)?,
+            "x".into()
+        )))
+        .is_err());
+        assert_eq!(fs::read(&path).ok(), put, "{what}: the refused file was rewritten");
+    }
+    fs::write(&path, &current).unwrap();
+    assert_eq!(DaemonConfig::load(&kms).unwrap().generation, 2);
+}

@@ -54,6 +54,10 @@ pub struct DaemonConfig {
     /// daemon starts, together with `kms serve --operator`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operators: Vec<String>,
+    /// Counts the changes; keystore.json records the newest, so an older genuine file put
+    /// back (a revoked token alive again) is refused.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A principal name the daemon may give a caller (a token's, a uid mapping's, an
@@ -95,14 +99,29 @@ impl DaemonConfig {
 
     fn read(kms: &LocalKms) -> Result<Found, KmsError> {
         let p = Self::path(kms.dir());
+        let recorded = kms.kmsd_generation()?;
+        let rolled_back = |what: String| {
+            KmsError::Keystore(format!(
+                "{} {what}, but the keystore records generation {recorded}: it was deleted or an older copy was put \
+                 back (revoked tokens would work again). Restore the keystore directory from a backup \
+                 (`sqlite-tde kms restore BACKUP`)",
+                p.display()
+            ))
+        };
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && recorded > 0 => {
+                return Err(rolled_back("is missing".into()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
             Err(e) => return Err(KmsError::Keystore(format!("cannot read {}: {e}", p.display()))),
         };
         let corrupt = |why: String| KmsError::Keystore(format!("{} is invalid: {why}", p.display()));
         let text = std::str::from_utf8(&bytes).map_err(|_| corrupt("not UTF-8".into()))?;
         let Some(rest) = text.strip_prefix(MAGIC) else {
+            if recorded > 0 {
+                return Err(rolled_back("is plain JSON (an earlier format)".into()));
+            }
             return serde_json::from_str(text).map(Found::Legacy).map_err(|e| corrupt(e.to_string()));
         };
         let idx = rest.rfind(MAC_TAG).ok_or_else(|| corrupt("missing MAC".into()))?;
@@ -117,7 +136,11 @@ impl DaemonConfig {
                 p.display()
             )));
         }
-        serde_json::from_str(&rest[..idx]).map(Found::Authenticated).map_err(|e| corrupt(e.to_string()))
+        let cfg: DaemonConfig = serde_json::from_str(&rest[..idx]).map_err(|e| corrupt(e.to_string()))?;
+        if cfg.generation < recorded {
+            return Err(rolled_back(format!("is generation {}", cfg.generation)));
+        }
+        Ok(Found::Authenticated(cfg))
     }
 
     /// Read `kmsd.json` (empty when absent); an unauthenticated or forged file is an error.
@@ -176,9 +199,12 @@ impl DaemonConfig {
             (_, false) => Self::load(kms)?,
         };
         let (out, detail) = f(&mut cfg)?;
-        // Recorded first: a change that cannot be audited is not made.
-        kms.record_detail(principal, op, None, detail, Ok(()))?;
+        cfg.generation = cfg.generation.max(kms.kmsd_generation()?) + 1;
+        // The file first, then its generation with the audit record in one keystore commit:
+        // a crash in between leaves a newer file than recorded, which is accepted (only the
+        // root key's holder can MAC one), never an older one.
         cfg.store(kms)?;
+        kms.record_kmsd_generation(principal, op, format!("{detail} (generation {})", cfg.generation), cfg.generation)?;
         Ok(out)
     }
 

@@ -208,6 +208,7 @@ pub fn create(paths: &KeystorePaths, absent: Absent) -> Result<(KeystoreData, Ro
         root: RootConfig { kind: source.kind().into(), check: key.check_value_for(KEYSTORE_VERSION), passphrase },
         keys: Default::default(),
         aliases: Default::default(),
+        kmsd_generation: None,
         audit: Default::default(),
         format: KEYSTORE_VERSION,
     };

@@ -164,6 +164,10 @@ pub struct KeystoreData {
     /// `alias/NAME` -> key id.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
+    /// The newest `kmsd.json` generation written (FORMAT §7): a file with an older one was
+    /// put back (a revoked token would work again), and a missing file was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kmsd_generation: Option<u64>,
     /// The audit head and the last commit's records (format 3: its own line, under the MAC).
     #[serde(skip)]
     pub audit: AuditState,

@@ -1842,6 +1842,27 @@ impl LocalKms {
         self.finish(&ctx, r)
     }
 
+    /// Record that `kmsd.json` generation `generation` was written, with the request's audit
+    /// record (`op`, `detail`), in one keystore commit.
+    pub(crate) fn record_kmsd_generation(
+        &self,
+        principal: &str,
+        op: &str,
+        detail: String,
+        generation: u64,
+    ) -> Result<(), KmsError> {
+        self.write_op(principal, op, Use::Existing(None), |ctx, txn| {
+            ctx.detail = Some(detail);
+            txn.data.kmsd_generation = Some(txn.data.kmsd_generation.unwrap_or(0).max(generation));
+            Ok(())
+        })
+    }
+
+    /// The newest `kmsd.json` generation the keystore records (0: none written yet).
+    pub(crate) fn kmsd_generation(&self) -> Result<u64, KmsError> {
+        Ok(self.load(Use::Existing(None))?.kmsd_generation.unwrap_or(0))
+    }
+
     /// A key derived from this keystore's root key (for sibling modules' MACs).
     pub(crate) fn derived_key(&self, label: &[u8]) -> Result<Zeroizing<[u8; 32]>, KmsError> {
         let data = self.load(Use::Existing(None))?;
