@@ -18,6 +18,7 @@ pub mod local;
 pub mod model;
 pub mod openbao;
 pub mod policy;
+mod sealed_file;
 pub mod secrets;
 
 pub use context::EncryptionContext;

@@ -43,12 +43,10 @@ pub mod actions {
 }
 
 /// Account-level actions: not in key policies, held by the keystore's operators
-/// (`LocalKms::is_operator`). Everyone else gets a view filtered to what it may use.
+/// (`LocalKms::is_operator`). Listings (keys, aliases, lint, the audit log) are not refused
+/// to anyone else but filtered to what its key policies let it use or read; verifying the
+/// whole audit trail is refused.
 pub mod account {
-    pub const LIST_KEYS: &str = "kms:ListKeys";
-    pub const LIST_ALIASES: &str = "kms:ListAliases";
-    pub const LINT: &str = "kms:Lint";
-    pub const READ_AUDIT: &str = "kms:ReadAudit";
     pub const VERIFY_AUDIT: &str = "kms:VerifyAudit";
 }
 

@@ -526,6 +526,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// An uncached `EncryptedIo` over `raw`.
+    fn io_over<'a>(
+        raw: &'a mut Counting,
+        cipher: &'a XtsCipher,
+        scratch: &'a mut Vec<u8>,
+        domain: Domain,
+        data_offset: u64,
+    ) -> EncryptedIo<'a, Counting> {
+        EncryptedIo { raw, cipher, domain, data_offset, scratch, cache: None }
+    }
+
     /// Page reads inside the file cost one raw read and no fstat, into the caller's buffer.
     #[test]
     fn page_reads_need_no_fstat() {
@@ -533,14 +544,7 @@ pub(crate) mod tests {
         let cipher = XtsCipher::new(&key);
         let mut raw = Counting(MemFile(vec![0; 8192]), 0);
         let mut scratch = Vec::new();
-        let mut io = EncryptedIo {
-            raw: &mut raw,
-            cipher: &cipher,
-            domain: Domain::Database,
-            data_offset: 8192,
-            scratch: &mut scratch,
-            cache: None,
-        };
+        let mut io = io_over(&mut raw, &cipher, &mut scratch, Domain::Database, 8192);
         let page: Vec<u8> = (0..4096u32).map(|i| (i % 251 + 1) as u8).collect();
         for p in 0..4u64 {
             io.write(&page, p * 4096).unwrap();
@@ -568,14 +572,7 @@ pub(crate) mod tests {
         let cipher = XtsCipher::new(&key);
         let mut raw = Counting(MemFile(vec![0; 8192]), 0);
         let mut scratch = Vec::new();
-        let mut io = EncryptedIo {
-            raw: &mut raw,
-            cipher: &cipher,
-            domain: Domain::Database,
-            data_offset: 8192,
-            scratch: &mut scratch,
-            cache: None,
-        };
+        let mut io = io_over(&mut raw, &cipher, &mut scratch, Domain::Database, 8192);
         let mut page = vec![0u8; 4096];
         page[24..28].copy_from_slice(&[0, 0, 0, 7]);
         io.write(&page, 0).unwrap();
@@ -588,14 +585,7 @@ pub(crate) mod tests {
         // At the end of a file whose last block is partial (a journal), the answer is exact.
         let mut j = Counting(MemFile(Vec::new()), 0);
         let mut scratch = Vec::new();
-        let mut jio = EncryptedIo {
-            raw: &mut j,
-            cipher: &cipher,
-            domain: Domain::Journal,
-            data_offset: 0,
-            scratch: &mut scratch,
-            cache: None,
-        };
+        let mut jio = io_over(&mut j, &cipher, &mut scratch, Domain::Journal, 0);
         jio.write(&[0u8; 20], 0).unwrap();
         let mut buf = [0xffu8; 8];
         assert_eq!(jio.read(&mut buf, 12).unwrap(), ReadStatus::Full);

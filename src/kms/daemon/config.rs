@@ -22,15 +22,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::kms::local::LocalKms;
+use crate::kms::sealed_file::{self, Refused};
 use crate::kms::KmsError;
 
 const MAGIC: &str = "sqlite-tde-kmsd 2\n";
-const MAC_TAG: &str = "hmac-sha256:";
 /// Label of the MAC key (derived from the root key).
 const MAC_LABEL: &[u8] = b"sqlite-tde/kmsd-mac/v1";
 
@@ -78,12 +77,6 @@ pub fn check_principal_name(p: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-fn mac_over(key: &[u8; 32], covered: &[u8]) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).expect("any length");
-    mac.update(covered);
-    mac
-}
-
 /// What [`DaemonConfig::read`] found.
 enum Found {
     Missing,
@@ -92,14 +85,21 @@ enum Found {
     Legacy(DaemonConfig),
 }
 
+/// A read of `kmsd.json` and the keystore state it is checked against.
+struct Read {
+    found: Found,
+    key: zeroize::Zeroizing<[u8; 32]>,
+    recorded: u64,
+}
+
 impl DaemonConfig {
     pub fn path(keystore: &Path) -> PathBuf {
         keystore.join("kmsd.json")
     }
 
-    fn read(kms: &LocalKms) -> Result<Found, KmsError> {
+    fn read(kms: &LocalKms) -> Result<Read, KmsError> {
         let p = Self::path(kms.dir());
-        let recorded = kms.kmsd_generation()?;
+        let (key, recorded) = kms.kmsd_anchor(MAC_LABEL)?;
         let rolled_back = |what: String| {
             KmsError::Keystore(format!(
                 "{} {what}, but the keystore records generation {recorded}: it was deleted or an older copy was put \
@@ -113,39 +113,42 @@ impl DaemonConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && recorded > 0 => {
                 return Err(rolled_back("is missing".into()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Read { found: Found::Missing, key, recorded })
+            }
             Err(e) => return Err(KmsError::Keystore(format!("cannot read {}: {e}", p.display()))),
         };
         let corrupt = |why: String| KmsError::Keystore(format!("{} is invalid: {why}", p.display()));
         let text = std::str::from_utf8(&bytes).map_err(|_| corrupt("not UTF-8".into()))?;
-        let Some(rest) = text.strip_prefix(MAGIC) else {
+        if !text.starts_with(MAGIC) {
             if recorded > 0 {
                 return Err(rolled_back("is plain JSON (an earlier format)".into()));
             }
-            return serde_json::from_str(text).map(Found::Legacy).map_err(|e| corrupt(e.to_string()));
-        };
-        let idx = rest.rfind(MAC_TAG).ok_or_else(|| corrupt("missing MAC".into()))?;
-        let covered = &text[..MAGIC.len() + idx];
-        let got = hex::decode(rest[idx + MAC_TAG.len()..].trim_end_matches('\n')).unwrap_or_default();
-        let key = kms.derived_key(MAC_LABEL)?;
-        if mac_over(&key, covered.as_bytes()).verify_slice(&got).is_err() {
-            return Err(KmsError::Keystore(format!(
-                "{} was modified without the root key (or is corrupt): its MAC does not verify, so the daemon \
-                 cannot tell who its callers are. Restore it from a backup (`sqlite-tde kms restore BACKUP`) or \
-                 remove it and issue tokens again",
-                p.display()
-            )));
+            let legacy = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+            return Ok(Read { found: Found::Legacy(legacy), key, recorded });
         }
-        let cfg: DaemonConfig = serde_json::from_str(&rest[..idx]).map_err(|e| corrupt(e.to_string()))?;
+        let json = match sealed_file::open(text, MAGIC, &key) {
+            Ok(json) => json,
+            Err(Refused::MissingMac) => return Err(corrupt("missing MAC".into())),
+            Err(Refused::BadMac) => {
+                return Err(KmsError::Keystore(format!(
+                    "{} was modified without the root key (or is corrupt): its MAC does not verify, so the daemon \
+                     cannot tell who its callers are. Restore it from a backup (`sqlite-tde kms restore BACKUP`) \
+                     or remove it and issue tokens again",
+                    p.display()
+                )))
+            }
+        };
+        let cfg: DaemonConfig = serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
         if cfg.generation < recorded {
             return Err(rolled_back(format!("is generation {}", cfg.generation)));
         }
-        Ok(Found::Authenticated(cfg))
+        Ok(Read { found: Found::Authenticated(cfg), key, recorded })
     }
 
-    /// Read `kmsd.json` (empty when absent); an unauthenticated or forged file is an error.
-    pub fn load(kms: &LocalKms) -> Result<DaemonConfig, KmsError> {
-        match Self::read(kms)? {
+    /// The configuration to act on: an unauthenticated file is refused.
+    fn trusted(kms: &LocalKms, found: Found) -> Result<DaemonConfig, KmsError> {
+        match found {
             Found::Missing => Ok(DaemonConfig::default()),
             Found::Authenticated(c) => Ok(c),
             Found::Legacy(_) => Err(KmsError::Keystore(format!(
@@ -157,24 +160,22 @@ impl DaemonConfig {
         }
     }
 
+    /// Read `kmsd.json` (empty when absent); an unauthenticated or forged file is an error.
+    pub fn load(kms: &LocalKms) -> Result<DaemonConfig, KmsError> {
+        Self::trusted(kms, Self::read(kms)?.found)
+    }
+
     /// The contents of a plain-JSON (format 1) `kmsd.json`, for an operator to inspect.
     pub fn load_unauthenticated(kms: &LocalKms) -> Result<Option<DaemonConfig>, KmsError> {
-        Ok(match Self::read(kms)? {
+        Ok(match Self::read(kms)?.found {
             Found::Legacy(c) => Some(c),
             _ => None,
         })
     }
 
-    fn store(&self, kms: &LocalKms) -> Result<(), KmsError> {
-        let key = kms.derived_key(MAC_LABEL)?;
-        let mut body = String::from(MAGIC);
-        body.push_str(&serde_json::to_string_pretty(self).map_err(|e| KmsError::Keystore(e.to_string()))?);
-        body.push('\n');
-        let mac = mac_over(&key, body.as_bytes()).finalize().into_bytes();
-        body.push_str(MAC_TAG);
-        body.push_str(&hex::encode(mac));
-        body.push('\n');
-        crate::fsutil::write_atomic(&Self::path(kms.dir()), body.as_bytes(), 0o600)
+    fn store(&self, kms: &LocalKms, key: &[u8; 32]) -> Result<(), KmsError> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| KmsError::Keystore(e.to_string()))?;
+        crate::fsutil::write_atomic(&Self::path(kms.dir()), sealed_file::seal(MAGIC, &json, key).as_bytes(), 0o600)
             .map_err(|e| KmsError::Keystore(format!("cannot write kmsd.json: {e}")))
     }
 
@@ -190,20 +191,21 @@ impl DaemonConfig {
     ) -> Result<T, KmsError> {
         let _lock = crate::fsutil::lock_exclusive(&kms.dir().join("secrets.lock"))
             .map_err(|e| KmsError::Keystore(format!("cannot lock the keystore: {e}")))?;
-        let mut cfg = match (Self::read(kms)?, upgrade) {
+        let Read { found, key, recorded } = Self::read(kms)?;
+        let mut cfg = match (found, upgrade) {
             (Found::Legacy(c), true) => c,
             (Found::Authenticated(_), true) => {
                 return Err(KmsError::InvalidRequest("kmsd.json is already authenticated".into()))
             }
             (Found::Missing, true) => return Err(KmsError::InvalidRequest("there is no kmsd.json to upgrade".into())),
-            (_, false) => Self::load(kms)?,
+            (found, false) => Self::trusted(kms, found)?,
         };
         let (out, detail) = f(&mut cfg)?;
-        cfg.generation = cfg.generation.max(kms.kmsd_generation()?) + 1;
+        cfg.generation = cfg.generation.max(recorded) + 1;
         // The file first, then its generation with the audit record in one keystore commit:
         // a crash in between leaves a newer file than recorded, which is accepted (only the
         // root key's holder can MAC one), never an older one.
-        cfg.store(kms)?;
+        cfg.store(kms, &key)?;
         kms.record_kmsd_generation(principal, op, format!("{detail} (generation {})", cfg.generation), cfg.generation)?;
         Ok(out)
     }

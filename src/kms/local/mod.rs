@@ -1858,9 +1858,11 @@ impl LocalKms {
         })
     }
 
-    /// The newest `kmsd.json` generation the keystore records (0: none written yet).
-    pub(crate) fn kmsd_generation(&self) -> Result<u64, KmsError> {
-        Ok(self.load(Use::Existing(None))?.kmsd_generation.unwrap_or(0))
+    /// From one read of the keystore: the key derived from its root key under `label`, and the
+    /// newest `kmsd.json` generation it records (0: none yet). The daemon asks on every request.
+    pub(crate) fn kmsd_anchor(&self, label: &[u8]) -> Result<(Zeroizing<[u8; 32]>, u64), KmsError> {
+        let data = self.load(Use::Existing(None))?;
+        Ok((self.root_key(&data)?.derive(label), data.kmsd_generation.unwrap_or(0)))
     }
 
     /// A key derived from this keystore's root key (for sibling modules' MACs).

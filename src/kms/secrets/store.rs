@@ -10,17 +10,16 @@
 
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::SecretsData;
 use crate::kms::audit::Outcome;
 use crate::kms::local::LocalKms;
+use crate::kms::sealed_file::{self, Refused};
 use crate::kms::KmsError;
 
 const MAGIC_V1: &str = "sqlite-tde-secrets 1\n";
 const MAGIC_V2: &str = "sqlite-tde-secrets 2\n";
-const MAC_TAG: &str = "hmac-sha256:";
 /// The format this build writes.
 pub(super) const FORMAT: u32 = 2;
 /// Label of the MAC key (HMAC-SHA256 of the root key over it).
@@ -41,12 +40,6 @@ pub(super) struct Loaded {
 pub(super) struct Store {
     file: PathBuf,
     lock: PathBuf,
-}
-
-fn mac_over(key: &[u8; 32], covered: &[u8]) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).expect("any length");
-    mac.update(covered);
-    mac
 }
 
 impl Store {
@@ -72,18 +65,17 @@ impl Store {
         };
         let text = std::str::from_utf8(&bytes).map_err(|_| self.corrupt("not UTF-8"))?;
         if text.starts_with(MAGIC_V2) {
-            let idx = text.rfind(MAC_TAG).ok_or_else(|| self.corrupt("missing MAC"))?;
-            let (covered, trailer) = text.split_at(idx);
-            let key = kms.derived_key(MAC_LABEL)?;
-            let got = hex::decode(trailer[MAC_TAG.len()..].trim_end_matches('\n')).unwrap_or_default();
-            if mac_over(&key, covered.as_bytes()).verify_slice(&got).is_err() {
-                return Err(KmsError::Keystore(format!(
-                    "{} was modified without the root key (or is corrupt): its MAC does not verify; nothing was \
-                     changed. Restore it from a backup (`sqlite-tde kms restore BACKUP`)",
-                    self.file.display()
-                )));
-            }
-            let json = &covered[MAGIC_V2.len()..];
+            let json = match sealed_file::open(text, MAGIC_V2, &*kms.derived_key(MAC_LABEL)?) {
+                Ok(json) => json,
+                Err(Refused::MissingMac) => return Err(self.corrupt("missing MAC")),
+                Err(Refused::BadMac) => {
+                    return Err(KmsError::Keystore(format!(
+                        "{} was modified without the root key (or is corrupt): its MAC does not verify; nothing \
+                         was changed. Restore it from a backup (`sqlite-tde kms restore BACKUP`)",
+                        self.file.display()
+                    )))
+                }
+            };
             let data = serde_json::from_str(json).map_err(|e| self.corrupt(&e.to_string()))?;
             return Ok(Loaded { data, format: FORMAT });
         }
@@ -124,14 +116,8 @@ impl Store {
     /// Write `data` as format 2. The caller holds `secrets.lock` and, when `from` is older
     /// than format 2, has recorded [`UPGRADE_OP`] first.
     pub fn store(&self, kms: &LocalKms, data: &SecretsData) -> Result<(), KmsError> {
-        let key = kms.derived_key(MAC_LABEL)?;
-        let mut body = String::from(MAGIC_V2);
-        body.push_str(&serde_json::to_string_pretty(data).map_err(|e| KmsError::Keystore(e.to_string()))?);
-        body.push('\n');
-        let mac = mac_over(&key, body.as_bytes()).finalize().into_bytes();
-        body.push_str(MAC_TAG);
-        body.push_str(&hex::encode(mac));
-        body.push('\n');
+        let json = serde_json::to_string_pretty(data).map_err(|e| KmsError::Keystore(e.to_string()))?;
+        let body = sealed_file::seal(MAGIC_V2, &json, &*kms.derived_key(MAC_LABEL)?);
         crate::fsutil::write_atomic(&self.file, body.as_bytes(), 0o600)
             .map_err(|e| KmsError::Keystore(format!("cannot write {}: {e}", self.file.display())))
     }
