@@ -788,5 +788,9 @@ fn kmsd_json_written_without_the_root_key_gives_nobody_an_identity() {
         out(env.as_("root").args(["kms", "daemon-config", "set", "--map-uid", "4242=app", "--add-operator", "ops"]));
     assert!(shown.contains("uid 4242\tapp") && shown.contains("operator\tops"), "{shown}");
     env.as_("root").args(["kms", "daemon-config", "set", "--map-uid", "nope"]).assert().code(2);
+    let before = std::fs::read(&kmsd).unwrap();
+    env.as_("root").args(["kms", "daemon-config", "set"]).assert().code(2);
+    env.as_("root").args(["kms", "daemon-config", "set", "--add-operator", "sqlite-tde-kms"]).assert().code(2);
+    assert_eq!(std::fs::read(&kmsd).unwrap(), before, "a refused change rewrote kmsd.json");
     drop(daemon);
 }

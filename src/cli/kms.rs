@@ -754,6 +754,15 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                     print_daemon_config(&mut out, global.json, &cfg)?;
                 }
                 DaemonConfigCommand::Set { map_uid, unmap_uid, add_operator, remove_operator } => {
+                    if map_uid.is_empty()
+                        && unmap_uid.is_empty()
+                        && add_operator.is_empty()
+                        && remove_operator.is_empty()
+                    {
+                        return Err(CliError::usage(
+                            "nothing to change: give --map-uid, --unmap-uid, --add-operator or --remove-operator",
+                        ));
+                    }
                     let maps = map_uid.iter().map(|m| parse_uid_map(m)).collect::<CliResult<Vec<_>>>()?;
                     for o in add_operator {
                         crate::kms::daemon::config::check_principal_name(o)
