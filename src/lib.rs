@@ -4,9 +4,9 @@
 pub mod crypto;
 pub mod error;
 pub mod format;
-pub mod fsutil;
+pub use sqlite_tde_fsutil as fsutil;
 pub mod keycache;
-pub mod kms;
+pub use sqlite_tde_kms as kms;
 pub mod rotation;
 pub mod vfs;
 

@@ -100,7 +100,8 @@ struct Outcome {
 fn dek_of(kms: &dyn Kms, db: &Path) -> DataKey {
     let bytes = std::fs::read(db).unwrap();
     let (h, _) = choose_slot(&bytes[..HEADER_REGION_LEN]).unwrap();
-    kms.decrypt_data_key(&h.key, &h.wrapped_dek, &EncryptionContext::for_database(&h.db_uuid)).unwrap()
+    let plain = kms.decrypt_data_key(&h.key, &h.wrapped_dek, &EncryptionContext::for_database(&h.db_uuid)).unwrap();
+    DataKey::try_from(&plain).unwrap()
 }
 
 fn run(mode: Mode, test: &str) -> Outcome {

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use sqlite_tde::crypto::{key_check_value, Domain, MetaKey, XtsCipher};
+use sqlite_tde::crypto::{key_check_value, DataKey, Domain, MetaKey, XtsCipher};
 use sqlite_tde::format::{choose_slot, Header, RekeyState, FORMAT_VERSION, HEADER_REGION_LEN, SLOT_LEN};
 use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::{EncryptionContext, Kms, DEFAULT_KEY_ALIAS};
@@ -59,14 +59,14 @@ fn attacker_key(env: &common::Env, uuid: &[u8; 16]) -> sqlite_tde::kms::Generate
     kms.generate_data_key(DEFAULT_KEY_ALIAS, &EncryptionContext::for_database(uuid)).unwrap()
 }
 
+/// The attacker's data key as an XTS key.
+fn dek(g: &sqlite_tde::kms::GeneratedDataKey) -> DataKey {
+    DataKey::try_from(&g.plaintext).unwrap()
+}
+
 /// A rekey state (progress 0) to the data key `g`.
 fn planted_rekey(g: &sqlite_tde::kms::GeneratedDataKey, uuid: &[u8; 16]) -> RekeyState {
-    RekeyState {
-        key: g.key.clone(),
-        wrapped_dek: g.wrapped.clone(),
-        kcv: key_check_value(&g.plaintext, uuid),
-        progress: 0,
-    }
+    RekeyState { key: g.key.clone(), wrapped_dek: g.wrapped.clone(), kcv: key_check_value(&dek(g), uuid), progress: 0 }
 }
 
 /// Re-seal a slot image's SHA-256 checksum, as anyone can.
@@ -87,7 +87,7 @@ fn rekey_state_hijack_is_refused_and_changes_nothing() {
     let mut forged = h.clone();
     forged.sequence = h.sequence + 10;
     forged.rekey = Some(state);
-    let attacker_meta = MetaKey::derive(&g.plaintext);
+    let attacker_meta = MetaKey::derive(&dek(&g));
     // Three ways to write the state without the victim's DEK: as format 1 (no MAC), MACed under
     // the attacker's own DEK, and a format 2 slot of the victim edited and re-checksummed.
     let mut edited = original[..SLOT_LEN].to_vec();
@@ -103,7 +103,7 @@ fn rekey_state_hijack_is_refused_and_changes_nothing() {
         ("format 2 slot MACed under the attacker's DEK", forged.encode(&attacker_meta).unwrap()),
         ("victim's slot edited and re-checksummed", edited),
     ];
-    let attacker_cipher = XtsCipher::new(&g.plaintext);
+    let attacker_cipher = XtsCipher::new(&dek(&g));
     for (what, slot) in variants {
         let mut v = original.clone();
         v[..SLOT_LEN].copy_from_slice(&slot);
@@ -223,7 +223,7 @@ fn a_downgrade_to_format_1_next_to_a_format_2_slot_loses() {
     forged.sequence = h.sequence + 100;
     forged.key = g.key.clone();
     forged.wrapped_dek = g.wrapped.clone();
-    forged.kcv = key_check_value(&g.plaintext, &h.db_uuid);
+    forged.kcv = key_check_value(&dek(&g), &h.db_uuid);
     let mut v = original.clone();
     let other = 1 - slot;
     v[other * SLOT_LEN..(other + 1) * SLOT_LEN].copy_from_slice(&forged.encode_format_1().unwrap());
@@ -259,7 +259,7 @@ fn a_format_1_rekey_state_is_finished_only_when_trusted() {
     drop(c);
     let (after, _) = choose_slot(&bytes(&p)[..HEADER_REGION_LEN]).unwrap();
     assert!(after.rekey.is_none());
-    assert_eq!((after.format, after.kcv), (FORMAT_VERSION, key_check_value(&g.plaintext, &h.db_uuid)));
+    assert_eq!((after.format, after.kcv), (FORMAT_VERSION, key_check_value(&dek(&g), &h.db_uuid)));
 }
 
 #[test]

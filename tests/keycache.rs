@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlite_tde::crypto::DataKey;
 use sqlite_tde::format::KeyRef;
 use sqlite_tde::keycache::{CacheConfig, EpochProbe};
 use sqlite_tde::kms::local::LocalKms;
@@ -81,7 +80,7 @@ impl Kms for SwitchKms {
         key_ref: &KeyRef,
         wrapped: &[u8],
         context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
+    ) -> Result<sqlite_tde::kms::PlaintextDataKey, KmsError> {
         self.gate(&key_ref.uri)?;
         self.0.inner.decrypt_data_key(key_ref, wrapped, context)
     }

@@ -174,7 +174,8 @@ fn dek_of(ks: &Path, db: &Path) -> DataKey {
     let bytes = std::fs::read(db).unwrap();
     let (h, _) = choose_slot(&bytes[..HEADER_REGION_LEN]).unwrap();
     let kms = LocalKms::new(ks);
-    kms.decrypt_data_key(&h.key, &h.wrapped_dek, &EncryptionContext::for_database(&h.db_uuid)).unwrap()
+    let plain = kms.decrypt_data_key(&h.key, &h.wrapped_dek, &EncryptionContext::for_database(&h.db_uuid)).unwrap();
+    DataKey::try_from(&plain).unwrap()
 }
 
 struct Outcome {

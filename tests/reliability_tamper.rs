@@ -509,7 +509,7 @@ fn header_swap_and_replay_after_rewrap() {
     t.add("rewrapped header without the data key's MAC", &o);
     // By a holder of the DEK (what `rewrap` does): accepted.
     let dek = kms.decrypt_data_key(&old.key, &old.wrapped_dek, &ctx).unwrap();
-    let meta = sqlite_tde::crypto::MetaKey::derive(&dek);
+    let meta = sqlite_tde::crypto::MetaKey::derive(&sqlite_tde::crypto::DataKey::try_from(&dek).unwrap());
     let mut v = ab.clone();
     v[other * SLOT_LEN..(other + 1) * SLOT_LEN].copy_from_slice(&newer.encode(&meta).unwrap());
     std::fs::write(&a, &v).unwrap();

@@ -336,7 +336,6 @@ fn cli_decrypt_output_is_private_and_never_follows_a_symlink() {
 /// KMS that refuses) cannot be bypassed through the cache.
 #[test]
 fn decrypt_always_asks_the_kms() {
-    use sqlite_tde::crypto::DataKey;
     use sqlite_tde::format::KeyRef;
     use sqlite_tde::kms::local::LocalKms;
     use sqlite_tde::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
@@ -348,7 +347,12 @@ fn decrypt_always_asks_the_kms() {
         fn generate_data_key(&self, key: &str, c: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
             self.0.generate_data_key(key, c)
         }
-        fn decrypt_data_key(&self, k: &KeyRef, w: &[u8], c: &EncryptionContext) -> Result<DataKey, KmsError> {
+        fn decrypt_data_key(
+            &self,
+            k: &KeyRef,
+            w: &[u8],
+            c: &EncryptionContext,
+        ) -> Result<sqlite_tde::kms::PlaintextDataKey, KmsError> {
             if self.1.load(Ordering::SeqCst) {
                 return Err(KmsError::AccessDenied {
                     principal: "test".into(),

@@ -278,7 +278,6 @@ fn cli_rewrap_all_reports_references() {
 /// that header (it would not open), leaving the file byte for byte as it was.
 #[test]
 fn rewrap_never_writes_a_header_that_does_not_open() {
-    use sqlite_tde::crypto::DataKey;
     use sqlite_tde::format::KeyRef;
     use sqlite_tde::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
 
@@ -290,7 +289,12 @@ fn rewrap_never_writes_a_header_that_does_not_open() {
         fn generate_data_key(&self, key: &str, c: &EncryptionContext) -> Result<GeneratedDataKey, KmsError> {
             self.0.generate_data_key(key, c)
         }
-        fn decrypt_data_key(&self, k: &KeyRef, w: &[u8], c: &EncryptionContext) -> Result<DataKey, KmsError> {
+        fn decrypt_data_key(
+            &self,
+            k: &KeyRef,
+            w: &[u8],
+            c: &EncryptionContext,
+        ) -> Result<sqlite_tde::kms::PlaintextDataKey, KmsError> {
             self.0.decrypt_data_key(k, w, c)
         }
         fn rewrap_data_key(

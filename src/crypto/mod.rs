@@ -6,6 +6,7 @@ mod keys;
 mod meta;
 mod random;
 mod tweak;
+mod unwrapped;
 mod xts;
 
 pub use kcv::{kcv_matches, key_check_value, KCV_LEN};
@@ -13,6 +14,7 @@ pub use keys::{scrub_stack, with_scrubbed_stack, DataKey, DATA_KEY_LEN};
 pub use meta::{MacPurpose, MetaKey, MAC_LEN};
 pub use random::{fill_random, random_array};
 pub use tweak::{Domain, DATA_UNIT, DATA_UNIT_LOG2};
+pub use unwrapped::{new_cipher, verified_cipher};
 pub use xts::XtsCipher;
 
 /// Errors of the crypto layer.

@@ -45,7 +45,7 @@ pub use encfile::{EncryptedFile, ReadInfo};
 use journal::{JournalIndex, JournalScan};
 use wal::{WalIndex, WalScan};
 
-use crate::crypto::{kcv_matches, key_check_value, Domain, XtsCipher};
+use crate::crypto::{verified_cipher, Domain, XtsCipher};
 use crate::error::{Error, Result};
 use crate::format::{choose_slot, legacy_side_path, side_path, Header, HeaderError, SideFile, HEADER_REGION_LEN};
 use crate::kms::{EncryptionContext, Kms};
@@ -196,10 +196,7 @@ pub fn unwrap_key_cipher(path: &Path, kms: &dyn Kms, header: &Header) -> Result<
     let dek = kms
         .decrypt_data_key(&header.key, &header.wrapped_dek, &context)
         .map_err(|source| Error::Kms { path: shown.clone(), source })?;
-    if !kcv_matches(&key_check_value(&dek, &header.db_uuid), &header.kcv) {
-        return Err(Error::WrongKey { path: shown });
-    }
-    Ok(XtsCipher::new(&dek))
+    verified_cipher(&dek, &header.db_uuid, &header.kcv).ok_or(Error::WrongKey { path: shown })
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {

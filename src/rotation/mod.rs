@@ -14,6 +14,7 @@ pub mod journal;
 pub mod rekey;
 pub mod reserve;
 pub mod rewrap;
+mod rewrap_header;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError
 pub use engine::{Outcome, Step};
 pub use rekey::{rekey, RekeyOptions, RekeyReport};
 pub use rewrap::{rewrap, RewrapOptions, RewrapReport};
+pub use rewrap_header::rewrap_header;
 
 use crate::error::{Error, Result};
 use crate::format::choose_slot;
@@ -43,7 +45,8 @@ pub const CONVERT_JOURNAL_SUFFIX: &str = "-tdeconvert";
 /// Environment variable of the crash-injection hook (debug builds only):
 /// `OPERATION:STEP[@N]`, e.g. `rekey:progress-synced@2` aborts the process the third time
 /// (counting from 0) a rekey passes that step. Operations: `rekey`, `recover`, `encrypt`.
-pub const ENV_CRASH_AT: &str = "SQLITE_TDE_TEST_CRASH_AT";
+/// The KMS crate reads the same variable for its `kms:STEP` points.
+pub use crate::kms::ENV_CRASH_AT;
 
 /// Environment variable of the fault-injection hook (debug builds only), same syntax as
 /// [`ENV_CRASH_AT`]: instead of aborting, the step fails with "no space left on device", as

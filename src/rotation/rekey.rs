@@ -10,7 +10,7 @@ use sqlite_vfs::{BaseFile, LockLevel};
 
 use super::engine::{Abort, Outcome, RekeyEngine, DEFAULT_CHUNK};
 use super::{check_writable, parse_json, side_path, BaseDb, FsSide, VfsHook, REKEY_JOURNAL_SUFFIX};
-use crate::crypto::{key_check_value, Domain, XtsCipher};
+use crate::crypto::{new_cipher, Domain, XtsCipher};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::format::{choose_slot, Header, HeaderError, RekeyState, FORMAT_VERSION};
 use crate::kms::EncryptionContext;
@@ -177,8 +177,8 @@ fn run_locked(
     ctx.cache.note_kms_call();
     let t = target.clone();
     let generated = kms_call(ctx, path, move |kms| kms.generate_data_key(&t, &context))?;
-    let new_kcv = key_check_value(&generated.plaintext, &header.db_uuid);
-    let new = Arc::new(XtsCipher::new(&generated.plaintext));
+    let (new, new_kcv) = new_cipher(&generated.plaintext, &header.db_uuid).map_err(|e| Error::Config(e.to_string()))?;
+    let new = Arc::new(new);
     let state =
         RekeyState { key: generated.key.clone(), wrapped_dek: generated.wrapped.clone(), kcv: new_kcv, progress: 0 };
     drop(generated); // wipes the plaintext DEK

@@ -25,8 +25,8 @@ use sqlite_vfs::{BaseFile, ErrorCode, LockLevel, ReadStatus, SyncFlags, VfsError
 
 use super::TdeContext;
 use crate::crypto::{
-    kcv_matches, key_check_value, random_array, scrub_stack, with_scrubbed_stack, DataKey, Domain, MetaKey, XtsCipher,
-    KCV_LEN,
+    kcv_matches, new_cipher, random_array, scrub_stack, verified_cipher, with_scrubbed_stack, Domain, MetaKey,
+    XtsCipher, KCV_LEN,
 };
 use crate::error::{Error, Result};
 use crate::format::{
@@ -410,11 +410,8 @@ pub fn unwrap_key(
         with_scrubbed_stack(|| {
             let context = EncryptionContext::for_database(db_uuid);
             let (k, w) = (key.clone(), wrapped.to_vec());
-            let dek: DataKey = kms_call(ctx, path, move |kms| kms.decrypt_data_key(&k, &w, &context))?;
-            if !kcv_matches(&key_check_value(&dek, db_uuid), kcv) {
-                return Err(Error::WrongKey { path: path.to_string() });
-            }
-            Ok(XtsCipher::new(&dek))
+            let dek = kms_call(ctx, path, move |kms| kms.decrypt_data_key(&k, &w, &context))?;
+            verified_cipher(&dek, db_uuid, kcv).ok_or_else(|| Error::WrongKey { path: path.to_string() })
         })
     })
 }
@@ -649,6 +646,7 @@ fn new_data_key_unscrubbed(ctx: &TdeContext, path: &str, key: &str) -> Result<(H
     let key_owned = key.to_string();
     ctx.cache.note_kms_call();
     let generated = kms_call(ctx, path, move |kms| kms.generate_data_key(&key_owned, &context))?;
+    let (cipher, kcv) = new_cipher(&generated.plaintext, &db_uuid).map_err(|e| Error::Config(e.to_string()))?;
     let header = Header {
         format: FORMAT_VERSION,
         sequence: 1,
@@ -656,11 +654,11 @@ fn new_data_key_unscrubbed(ctx: &TdeContext, path: &str, key: &str) -> Result<(H
         dek_created: unix_now(),
         key: generated.key.clone(),
         wrapped_dek: generated.wrapped.clone(),
-        kcv: key_check_value(&generated.plaintext, &db_uuid),
+        kcv,
         rekey: None,
     };
-    let cipher = Arc::new(XtsCipher::new(&generated.plaintext));
     drop(generated); // wipes the plaintext DEK
+    let cipher = Arc::new(cipher);
     Ok((header, cipher))
 }
 

@@ -479,7 +479,7 @@ impl TdeFile {
         self.ctx.cache.note_kms_call();
         let r = database::kms_call(&self.ctx, &self.path, move |kms| kms.decrypt_data_key(&k, &w, &context)).and_then(
             |dek| {
-                if crate::crypto::kcv_matches(&crate::crypto::key_check_value(&dek, &h.db_uuid), &h.kcv) {
+                if crate::crypto::verified_cipher(&dek, &h.db_uuid, &h.kcv).is_some() {
                     Ok(serde_json::json!({"status": "ok", "key_uri": h.key.uri, "key_version": h.key.version}))
                 } else {
                     Err(Error::WrongKey { path: self.path.clone() })

@@ -150,9 +150,16 @@ fn prepare(config: VfsConfig) -> (Arc<TdeContext>, TdeShim, RegisterOptions) {
     });
     // Revocations made in this process's embedded KMS (disable, deletion, ...) drop cached
     // data keys at once, for static and extension registrations alike.
-    crate::kms::events::watch_cache(&ctx);
+    let listener: std::sync::Weak<TdeContext> = Arc::downgrade(&ctx);
+    crate::kms::events::subscribe(listener);
     let opts = RegisterOptions { base: config.base_vfs, make_default: config.make_default };
     (ctx.clone(), TdeShim { ctx }, opts)
+}
+
+impl crate::kms::events::KeyEventListener for TdeContext {
+    fn key_revoked(&self, key_uri: &str) {
+        self.cache.invalidate_key(key_uri);
+    }
 }
 
 pub(crate) fn misuse(msg: impl Into<String>) -> VfsError {

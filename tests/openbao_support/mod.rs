@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlite_tde::format::{choose_slot, Header, HEADER_REGION_LEN, SLOT_LEN};
-use sqlite_tde::kms::openbao::rewrap_header;
 use sqlite_tde::kms::{Kms, KmsError};
+use sqlite_tde::rotation::rewrap_header;
 
 /// The `bao` binary: on `PATH`, else where `.ci/setup.d/openbao.sh` installs it.
 pub fn find_bao() -> Option<PathBuf> {
@@ -332,7 +332,9 @@ pub fn rewrap_file(path: &Path, kms: &dyn Kms, target: Option<&str>) -> Result<(
     // A format 2 slot is MACed under its DEK: the rewrapper (which may decrypt) derives it.
     let ctx = sqlite_tde::kms::EncryptionContext::for_database(&current.db_uuid);
     let dek = kms.decrypt_data_key(&current.key, &current.wrapped_dek, &ctx)?;
-    let image = new.encode(&sqlite_tde::crypto::MetaKey::derive(&dek)).unwrap();
+    let image = new
+        .encode(&sqlite_tde::crypto::MetaKey::derive(&sqlite_tde::crypto::DataKey::try_from(&dek).unwrap()))
+        .unwrap();
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(((1 - slot) * SLOT_LEN) as u64)).unwrap();
     f.write_all(&image).unwrap();
