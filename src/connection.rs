@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::error::{take_last_open_error, Error, Result};
 use crate::keycache::CacheConfig;
 use crate::kms::local::{default_keystore_dir, LocalKms};
-use crate::kms::{openbao, Kms, DEFAULT_KEY_ALIAS};
+use crate::kms::{Kms, DEFAULT_KEY_ALIAS};
 use crate::vfs::{self, TdeContext, VfsConfig, VFS_NAME};
 
 /// Environment variable selecting the KMS: `local:[KEYSTORE_DIR]` (default), or
@@ -159,11 +159,18 @@ pub fn kms_from_env(keystore: Option<PathBuf>) -> Result<Arc<dyn Kms>> {
         }
         // The sqlite-tde KMS daemon (`sqlite-tde kms serve --socket PATH`): CMK material
         // stays in the daemon's process.
+        #[cfg(feature = "daemon")]
         ("unix", path) if !path.is_empty() => Ok(Arc::new(crate::kms::daemon::UnixKms::new(path))),
-        (p, _) if p == openbao::PROVIDER_HTTP || p == openbao::PROVIDER_HTTPS => {
-            let kms = openbao::OpenBaoKms::from_env(&spec).map_err(|e| Error::Config(format!("{ENV_KMS}: {e}")))?;
+        #[cfg(feature = "openbao")]
+        (p, _) if p == crate::kms::openbao::PROVIDER_HTTP || p == crate::kms::openbao::PROVIDER_HTTPS => {
+            let kms = crate::kms::openbao::OpenBaoKms::from_env(&spec)
+                .map_err(|e| Error::Config(format!("{ENV_KMS}: {e}")))?;
             Ok(Arc::new(kms))
         }
+        (p @ ("unix" | "openbao+http" | "openbao+https"), _) => Err(Error::Config(format!(
+            "{ENV_KMS}: this build of sqlite-tde has no '{p}' KMS provider (cargo feature `{}`)",
+            if p == "unix" { "daemon" } else { "openbao" }
+        ))),
         (other, _) => Err(Error::Config(format!(
             "unsupported KMS '{other}' in {ENV_KMS} (supported: local:[DIR], unix:SOCKET, openbao+http(s)://HOST:PORT/MOUNT/KEY)"
         ))),

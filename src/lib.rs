@@ -14,9 +14,10 @@ pub use error::{Error, Result};
 pub mod connection;
 
 pub use connection::{OpenOptions, Tde, TdeBuilder};
-/// Benchmark measurements behind `sqlite-tde bench` (docs/PERFORMANCE.md).
+/// Benchmark measurements behind `sqlite-tde bench` and `cargo bench --bench report`
+/// (docs/PERFORMANCE.md); feature `cli`.
+#[cfg(feature = "cli")]
 pub mod bench;
-pub mod cli;
 /// SQLite loadable-extension entry points (`libtde.so`, built by the `ext/` crate).
 pub mod ext;
 pub mod inspect;

@@ -1,5 +1,9 @@
-//! The `sqlite-tde` command: see `sqlite_tde::cli`.
+//! The `sqlite-tde` command (feature `cli`): the shell, key and database management, the KMS
+//! daemon and the benchmark report, all over the library's public API.
+#![deny(unsafe_code)]
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    sqlite_tde::cli::main()
+    cli::main()
 }

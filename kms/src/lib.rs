@@ -12,12 +12,14 @@ pub mod api;
 pub mod audit;
 pub mod clock;
 mod context;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod events;
 pub mod hsm;
 mod keyref;
 pub mod local;
 pub mod model;
+#[cfg(feature = "openbao")]
 pub mod openbao;
 mod plaintext;
 pub mod policy;
@@ -167,7 +169,12 @@ pub fn service_for(
             }
             Ok(api::KmsClient::new(Arc::new(kms)))
         }
+        #[cfg(feature = "daemon")]
         ("unix", path) if !path.is_empty() => Ok(daemon::UnixKms::new(path).client()),
+        #[cfg(not(feature = "daemon"))]
+        ("unix", _) => Err(KmsError::InvalidRequest(
+            "this build of sqlite-tde has no KMS daemon client (cargo feature `daemon`)".into(),
+        )),
         (other, _) => Err(KmsError::InvalidRequest(format!(
             "the KMS management commands need the sqlite-tde KMS (local: or unix:PATH), not '{other}'"
         ))),

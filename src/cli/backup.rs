@@ -19,9 +19,9 @@ use serde_json::json;
 use super::error::{CliError, CliResult};
 use super::verify::{self, verify_database, EXIT_PROBLEMS};
 use super::{open, Global};
-use crate::format::{Header, HeaderError};
-use crate::inspect::read_header;
-use crate::{Error, OpenOptions, Tde};
+use sqlite_tde::format::{Header, HeaderError};
+use sqlite_tde::inspect::read_header;
+use sqlite_tde::{Error, OpenOptions, Tde};
 
 /// Pages copied per backup step (between progress updates).
 const STEP_PAGES: i32 = 256;
@@ -146,7 +146,7 @@ impl TempDest {
         })?;
         self.keep = true;
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        crate::fsutil::sync_dir(dir)?;
+        sqlite_tde::fsutil::sync_dir(dir)?;
         Ok(())
     }
 }

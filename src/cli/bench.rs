@@ -1,5 +1,5 @@
 //! `sqlite-tde bench [--quick]`: page cipher throughput and the SQL workload, encrypted vs
-//! plain SQLite, measured side by side in one run (see `crate::bench` and
+//! plain SQLite, measured side by side in one run (see `sqlite_tde::bench` and
 //! docs/PERFORMANCE.md). Uses a temporary directory and a keystore of its own.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, CliResult, Global};
-use crate::bench::{self, Options};
+use sqlite_tde::bench::{self, Options};
 
 /// Arguments of `sqlite-tde bench`.
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::error::{CliError, CliResult};
 use super::progress::{Reporter, EXIT_INTERRUPTED};
 use super::{open, Global};
-use crate::rotation::{self, convert};
+use sqlite_tde::rotation::{self, convert};
 
 /// Arguments of `sqlite-tde encrypt`.
 #[derive(Debug, Clone, clap::Args)]

@@ -7,8 +7,8 @@ use std::fmt;
 
 use rusqlite::ErrorCode;
 
-use crate::error::Error;
-use crate::kms::KmsError;
+use sqlite_tde::error::Error;
+use sqlite_tde::kms::KmsError;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;

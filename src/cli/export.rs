@@ -19,8 +19,8 @@ use super::backup::{check_destination, copy, open_source_conn, progress_bar, Tem
 use super::dump::dump;
 use super::error::{CliError, CliResult};
 use super::{open, Global};
-use crate::inspect::read_header;
-use crate::reader::Reader;
+use sqlite_tde::inspect::read_header;
+use sqlite_tde::reader::Reader;
 
 /// Output formats of `export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

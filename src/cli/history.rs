@@ -39,7 +39,7 @@ pub fn save(path: &Path, entries: &[String]) -> std::io::Result<()> {
         text.push_str(e);
         text.push('\n');
     }
-    crate::fsutil::write_atomic(path, text.as_bytes(), 0o600)
+    sqlite_tde::fsutil::write_atomic(path, text.as_bytes(), 0o600)
 }
 
 /// How many entries the file keeps.

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::error::{CliError, CliResult};
 use super::{open, Global};
-use crate::format::{Header, SlotStatus};
-use crate::inspect::header_of;
-use crate::OpenOptions;
+use sqlite_tde::format::{Header, SlotStatus};
+use sqlite_tde::inspect::header_of;
+use sqlite_tde::OpenOptions;
 
 /// Arguments of `sqlite-tde info`.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,14 +39,14 @@ const NEED_THE_KEY: [&str; 3] = ["page_size", "page_count", "journal_mode"];
 /// (key unusable, rekey in progress), the header fields are still printed, the fields that
 /// need the key are `null`, and the reason is reported with its exit code.
 pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
-    let region = crate::inspect::read_region(&args.db)?;
-    if let Some(conversion) = crate::inspect::conversion_in_progress(&args.db, &region) {
+    let region = sqlite_tde::inspect::read_region(&args.db)?;
+    if let Some(conversion) = sqlite_tde::inspect::conversion_in_progress(&args.db, &region) {
         return Err(CliError::key(format!("{}: {conversion}", args.db.display())));
     }
     let (header, slot) = header_of(&args.db, &region)?;
     let mut fields = header_fields(&header, slot);
     if let Some(r) = &header.rekey {
-        let total = std::fs::metadata(&args.db).map(|m| crate::rotation::engine::data_len(m.len())).ok();
+        let total = std::fs::metadata(&args.db).map(|m| sqlite_tde::rotation::engine::data_len(m.len())).ok();
         fields.push(("rekey_total", total.map_or(Value::Null, |t| json!(t.max(r.progress)))));
     }
     fields.push(("slots", slots_json(&region)));
@@ -55,7 +55,7 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
     let opened = if header.rekey.is_some() {
         // A read-only connection can neither finish an interrupted rekey nor wait out a
         // running one: do not try, say so.
-        Err(CliError::from(crate::Error::RekeyInProgress { path: args.db.display().to_string() }))
+        Err(CliError::from(sqlite_tde::Error::RekeyInProgress { path: args.db.display().to_string() }))
     } else {
         open_stats(&global.keystore, &args.db)
     };
@@ -103,7 +103,7 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
 /// Both header slots: status, sequence, key and rekey state of each (`info` shows the
 /// inactive one too: during a rekey or rewrap it holds the previous state).
 fn slots_json(region: &[u8]) -> Value {
-    let slots = crate::inspect::slots(region);
+    let slots = sqlite_tde::inspect::slots(region);
     Value::Array(
         slots
             .iter()
@@ -184,13 +184,13 @@ fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
     };
     vec![
         ("file_size", size(db.to_path_buf())),
-        ("wal_size", size(crate::format::side_path(db, crate::format::SideFile::Wal))),
-        ("journal_size", size(crate::format::side_path(db, crate::format::SideFile::Journal))),
+        ("wal_size", size(sqlite_tde::format::side_path(db, sqlite_tde::format::SideFile::Wal))),
+        ("journal_size", size(sqlite_tde::format::side_path(db, sqlite_tde::format::SideFile::Journal))),
         // Format 1 kept SQLite's names; the next open through tde adopts such files.
-        ("legacy_wal_size", size(crate::format::legacy_side_path(db, crate::format::SideFile::Wal))),
-        ("legacy_journal_size", size(crate::format::legacy_side_path(db, crate::format::SideFile::Journal))),
-        ("rekey_journal_size", size(with_suffix(crate::rotation::REKEY_JOURNAL_SUFFIX))),
-        ("convert_state_size", size(with_suffix(crate::rotation::CONVERT_JOURNAL_SUFFIX))),
+        ("legacy_wal_size", size(sqlite_tde::format::legacy_side_path(db, sqlite_tde::format::SideFile::Wal))),
+        ("legacy_journal_size", size(sqlite_tde::format::legacy_side_path(db, sqlite_tde::format::SideFile::Journal))),
+        ("rekey_journal_size", size(with_suffix(sqlite_tde::rotation::REKEY_JOURNAL_SUFFIX))),
+        ("convert_state_size", size(with_suffix(sqlite_tde::rotation::CONVERT_JOURNAL_SUFFIX))),
     ]
 }
 
@@ -212,8 +212,8 @@ fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, 
 /// What the KMS says about the database's CMK: its aliases, state, and whether the DEK is
 /// wrapped under the key's newest version (`null`s when the KMS cannot tell).
 fn key_fields(keystore: &Path, h: &Header) -> Vec<(&'static str, Value)> {
-    let described = (h.key.provider() == crate::kms::local::PROVIDER)
-        .then(|| crate::kms::local::LocalKms::new(keystore).describe_key(h.key.key_id()).ok())
+    let described = (h.key.provider() == sqlite_tde::kms::local::PROVIDER)
+        .then(|| sqlite_tde::kms::local::LocalKms::new(keystore).describe_key(h.key.key_id()).ok())
         .flatten()
         .and_then(|k| serde_json::to_value(k).ok())
         .unwrap_or(Value::Null);

@@ -10,14 +10,14 @@ use base64::Engine;
 
 use super::error::{CliError, CliResult, EXIT_FAILURE, EXIT_KEY};
 use super::Global;
-use crate::connection::ENV_KMS;
-use crate::kms::api::{CreateKeyParams, KmsClient};
-use crate::kms::clock::{format_time, parse_time};
-use crate::kms::daemon::{DaemonConfig, ServeOptions};
-use crate::kms::local::snapshot::RestoreOptions;
-use crate::kms::local::LocalKms;
-use crate::kms::model::{normalize_alias, KeyInfo, Origin, Protection};
-use crate::kms::policy::KeyPolicy;
+use sqlite_tde::connection::ENV_KMS;
+use sqlite_tde::kms::api::{CreateKeyParams, KmsClient};
+use sqlite_tde::kms::clock::{format_time, parse_time};
+use sqlite_tde::kms::daemon::{DaemonConfig, ServeOptions};
+use sqlite_tde::kms::local::snapshot::RestoreOptions;
+use sqlite_tde::kms::local::LocalKms;
+use sqlite_tde::kms::model::{normalize_alias, KeyInfo, Origin, Protection};
+use sqlite_tde::kms::policy::KeyPolicy;
 
 /// Subcommands of `sqlite-tde kms`.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -331,7 +331,8 @@ pub enum DaemonConfigCommand {
 fn parse_uid_map(m: &str) -> CliResult<(u32, String)> {
     let (u, p) = m.split_once('=').ok_or_else(|| CliError::usage(format!("--map-uid wants UID=PRINCIPAL, got {m}")))?;
     let u: u32 = u.parse().map_err(|_| CliError::usage(format!("bad uid in --map-uid {m}")))?;
-    crate::kms::daemon::config::check_principal_name(p).map_err(|e| CliError::usage(format!("--map-uid {m}: {e}")))?;
+    sqlite_tde::kms::daemon::config::check_principal_name(p)
+        .map_err(|e| CliError::usage(format!("--map-uid {m}: {e}")))?;
     Ok((u, p.to_string()))
 }
 
@@ -357,7 +358,7 @@ fn spec() -> String {
 }
 
 fn client(global: &Global) -> CliResult<KmsClient> {
-    Ok(crate::kms::service_for(&spec(), &global.keystore, None)?)
+    Ok(sqlite_tde::kms::service_for(&spec(), &global.keystore, None)?)
 }
 
 /// Backup and restore work on the keystore directory itself, not through a daemon.
@@ -371,13 +372,13 @@ fn local_only(global: &Global, what: &str) -> CliResult<LocalKms> {
 }
 
 fn principal() -> String {
-    crate::kms::policy::default_principal()
+    sqlite_tde::kms::policy::default_principal()
 }
 
 fn root_key_hint(keystore: &std::path::Path) -> String {
-    if let Some(f) = std::env::var_os(crate::kms::local::ENV_ROOT_KEY_FILE) {
+    if let Some(f) = std::env::var_os(sqlite_tde::kms::local::ENV_ROOT_KEY_FILE) {
         format!("{}", PathBuf::from(f).display())
-    } else if std::env::var_os(crate::kms::local::ENV_PASSPHRASE).is_some() {
+    } else if std::env::var_os(sqlite_tde::kms::local::ENV_PASSPHRASE).is_some() {
         "the passphrase".to_string()
     } else {
         format!("{}", keystore.join("root.key").display())
@@ -550,7 +551,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                 std::fs::write(f, pem("PUBLIC KEY", &p.public_key))?;
             }
             if let Some(f) = token_out {
-                crate::fsutil::write_atomic(f, &p.import_token, 0o600)?;
+                sqlite_tde::fsutil::write_atomic(f, &p.import_token, 0o600)?;
             }
             if global.json {
                 print_json(&mut out, &p)?;
@@ -573,7 +574,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
         KmsCommand::WrapMaterial { public_key, material, out: dest } => {
             let der = der_of(&std::fs::read(public_key)?);
             let material = zeroize::Zeroizing::new(std::fs::read(material)?);
-            let wrapped = crate::kms::local::import::wrap_for_import(&der, &material)?;
+            let wrapped = sqlite_tde::kms::local::import::wrap_for_import(&der, &material)?;
             std::fs::write(dest, wrapped)?;
         }
         KmsCommand::Import { key, material, token, expires } => {
@@ -693,7 +694,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             kms.open_or_create()?;
             let mut ops = DaemonConfig::load(&kms)?.operators;
             for o in operators {
-                crate::kms::daemon::config::check_principal_name(o)
+                sqlite_tde::kms::daemon::config::check_principal_name(o)
                     .map_err(|e| CliError::usage(format!("--operator: {e}")))?;
             }
             ops.extend(operators.iter().cloned());
@@ -701,7 +702,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                 kms = kms.with_operators(ops);
             }
             let kms = Arc::new(kms);
-            crate::kms::daemon::serve(
+            sqlite_tde::kms::daemon::serve(
                 kms,
                 ServeOptions { socket: socket.clone(), mode, group: *socket_group, uid_map },
             )?;
@@ -710,7 +711,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             let kms = local_only(global, "token")?;
             match t {
                 TokenCommand::Create { principal: p } => {
-                    let now = crate::kms::clock::process_clock().now();
+                    let now = sqlite_tde::kms::clock::process_clock().now();
                     let token = DaemonConfig::update(&kms, &principal(), "kmsd:CreateToken", false, |cfg| {
                         Ok((cfg.add_token(p, now)?, format!("token for {p}")))
                     })?;
@@ -765,7 +766,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                     }
                     let maps = map_uid.iter().map(|m| parse_uid_map(m)).collect::<CliResult<Vec<_>>>()?;
                     for o in add_operator {
-                        crate::kms::daemon::config::check_principal_name(o)
+                        sqlite_tde::kms::daemon::config::check_principal_name(o)
                             .map_err(|e| CliError::usage(format!("--add-operator: {e}")))?;
                     }
                     let cfg = DaemonConfig::update(&kms, &principal(), "kmsd:SetDaemonConfig", false, |cfg| {

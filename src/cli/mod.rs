@@ -30,9 +30,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use error::{CliError, CliResult, EXIT_FAILURE, EXIT_KEY, EXIT_OK, EXIT_USAGE};
+pub use error::{CliError, CliResult, EXIT_OK, EXIT_USAGE};
 
-use crate::kms::local::{default_keystore_dir, ENV_KEYSTORE};
+use sqlite_tde::kms::local::{default_keystore_dir, ENV_KEYSTORE};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -74,11 +74,11 @@ pub struct Cli {
     pub json: bool,
     /// KMS to use: `local:` (the embedded KMS over --keystore, the default) or
     /// `unix:PATH` (a `sqlite-tde kms serve` daemon).
-    #[arg(long, global = true, value_name = "SPEC", env = crate::connection::ENV_KMS)]
+    #[arg(long, global = true, value_name = "SPEC", env = sqlite_tde::connection::ENV_KMS)]
     pub kms: Option<String>,
     /// Principal to act as with the embedded KMS [default: the OS user]. A daemon takes the
     /// principal from the connection (peer uid or bearer token) instead.
-    #[arg(long, global = true, value_name = "P", env = crate::kms::ENV_PRINCIPAL)]
+    #[arg(long, global = true, value_name = "P", env = sqlite_tde::kms::ENV_PRINCIPAL)]
     pub principal: Option<String>,
     #[command(subcommand)]
     pub command: Command,
@@ -171,8 +171,8 @@ fn pin_test_clock() -> CliResult {
     #[cfg(debug_assertions)]
     {
         let v = v.to_str().ok_or_else(|| CliError::usage(format!("{VAR} is not UTF-8")))?;
-        let t = crate::kms::clock::parse_time(v).map_err(|e| CliError::usage(format!("{VAR}: {e}")))?;
-        crate::kms::clock::pin_process_clock(t);
+        let t = sqlite_tde::kms::clock::parse_time(v).map_err(|e| CliError::usage(format!("{VAR}: {e}")))?;
+        sqlite_tde::kms::clock::pin_process_clock(t);
     }
     #[cfg(not(debug_assertions))]
     {
@@ -187,15 +187,15 @@ pub fn run(cli: Cli) -> CliResult {
     // --kms and --principal reach every KMS the process builds (the VFS's too) through the
     // environment they mirror; this runs before any other thread exists.
     if let Some(k) = &cli.kms {
-        std::env::set_var(crate::connection::ENV_KMS, k);
+        std::env::set_var(sqlite_tde::connection::ENV_KMS, k);
     }
     if let Some(p) = &cli.principal {
-        std::env::set_var(crate::kms::ENV_PRINCIPAL, p);
+        std::env::set_var(sqlite_tde::kms::ENV_PRINCIPAL, p);
     }
     pin_test_clock()?;
     let global = Global { keystore: cli.keystore.unwrap_or_else(default_keystore_dir), json: cli.json };
-    crate::kms::events::on_keystore_created(|ev| eprintln!("sqlite-tde: {}", creation_notice(ev)));
-    crate::kms::events::on_keystore_upgraded(|ev| {
+    sqlite_tde::kms::events::on_keystore_created(|ev| eprintln!("sqlite-tde: {}", creation_notice(ev)));
+    sqlite_tde::kms::events::on_keystore_upgraded(|ev| {
         eprintln!(
             "sqlite-tde: upgraded keystore {} from format {} to {} (authenticated under the root key; builds before \
              this one cannot read it)",
@@ -224,7 +224,7 @@ pub fn run(cli: Cli) -> CliResult {
 
 /// What the operator is told, once, when a command creates a keystore: where it is, and that
 /// losing it loses every database under its keys.
-pub fn creation_notice(ev: &crate::kms::events::KeystoreCreated) -> String {
+pub fn creation_notice(ev: &sqlite_tde::kms::events::KeystoreCreated) -> String {
     let root = match &ev.root_key_file {
         Some(f) if f.starts_with(&ev.dir) => format!("root key {}", f.display()),
         Some(f) => format!("root key {} (outside the keystore: back it up separately)", f.display()),

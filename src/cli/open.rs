@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use sqlite_vfs::{ErrorCode, VfsError};
 
 use super::error::CliResult;
-use crate::{Error, OpenOptions, Tde};
+use sqlite_tde::{Error, OpenOptions, Tde};
 
 /// Register the VFS over `keystore` (once per process; later calls return the first
 /// registration, and the CLI only ever uses one keystore).
@@ -45,7 +45,7 @@ pub fn explain_busy(e: Error, path: &Path, waited: Duration) -> Error {
         _ => return e,
     };
     let shown = path.display().to_string();
-    if crate::inspect::read_header(path).is_ok_and(|(h, _)| h.rekey.is_some()) {
+    if sqlite_tde::inspect::read_header(path).is_ok_and(|(h, _)| h.rekey.is_some()) {
         return Error::RekeyInProgress { path: shown };
     }
     let message = match detail {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::rotation::Progress;
+use sqlite_tde::rotation::Progress;
 
 /// Exit code of an operation stopped by Ctrl-C (resumable).
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -82,7 +82,7 @@ impl Reporter {
         }
     }
 
-    /// An observer closure for [`crate::rotation::with_progress`] sharing this reporter.
+    /// An observer closure for [`sqlite_tde::rotation::with_progress`] sharing this reporter.
     pub fn observer(reporter: &Arc<std::sync::Mutex<Reporter>>) -> impl FnMut(&Progress) -> ControlFlow<()> + 'static {
         let r = reporter.clone();
         move |p| r.lock().unwrap_or_else(|e| e.into_inner()).update(p)
@@ -91,10 +91,10 @@ impl Reporter {
 
 /// A crate error as a CLI error; a "key not found" names the keystore that was used (the
 /// commonest cause is pointing at another keystore than the one holding the key).
-pub fn cli_error(e: crate::Error, keystore: &std::path::Path) -> super::error::CliError {
+pub fn cli_error(e: sqlite_tde::Error, keystore: &std::path::Path) -> super::error::CliError {
     // Only the embedded KMS has a keystore: an OpenBao "not found" names its server instead.
-    let not_found = matches!(&e, crate::Error::Kms { source: crate::kms::KmsError::NotFound(k), .. }
-        if !crate::kms::openbao::is_openbao_uri(k));
+    let not_found = matches!(&e, sqlite_tde::Error::Kms { source: sqlite_tde::kms::KmsError::NotFound(k), .. }
+        if !sqlite_tde::kms::openbao::is_openbao_uri(k));
     let mut err = super::error::CliError::from(e);
     if not_found {
         err.message.push_str(&format!(

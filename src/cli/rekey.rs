@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::error::{CliError, CliResult};
 use super::progress::{Reporter, EXIT_INTERRUPTED};
 use super::{open, Global};
-use crate::rotation::{self, RekeyOptions};
+use sqlite_tde::rotation::{self, RekeyOptions};
 
 /// Arguments of `sqlite-tde rekey`.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +63,7 @@ pub fn run(global: &Global, args: &RekeyArgs) -> CliResult {
     drop(rep);
     let report = match result {
         Ok(r) => r,
-        Err(e) if interrupted_by_signal && matches!(e, crate::Error::RekeyInProgress { .. }) => {
+        Err(e) if interrupted_by_signal && matches!(e, sqlite_tde::Error::RekeyInProgress { .. }) => {
             return Err(CliError {
                 code: EXIT_INTERRUPTED,
                 message: format!(

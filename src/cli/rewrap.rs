@@ -11,10 +11,10 @@ use serde_json::json;
 
 use super::error::{CliError, CliResult, EXIT_FAILURE};
 use super::{open, Global};
-use crate::format::MAGIC;
-use crate::kms::local::LocalKms;
-use crate::kms::Kms;
-use crate::rotation::{self, RewrapOptions};
+use sqlite_tde::format::MAGIC;
+use sqlite_tde::kms::local::LocalKms;
+use sqlite_tde::kms::Kms;
+use sqlite_tde::rotation::{self, RewrapOptions};
 
 /// Arguments of `sqlite-tde rewrap`.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,7 +65,7 @@ fn has_magic(p: &Path) -> bool {
 
 /// Key references of a file's header: (key uri, version), the rekey target included.
 fn references(p: &Path) -> Vec<(String, u32)> {
-    match crate::inspect::read_header(p) {
+    match sqlite_tde::inspect::read_header(p) {
         Ok((h, _)) => {
             let mut v = vec![(h.key.uri.clone(), h.key.version)];
             if let Some(r) = h.rekey {
@@ -160,7 +160,7 @@ fn report_references(global: &Global, files: &[PathBuf], out: &mut dyn Write) ->
         }
     }
     // The KMS the command runs against (--kms), and the local keystore for local keys.
-    let selected = crate::connection::kms_from_env(Some(global.keystore.clone())).ok();
+    let selected = sqlite_tde::connection::kms_from_env(Some(global.keystore.clone())).ok();
     let local = LocalKms::new(&global.keystore);
     let mut stale = Vec::new();
     let mut keys = Vec::new();

@@ -10,9 +10,9 @@ use zeroize::Zeroizing;
 
 use super::error::{CliError, CliResult};
 use super::Global;
-use crate::connection::ENV_KMS;
-use crate::kms::clock::format_time;
-use crate::kms::policy::KeyPolicy;
+use sqlite_tde::connection::ENV_KMS;
+use sqlite_tde::kms::clock::format_time;
+use sqlite_tde::kms::policy::KeyPolicy;
 
 /// Subcommands of `sqlite-tde secrets`.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -101,9 +101,9 @@ fn read_value(file: Option<&PathBuf>) -> CliResult<Zeroizing<Vec<u8>>> {
 /// Run a `secrets` subcommand.
 pub fn run(global: &Global, cmd: &SecretsCommand) -> CliResult {
     let spec = std::env::var(ENV_KMS).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "local:".into());
-    let c = crate::kms::service_for(&spec, &global.keystore, None)?;
+    let c = sqlite_tde::kms::service_for(&spec, &global.keystore, None)?;
     let mut out = io::stdout().lock();
-    let print_version = |out: &mut dyn Write, v: &crate::kms::secrets::SecretVersionInfo| -> CliResult {
+    let print_version = |out: &mut dyn Write, v: &sqlite_tde::kms::secrets::SecretVersionInfo| -> CliResult {
         if global.json {
             writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
         } else {

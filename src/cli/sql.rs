@@ -11,8 +11,8 @@ use super::error::{CliError, CliResult};
 use super::output::{Mode, RowPrinter, Settings};
 use super::script::{Flow, Processor};
 use super::{history, open, shell, Global};
-use crate::error::take_last_open_error;
-use crate::OpenOptions;
+use sqlite_tde::error::take_last_open_error;
+use sqlite_tde::OpenOptions;
 
 /// Arguments of `sqlite-tde sql`.
 #[derive(Debug, Clone, clap::Args)]

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::error::{CliError, CliResult};
 use super::{open, Global};
-use crate::format::FORMAT_VERSION;
-use crate::rotation::{self, RewrapOptions};
+use sqlite_tde::format::FORMAT_VERSION;
+use sqlite_tde::rotation::{self, RewrapOptions};
 
 /// Arguments of `sqlite-tde upgrade`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,7 +52,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     let mut failures: Vec<CliError> = Vec::new();
     for f in &files {
-        let result = crate::inspect::read_header(f).and_then(|(h, _)| {
+        let result = sqlite_tde::inspect::read_header(f).and_then(|(h, _)| {
             if h.format >= FORMAT_VERSION {
                 Ok(("current", h.format))
             } else {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use super::backup::progress_bar;
 use super::error::{CliError, CliResult, EXIT_KEY};
 use super::{open, Global};
-use crate::crypto::XtsCipher;
-use crate::format::Header;
-use crate::keycache::CacheKey;
-use crate::reader::verify::{verify_with, Area, Report};
-use crate::reader::{journal_path, unwrap_key_cipher};
-use crate::{OpenOptions, Tde};
+use sqlite_tde::crypto::XtsCipher;
+use sqlite_tde::format::Header;
+use sqlite_tde::keycache::CacheKey;
+use sqlite_tde::reader::verify::{verify_with, Area, Report};
+use sqlite_tde::reader::{journal_path, unwrap_key_cipher};
+use sqlite_tde::{OpenOptions, Tde};
 
 /// Exit code of `verify` (and of `backup --verify`, `restore --verify`) when the database has
 /// a problem.
@@ -48,10 +48,10 @@ pub fn run(global: &Global, args: &VerifyArgs) -> CliResult {
 
 /// Unwrap through the VFS's key cache, so the integrity_check that follows (and anything else
 /// this process opens) needs no second KMS call.
-fn cached_unwrap(tde: &Tde, path: &Path, header: &Header) -> crate::Result<Arc<XtsCipher>> {
+fn cached_unwrap(tde: &Tde, path: &Path, header: &Header) -> sqlite_tde::Result<Arc<XtsCipher>> {
     let ctx = tde.context();
     if header.rekey.is_some() {
-        return Err(crate::Error::RekeyInProgress { path: path.display().to_string() });
+        return Err(sqlite_tde::Error::RekeyInProgress { path: path.display().to_string() });
     }
     ctx.cache.get_or_unwrap(CacheKey::new(header.db_uuid, &header.wrapped_dek), &header.key.uri, || {
         unwrap_key_cipher(path, &*ctx.kms, header)

@@ -7,10 +7,6 @@
 //! material is refused. Material is never exportable.
 
 use hmac::{KeyInit, Mac};
-use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
-use rsa::sha2::Sha256 as OaepSha256;
-use rsa::traits::PublicKeyParts;
-use rsa::Generate;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -88,16 +84,7 @@ impl LocalKms {
     /// GetParametersForImport: a fresh RSA-3072 wrapping key and import token (24 h).
     pub fn op_get_import_parameters(&self, principal: &str, key: &str) -> Result<ImportParameters, KmsError> {
         // Key generation takes a moment: do it before taking the keystore lock.
-        let private = rsa::PrivateKey::generate();
-        if private.size() * 8 < limits::IMPORT_WRAPPING_BITS {
-            return Err(KmsError::Keystore("wrapping key too small".into()));
-        }
-        let public_der = private
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|e| KmsError::Keystore(format!("cannot encode wrapping key: {e}")))?;
-        let private_der =
-            private.to_pkcs8_der().map_err(|e| KmsError::Keystore(format!("cannot encode wrapping key: {e}")))?;
+        let (public_der, private_der) = oaep::new_wrapping_key()?;
         let token = Zeroizing::new(random_array::<32>()?);
         self.write_op(principal, "GetParametersForImport", Use::Existing(Some(key)), |ctx, txn| {
             let rec = txn.data.resolve(key)?;
@@ -105,7 +92,7 @@ impl LocalKms {
             authorize(ctx, rec, actions::GET_PARAMETERS_FOR_IMPORT)?;
             external(rec)?;
             let id = rec.key_id.clone();
-            let sealed = wrap::seal(txn.root.expose(), &id, 0, private_der.as_bytes(), &wrapping_key_context(&id))?;
+            let sealed = wrap::seal(txn.root.expose(), &id, 0, &private_der, &wrapping_key_context(&id))?;
             let valid_to = txn.now + limits::IMPORT_TOKEN_SECS;
             let rec = txn.data.keys.get_mut(&id).expect("resolved");
             rec.import.get_or_insert_with(ImportRecord::default).params = Some(PendingImportParams {
@@ -116,7 +103,7 @@ impl LocalKms {
             Ok(ImportParameters {
                 key_id: id,
                 wrapping_algorithm: WRAPPING_ALGORITHM.into(),
-                public_key: public_der.as_bytes().to_vec(),
+                public_key: public_der.clone(),
                 import_token: token.to_vec(),
                 valid_to,
             })
@@ -170,13 +157,7 @@ impl LocalKms {
                 wrap::open(txn.root.expose(), &sealed_private, &wrapping_key_context(&id)).map_err(|_| {
                     KmsError::Keystore("the import wrapping key does not decrypt under the root key".into())
                 })?;
-            let private = rsa::PrivateKey::from_pkcs8_der(&private_der)
-                .map_err(|e| KmsError::Keystore(format!("bad wrapping key: {e}")))?;
-            let material = Zeroizing::new(private.oaep_decrypt::<OaepSha256>(encrypted_material).map_err(|_| {
-                KmsError::InvalidRequest(
-                    "the key material does not unwrap under the import wrapping key (RSAES-OAEP-SHA-256)".into(),
-                )
-            })?);
+            let material = oaep::unwrap_material(&private_der, encrypted_material)?;
             if material.len() != 32 {
                 return Err(KmsError::InvalidRequest(format!(
                     "imported key material must be 32 bytes (AES-256), got {}",
@@ -238,15 +219,81 @@ impl LocalKms {
     }
 }
 
-/// Wrap key material for import (what an operator's tooling does with the public key from
-/// GetParametersForImport): RSAES-OAEP-SHA-256 under the DER SubjectPublicKeyInfo.
-pub fn wrap_for_import(public_key_der: &[u8], material: &[u8]) -> Result<Vec<u8>, KmsError> {
-    use rsa::pkcs8::DecodePublicKey;
-    let public = rsa::PublicKey::from_public_key_der(public_key_der)
-        .map_err(|e| KmsError::InvalidRequest(format!("not an RSA public key: {e}")))?;
-    public
-        .oaep_encrypt::<OaepSha256>(material)
-        .map_err(|e| KmsError::InvalidRequest(format!("cannot wrap key material: {e}")))
+pub use oaep::wrap_for_import;
+
+/// The RSAES-OAEP-SHA-256 wrapping of imported material (feature `byok`; without it every
+/// import step is refused, and keys that already have material keep working).
+#[cfg(feature = "byok")]
+mod oaep {
+    use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+    use rsa::sha2::Sha256 as OaepSha256;
+    use rsa::traits::PublicKeyParts;
+    use rsa::Generate;
+    use zeroize::Zeroizing;
+
+    use crate::model::limits;
+    use crate::KmsError;
+
+    /// A fresh RSA-3072 wrapping key: (public SubjectPublicKeyInfo DER, private PKCS#8 DER).
+    pub(super) fn new_wrapping_key() -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), KmsError> {
+        let private = rsa::PrivateKey::generate();
+        if private.size() * 8 < limits::IMPORT_WRAPPING_BITS {
+            return Err(KmsError::Keystore("wrapping key too small".into()));
+        }
+        let public_der = private
+            .to_public_key()
+            .to_public_key_der()
+            .map_err(|e| KmsError::Keystore(format!("cannot encode wrapping key: {e}")))?;
+        let private_der =
+            private.to_pkcs8_der().map_err(|e| KmsError::Keystore(format!("cannot encode wrapping key: {e}")))?;
+        Ok((public_der.as_bytes().to_vec(), Zeroizing::new(private_der.as_bytes().to_vec())))
+    }
+
+    /// The material an operator wrapped under our public key.
+    pub(super) fn unwrap_material(private_der: &[u8], encrypted: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let private = rsa::PrivateKey::from_pkcs8_der(private_der)
+            .map_err(|e| KmsError::Keystore(format!("bad wrapping key: {e}")))?;
+        Ok(Zeroizing::new(private.oaep_decrypt::<OaepSha256>(encrypted).map_err(|_| {
+            KmsError::InvalidRequest(
+                "the key material does not unwrap under the import wrapping key (RSAES-OAEP-SHA-256)".into(),
+            )
+        })?))
+    }
+
+    /// Wrap key material for import (what an operator's tooling does with the public key from
+    /// GetParametersForImport): RSAES-OAEP-SHA-256 under the DER SubjectPublicKeyInfo.
+    pub fn wrap_for_import(public_key_der: &[u8], material: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let public = rsa::PublicKey::from_public_key_der(public_key_der)
+            .map_err(|e| KmsError::InvalidRequest(format!("not an RSA public key: {e}")))?;
+        public
+            .oaep_encrypt::<OaepSha256>(material)
+            .map_err(|e| KmsError::InvalidRequest(format!("cannot wrap key material: {e}")))
+    }
+}
+
+#[cfg(not(feature = "byok"))]
+mod oaep {
+    use zeroize::Zeroizing;
+
+    use crate::KmsError;
+
+    fn not_built() -> KmsError {
+        KmsError::InvalidRequest(
+            "this build of sqlite-tde has no BYOK import (cargo feature `byok`); import key material with a build \
+             that has it"
+                .into(),
+        )
+    }
+    pub(super) fn new_wrapping_key() -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), KmsError> {
+        Err(not_built())
+    }
+    pub(super) fn unwrap_material(_: &[u8], _: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        Err(not_built())
+    }
+    /// Refused: no BYOK in this build.
+    pub fn wrap_for_import(_: &[u8], _: &[u8]) -> Result<Vec<u8>, KmsError> {
+        Err(not_built())
+    }
 }
 
 #[cfg(test)]

@@ -1840,6 +1840,7 @@ impl LocalKms {
 
     /// Record that `kmsd.json` generation `generation` was written, with the request's audit
     /// record (`op`, `detail`), in one keystore commit.
+    #[cfg(feature = "daemon")]
     pub(crate) fn record_kmsd_generation(
         &self,
         principal: &str,
@@ -1856,6 +1857,7 @@ impl LocalKms {
 
     /// From one read of the keystore: the key derived from its root key under `label`, and the
     /// newest `kmsd.json` generation it records (0: none yet). The daemon asks on every request.
+    #[cfg(feature = "daemon")]
     pub(crate) fn kmsd_anchor(&self, label: &[u8]) -> Result<(Zeroizing<[u8; 32]>, u64), KmsError> {
         let data = self.load(Use::Existing(None))?;
         Ok((self.root_key(&data)?.derive(label), data.kmsd_generation.unwrap_or(0)))
