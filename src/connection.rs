@@ -14,14 +14,13 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{take_last_open_error, Error, Result};
 use crate::keycache::CacheConfig;
-use crate::kms::local::{default_keystore_dir, LocalKms};
-use crate::kms::{Kms, DEFAULT_KEY_ALIAS};
+use crate::kms::{Kms, KmsSpec, DEFAULT_KEY_ALIAS};
 use crate::vfs::{self, TdeContext, VfsConfig, VFS_NAME};
 
-/// Environment variable selecting the KMS: `local:[KEYSTORE_DIR]` (default), or
-/// `openbao+http(s)://HOST:PORT/MOUNT/KEY` for OpenBao / Vault transit (credentials from
-/// `BAO_TOKEN` / `VAULT_TOKEN`, a token file or AppRole; see [`crate::kms::openbao`]).
-pub const ENV_KMS: &str = "SQLITE_TDE_KMS";
+/// Environment variable selecting the KMS ([`KmsSpec`]): `local:[KEYSTORE_DIR]` (default),
+/// `unix:SOCKET` (the KMS daemon), or `openbao+http(s)://HOST:PORT/MOUNT/KEY` for OpenBao /
+/// Vault transit (credentials from `BAO_TOKEN` / `VAULT_TOKEN`, a token file or AppRole).
+pub use crate::kms::ENV_KMS;
 
 /// A registered encrypting VFS.
 #[derive(Debug, Clone)]
@@ -39,6 +38,8 @@ pub struct TdeBuilder {
     make_default: bool,
     base_vfs: Option<String>,
     epoch_probe: Option<crate::keycache::EpochProbe>,
+    kms: Option<KmsSpec>,
+    principal: Option<String>,
 }
 
 /// Options of one open.
@@ -126,12 +127,33 @@ impl TdeBuilder {
         Ok(tde)
     }
 
-    /// Register with the KMS the environment selects (embedded local KMS by default).
-    /// Registering a name twice returns the first registration.
+    /// Use this KMS instead of the one `SQLITE_TDE_KMS` selects.
+    pub fn kms(mut self, spec: KmsSpec) -> Self {
+        self.kms = Some(spec);
+        self
+    }
+
+    /// The principal the embedded KMS acts for (default: the OS user). A daemon or OpenBao
+    /// authenticates the caller itself and ignores it.
+    pub fn principal(mut self, principal: impl Into<String>) -> Self {
+        self.principal = Some(principal.into());
+        self
+    }
+
+    /// Register with the KMS of [`TdeBuilder::kms`], else the one the environment selects
+    /// (`SQLITE_TDE_KMS`; the embedded KMS by default). Registering a name twice returns the
+    /// first registration.
     pub fn register(mut self) -> Result<Tde> {
-        let kms = kms_from_env(self.keystore.clone())?;
+        let spec = match self.kms.take() {
+            Some(s) => s,
+            None => KmsSpec::from_env().map_err(|e| Error::Config(e.to_string()))?,
+        };
+        let keystore = self.keystore.clone();
+        let kms = spec
+            .connect(keystore.as_deref(), self.principal.as_deref())
+            .map_err(|e| Error::Config(format!("{ENV_KMS}: {e}")))?;
         if self.epoch_probe.is_none() {
-            if let Some(dir) = local_keystore_dir(self.keystore.clone()) {
+            if let Some(dir) = spec.local_keystore(keystore.as_deref()) {
                 self.epoch_probe = Some(crate::keycache::keystore_file_probe(dir.join("keystore.json")));
             }
         }
@@ -139,42 +161,11 @@ impl TdeBuilder {
     }
 }
 
-/// The keystore directory when `SQLITE_TDE_KMS` selects the embedded KMS.
-fn local_keystore_dir(keystore: Option<PathBuf>) -> Option<PathBuf> {
-    let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
-    let rest = spec.strip_prefix("local:").or((spec == "local").then_some(""))?;
-    Some(keystore.or_else(|| (!rest.is_empty()).then(|| PathBuf::from(rest))).unwrap_or_else(default_keystore_dir))
-}
-
 /// Build the KMS selected by `SQLITE_TDE_KMS` (default `local:`). `keystore` applies to the
 /// local provider only.
 pub fn kms_from_env(keystore: Option<PathBuf>) -> Result<Arc<dyn Kms>> {
-    let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
-    match spec.split_once(':').unwrap_or((spec.as_str(), "")) {
-        ("local", rest) => {
-            let dir = keystore
-                .or_else(|| (!rest.is_empty()).then(|| PathBuf::from(rest)))
-                .unwrap_or_else(default_keystore_dir);
-            Ok(Arc::new(LocalKms::new(dir)))
-        }
-        // The sqlite-tde KMS daemon (`sqlite-tde kms serve --socket PATH`): CMK material
-        // stays in the daemon's process.
-        #[cfg(feature = "daemon")]
-        ("unix", path) if !path.is_empty() => Ok(Arc::new(crate::kms::daemon::UnixKms::new(path))),
-        #[cfg(feature = "openbao")]
-        (p, _) if p == crate::kms::openbao::PROVIDER_HTTP || p == crate::kms::openbao::PROVIDER_HTTPS => {
-            let kms = crate::kms::openbao::OpenBaoKms::from_env(&spec)
-                .map_err(|e| Error::Config(format!("{ENV_KMS}: {e}")))?;
-            Ok(Arc::new(kms))
-        }
-        (p @ ("unix" | "openbao+http" | "openbao+https"), _) => Err(Error::Config(format!(
-            "{ENV_KMS}: this build of sqlite-tde has no '{p}' KMS provider (cargo feature `{}`)",
-            if p == "unix" { "daemon" } else { "openbao" }
-        ))),
-        (other, _) => Err(Error::Config(format!(
-            "unsupported KMS '{other}' in {ENV_KMS} (supported: local:[DIR], unix:SOCKET, openbao+http(s)://HOST:PORT/MOUNT/KEY)"
-        ))),
-    }
+    let spec = KmsSpec::from_env().map_err(|e| Error::Config(e.to_string()))?;
+    spec.connect(keystore.as_deref(), None).map_err(|e| Error::Config(format!("{ENV_KMS}: {e}")))
 }
 
 /// Percent-encode a path for a `file:` URI (SQLite decodes `%HH`; `?` and `#` end the path).
@@ -201,6 +192,8 @@ impl Tde {
             make_default: false,
             base_vfs: None,
             epoch_probe: None,
+            kms: None,
+            principal: None,
         }
     }
 

@@ -18,7 +18,7 @@
 //! Every call into SQLite goes through the host's `sqlite3_api_routines` (`pApi`), never through
 //! a linked symbol, so the library works with any host SQLite >= 3.32 (Debian 12 ships 3.40.1).
 //! The KMS is chosen from the environment at load time (`SQLITE_TDE_KMS`, `SQLITE_TDE_KEYSTORE`,
-//! see [`crate::connection::kms_from_env`]); the key of a new database from the URI `key=`,
+//! see [`crate::kms::KmsSpec`]); the key of a new database from the URI `key=`,
 //! `PRAGMA tde_key` or `SQLITE_TDE_KEY` (see [`crate::vfs`]).
 //!
 //! The entry points return `SQLITE_OK_LOAD_PERMANENTLY`: the VFS outlives the connection that
@@ -35,15 +35,13 @@
 use std::ffi::{c_char, c_int};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use rusqlite::ffi::{sqlite3, sqlite3_api_routines};
 use sqlite_vfs::api::SqliteApi;
 
-use crate::connection::{kms_from_env, ENV_KMS};
 use crate::keycache::keystore_file_probe;
-use crate::kms::local::default_keystore_dir;
+use crate::kms::KmsSpec;
 use crate::vfs::{VfsConfig, VFS_NAME};
 
 /// `SQLITE_OK_LOAD_PERMANENTLY`: the extension stays loaded after the connection that loaded
@@ -110,7 +108,8 @@ fn wants_default(mode: DefaultVfs) -> Result<bool, String> {
 /// at its defaults (name `tde`, over the default VFS at load time), as `Tde::builder().register()`
 /// does for Rust programs.
 fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
-    let kms = kms_from_env(None).map_err(|e| e.to_string())?;
+    let spec = KmsSpec::from_env().map_err(|e| e.to_string())?;
+    let kms = spec.connect(None, None).map_err(|e| format!("{}: {e}", crate::kms::ENV_KMS))?;
     let mut config = VfsConfig::new(kms);
     config.make_default = make_default;
     config.named_key = crate::vfs::named_key_from_env();
@@ -119,16 +118,8 @@ fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
     }
     // The embedded KMS: cached data keys are revalidated as soon as its keystore file changes
     // (a key disabled by `sqlite-tde kms` takes effect in long-lived clients too).
-    config.epoch_probe = local_keystore_dir().map(|d| keystore_file_probe(d.join("keystore.json")));
+    config.epoch_probe = spec.local_keystore(None).map(|d| keystore_file_probe(d.join("keystore.json")));
     Ok(config)
-}
-
-/// The keystore directory when `SQLITE_TDE_KMS` selects the embedded KMS (the same rule as
-/// `kms_from_env`).
-fn local_keystore_dir() -> Option<PathBuf> {
-    let spec = std::env::var(ENV_KMS).unwrap_or_else(|_| "local:".into());
-    let rest = spec.strip_prefix("local:").or((spec == "local").then_some(""))?;
-    Some(if rest.is_empty() { default_keystore_dir() } else { PathBuf::from(rest) })
 }
 
 /// SQLite versions before this one may lose WAL commits after a crash when a transaction

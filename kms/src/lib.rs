@@ -25,10 +25,12 @@ mod plaintext;
 pub mod policy;
 mod sealed_file;
 pub mod secrets;
+mod spec;
 
 pub use context::EncryptionContext;
 pub use keyref::KeyRef;
 pub use plaintext::{PlaintextDataKey, DATA_KEY_LEN};
+pub use spec::{KmsSpec, ENV_KMS};
 
 /// Test hook shared with the rotation engine: `SQLITE_TDE_TEST_CRASH_AT=kms:<step>` aborts the
 /// process at a named step of a keystore write (crash tests).
@@ -150,33 +152,5 @@ pub trait Kms: Send + Sync {
     fn resolve_key_uri(&self, key: &str) -> Result<Option<String>, KmsError> {
         let _ = key;
         Ok(None)
-    }
-}
-
-/// The sqlite-tde KMS front end for management commands: the embedded service over
-/// `keystore` acting for `principal` (`local:` specs), or the daemon (`unix:PATH`).
-pub fn service_for(
-    spec: &str,
-    keystore: &std::path::Path,
-    principal: Option<&str>,
-) -> Result<api::KmsClient, KmsError> {
-    use std::sync::Arc;
-    match spec.split_once(':').unwrap_or((spec, "")) {
-        ("local", _) => {
-            let mut kms = local::LocalKms::new(keystore);
-            if let Some(p) = principal {
-                kms = kms.with_principal(p);
-            }
-            Ok(api::KmsClient::new(Arc::new(kms)))
-        }
-        #[cfg(feature = "daemon")]
-        ("unix", path) if !path.is_empty() => Ok(daemon::UnixKms::new(path).client()),
-        #[cfg(not(feature = "daemon"))]
-        ("unix", _) => Err(KmsError::InvalidRequest(
-            "this build of sqlite-tde has no KMS daemon client (cargo feature `daemon`)".into(),
-        )),
-        (other, _) => Err(KmsError::InvalidRequest(format!(
-            "the KMS management commands need the sqlite-tde KMS (local: or unix:PATH), not '{other}'"
-        ))),
     }
 }

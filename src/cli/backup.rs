@@ -261,7 +261,7 @@ fn open_source(tde: &Tde, keystore: &Path, db: &Path) -> CliResult<(Connection, 
 /// Run `sqlite-tde backup`.
 pub fn run_backup(global: &Global, args: &BackupArgs) -> CliResult {
     check_destination(&args.db, &args.dest, args.force)?;
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let (src, header) = open_source(&tde, &global.keystore, &args.db)?;
     let key = args.key.clone().unwrap_or_else(|| same_key(&header));
     let tmp = TempDest::beside(&args.dest);
@@ -337,7 +337,7 @@ pub fn run_restore(global: &Global, args: &RestoreArgs) -> CliResult {
         return Err(CliError::failure(format!("{}: no such file", args.backup.display())));
     }
     check_destination(&args.backup, &args.db, true)?;
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let timeout = Duration::from_secs(args.busy_timeout);
     // An encrypted backup opens through the VFS; a plain SQLite file is imported.
     let (src, backup_key) = match read_header(&args.backup) {

@@ -103,7 +103,7 @@ fn interrupted(path: &std::path::Path) -> CliError {
 
 /// Run `sqlite-tde encrypt`.
 pub fn run_encrypt(global: &Global, args: &EncryptArgs) -> CliResult {
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let reporter = Arc::new(Mutex::new(Reporter::new(global.json)));
     let result = rotation::with_progress(Reporter::observer(&reporter), || {
         if args.in_place {
@@ -145,7 +145,7 @@ pub fn run_encrypt(global: &Global, args: &EncryptArgs) -> CliResult {
 
 /// Run `sqlite-tde decrypt`.
 pub fn run_decrypt(global: &Global, args: &DecryptArgs) -> CliResult {
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let reporter = Arc::new(Mutex::new(Reporter::new(global.json)));
     let existing = if args.force { convert::Existing::Replace } else { convert::Existing::Refuse };
     let result = rotation::with_progress(Reporter::observer(&reporter), || {

@@ -89,7 +89,7 @@ pub fn run(global: &Global, args: &ExportArgs) -> CliResult {
     }
     // Header problems (not encrypted, damaged) are reported before anything is written.
     read_header(&args.db)?;
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let timeout = Duration::from_secs(args.busy_timeout);
     let (pages, bytes) = match (args.format, args.raw) {
         (ExportFormat::Sql, _) => {

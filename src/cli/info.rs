@@ -50,14 +50,14 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
         fields.push(("rekey_total", total.map_or(Value::Null, |t| json!(t.max(r.progress)))));
     }
     fields.push(("slots", slots_json(&region)));
-    fields.extend(key_fields(&global.keystore, &header));
+    fields.extend(key_fields(global, &header));
     fields.extend(file_sizes(&args.db));
     let opened = if header.rekey.is_some() {
         // A read-only connection can neither finish an interrupted rekey nor wait out a
         // running one: do not try, say so.
         Err(CliError::from(sqlite_tde::Error::RekeyInProgress { path: args.db.display().to_string() }))
     } else {
-        open_stats(&global.keystore, &args.db)
+        open_stats(global, &args.db)
     };
     let (stats, failure) = match opened {
         Ok(stats) => (stats, None),
@@ -67,7 +67,7 @@ pub fn run(global: &Global, args: &InfoArgs) -> CliResult {
     if let Some(e) = &failure {
         fields.push(("unavailable", json!({"fields": NEED_THE_KEY, "reason": e.message})));
     }
-    fields.push(("key_cache", key_cache_state(&global.keystore)));
+    fields.push(("key_cache", key_cache_state(global)));
 
     let mut out = io::stdout().lock();
     if global.json {
@@ -195,8 +195,9 @@ fn file_sizes(db: &Path) -> Vec<(&'static str, Value)> {
 }
 
 /// Facts that need the key: open read-only through the VFS and ask SQLite.
-fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, CliError> {
-    let tde = open::register(keystore)?;
+fn open_stats(global: &Global, db: &Path) -> Result<Vec<(&'static str, Value)>, CliError> {
+    let keystore = global.keystore.as_path();
+    let tde = open::register(global)?;
     let conn = open::open(
         &tde,
         keystore,
@@ -211,9 +212,9 @@ fn open_stats(keystore: &Path, db: &Path) -> Result<Vec<(&'static str, Value)>, 
 
 /// What the KMS says about the database's CMK: its aliases, state, and whether the DEK is
 /// wrapped under the key's newest version (`null`s when the KMS cannot tell).
-fn key_fields(keystore: &Path, h: &Header) -> Vec<(&'static str, Value)> {
+fn key_fields(global: &Global, h: &Header) -> Vec<(&'static str, Value)> {
     let described = (h.key.provider() == sqlite_tde::kms::local::PROVIDER)
-        .then(|| sqlite_tde::kms::local::LocalKms::new(keystore).describe_key(h.key.key_id()).ok())
+        .then(|| global.local_kms().describe_key(h.key.key_id()).ok())
         .flatten()
         .and_then(|k| serde_json::to_value(k).ok())
         .unwrap_or(Value::Null);
@@ -228,8 +229,8 @@ fn key_fields(keystore: &Path, h: &Header) -> Vec<(&'static str, Value)> {
 
 /// This process's key cache: thresholds, and whether it holds keys (after opening the
 /// database, the database's own).
-fn key_cache_state(keystore: &Path) -> Value {
-    match open::register(keystore) {
+fn key_cache_state(global: &Global) -> Value {
+    match open::register(global) {
         Ok(tde) => {
             let cache = &tde.context().cache;
             let config = cache.config();

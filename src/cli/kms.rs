@@ -10,7 +10,6 @@ use base64::Engine;
 
 use super::error::{CliError, CliResult, EXIT_FAILURE, EXIT_KEY};
 use super::Global;
-use sqlite_tde::connection::ENV_KMS;
 use sqlite_tde::kms::api::{CreateKeyParams, KmsClient};
 use sqlite_tde::kms::clock::{format_time, parse_time};
 use sqlite_tde::kms::daemon::{DaemonConfig, ServeOptions};
@@ -352,27 +351,18 @@ fn print_daemon_config(out: &mut dyn Write, json: bool, cfg: &DaemonConfig) -> C
     Ok(())
 }
 
-/// The KMS spec in force (`--kms` / SQLITE_TDE_KMS, default `local:`).
-fn spec() -> String {
-    std::env::var(ENV_KMS).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "local:".into())
-}
-
 fn client(global: &Global) -> CliResult<KmsClient> {
-    Ok(sqlite_tde::kms::service_for(&spec(), &global.keystore, None)?)
+    Ok(global.kms.service(Some(&global.keystore), global.principal.as_deref())?)
 }
 
 /// Backup and restore work on the keystore directory itself, not through a daemon.
 fn local_only(global: &Global, what: &str) -> CliResult<LocalKms> {
-    if !spec().starts_with("local") {
+    if !global.kms.is_local() {
         return Err(CliError::usage(format!(
             "kms {what} works on the keystore directory (--keystore); run it where the keystore is, without --kms unix:"
         )));
     }
-    Ok(LocalKms::new(&global.keystore))
-}
-
-fn principal() -> String {
-    sqlite_tde::kms::policy::default_principal()
+    Ok(global.local_kms())
 }
 
 fn root_key_hint(keystore: &std::path::Path) -> String {
@@ -618,7 +608,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             }
         }
         KmsCommand::Audit { verify, acknowledge_gap: true, .. } if !verify => {
-            let rec = local_only(global, "audit --acknowledge-gap")?.acknowledge_audit_gap(&principal())?;
+            let rec = local_only(global, "audit --acknowledge-gap")?.acknowledge_audit_gap(&global.principal())?;
             if global.json {
                 print_json(&mut out, &rec)?;
             } else {
@@ -677,7 +667,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             }
         }
         KmsCommand::Serve { socket, socket_mode, socket_group, map_uid, operators } => {
-            if !spec().starts_with("local:") {
+            if !global.kms.is_local() {
                 return Err(CliError::usage(
                     "kms serve runs the embedded KMS over --keystore; do not combine it with --kms unix:",
                 ));
@@ -712,13 +702,13 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             match t {
                 TokenCommand::Create { principal: p } => {
                     let now = sqlite_tde::kms::clock::process_clock().now();
-                    let token = DaemonConfig::update(&kms, &principal(), "kmsd:CreateToken", false, |cfg| {
+                    let token = DaemonConfig::update(&kms, &global.principal(), "kmsd:CreateToken", false, |cfg| {
                         Ok((cfg.add_token(p, now)?, format!("token for {p}")))
                     })?;
                     writeln!(out, "{}", token.as_str())?;
                 }
                 TokenCommand::Revoke { principal: p } => {
-                    let n = DaemonConfig::update(&kms, &principal(), "kmsd:RevokeTokens", false, |cfg| {
+                    let n = DaemonConfig::update(&kms, &global.principal(), "kmsd:RevokeTokens", false, |cfg| {
                         let before = cfg.tokens.len();
                         cfg.tokens.retain(|t| &t.principal != p);
                         let n = before - cfg.tokens.len();
@@ -743,15 +733,16 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                     }
                 }
                 DaemonConfigCommand::Upgrade => {
-                    let cfg = DaemonConfig::update(&kms, &principal(), "kmsd:UpgradeDaemonConfig", true, |cfg| {
-                        let d = format!(
-                            "authenticated as found: {} uid mapping(s), {} operator(s), {} token(s)",
-                            cfg.uid_principals.len(),
-                            cfg.operators.len(),
-                            cfg.tokens.len()
-                        );
-                        Ok((cfg.clone(), d))
-                    })?;
+                    let cfg =
+                        DaemonConfig::update(&kms, &global.principal(), "kmsd:UpgradeDaemonConfig", true, |cfg| {
+                            let d = format!(
+                                "authenticated as found: {} uid mapping(s), {} operator(s), {} token(s)",
+                                cfg.uid_principals.len(),
+                                cfg.operators.len(),
+                                cfg.tokens.len()
+                            );
+                            Ok((cfg.clone(), d))
+                        })?;
                     print_daemon_config(&mut out, global.json, &cfg)?;
                 }
                 DaemonConfigCommand::Set { map_uid, unmap_uid, add_operator, remove_operator } => {
@@ -769,7 +760,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
                         sqlite_tde::kms::daemon::config::check_principal_name(o)
                             .map_err(|e| CliError::usage(format!("--add-operator: {e}")))?;
                     }
-                    let cfg = DaemonConfig::update(&kms, &principal(), "kmsd:SetDaemonConfig", false, |cfg| {
+                    let cfg = DaemonConfig::update(&kms, &global.principal(), "kmsd:SetDaemonConfig", false, |cfg| {
                         let mut changes = Vec::new();
                         for (u, p) in &maps {
                             cfg.uid_principals.insert(*u, p.clone());
@@ -794,7 +785,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
             }
         }
         KmsCommand::Backup { out: dest } => {
-            let r = local_only(global, "backup")?.backup(&principal(), dest)?;
+            let r = local_only(global, "backup")?.backup(&global.principal(), dest)?;
             if global.json {
                 print_json(&mut out, &r)?;
             } else {
@@ -807,7 +798,7 @@ pub fn run(global: &Global, cmd: &KmsCommand) -> CliResult {
         }
         KmsCommand::Restore { input, root_key, force } => {
             let opts = RestoreOptions { root_key: root_key.clone(), force: *force };
-            let r = local_only(global, "restore")?.restore(&principal(), input, &opts)?;
+            let r = local_only(global, "restore")?.restore(&global.principal(), input, &opts)?;
             if global.json {
                 print_json(&mut out, &r)?;
             } else {

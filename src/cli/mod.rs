@@ -33,6 +33,7 @@ use clap::{Parser, Subcommand};
 pub use error::{CliError, CliResult, EXIT_OK, EXIT_USAGE};
 
 use sqlite_tde::kms::local::{default_keystore_dir, ENV_KEYSTORE};
+use sqlite_tde::kms::KmsSpec;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -72,10 +73,11 @@ pub struct Cli {
     /// Print data as JSON (key records, `info`, and result rows of `sql`).
     #[arg(long, global = true)]
     pub json: bool,
-    /// KMS to use: `local:` (the embedded KMS over --keystore, the default) or
-    /// `unix:PATH` (a `sqlite-tde kms serve` daemon).
-    #[arg(long, global = true, value_name = "SPEC", env = sqlite_tde::connection::ENV_KMS)]
-    pub kms: Option<String>,
+    /// KMS to use: `local:` (the embedded KMS over --keystore, the default), `unix:PATH` (a
+    /// `sqlite-tde kms serve` daemon), or `openbao+https://HOST:PORT/MOUNT/KEY` (OpenBao /
+    /// Vault transit).
+    #[arg(long, global = true, value_name = "SPEC", env = sqlite_tde::kms::ENV_KMS, value_parser = parse_kms)]
+    pub kms: Option<KmsSpec>,
     /// Principal to act as with the embedded KMS [default: the OS user]. A daemon takes the
     /// principal from the connection (peer uid or bearer token) instead.
     #[arg(long, global = true, value_name = "P", env = sqlite_tde::kms::ENV_PRINCIPAL)]
@@ -132,6 +134,31 @@ pub struct Global {
     pub keystore: PathBuf,
     /// `--json`.
     pub json: bool,
+    /// `--kms` (else `local:`), parsed once.
+    pub kms: KmsSpec,
+    /// `--principal`: who the embedded KMS acts for (default: the OS user).
+    pub principal: Option<String>,
+}
+
+impl Global {
+    /// The principal the embedded KMS sees for this invocation.
+    pub fn principal(&self) -> String {
+        self.principal.clone().unwrap_or_else(sqlite_tde::kms::policy::default_principal)
+    }
+
+    /// The embedded KMS over `--keystore`, acting for `--principal`.
+    pub fn local_kms(&self) -> sqlite_tde::kms::local::LocalKms {
+        let kms = sqlite_tde::kms::local::LocalKms::new(&self.keystore);
+        match &self.principal {
+            Some(p) => kms.with_principal(p),
+            None => kms,
+        }
+    }
+}
+
+/// `--kms` / SQLITE_TDE_KMS (empty: the default).
+fn parse_kms(s: &str) -> Result<KmsSpec, String> {
+    s.parse().map_err(|e: sqlite_tde::kms::KmsError| e.to_string())
 }
 
 /// Run the CLI on the process's arguments; returns the exit code.
@@ -184,16 +211,14 @@ fn pin_test_clock() -> CliResult {
 
 /// Dispatch a parsed command line.
 pub fn run(cli: Cli) -> CliResult {
-    // --kms and --principal reach every KMS the process builds (the VFS's too) through the
-    // environment they mirror; this runs before any other thread exists.
-    if let Some(k) = &cli.kms {
-        std::env::set_var(sqlite_tde::connection::ENV_KMS, k);
-    }
-    if let Some(p) = &cli.principal {
-        std::env::set_var(sqlite_tde::kms::ENV_PRINCIPAL, p);
-    }
     pin_test_clock()?;
-    let global = Global { keystore: cli.keystore.unwrap_or_else(default_keystore_dir), json: cli.json };
+    // --kms and --principal are passed down to every KMS this process builds (the VFS's too).
+    let global = Global {
+        keystore: cli.keystore.unwrap_or_else(default_keystore_dir),
+        json: cli.json,
+        kms: cli.kms.unwrap_or_default(),
+        principal: cli.principal.filter(|p| !p.is_empty()),
+    };
     sqlite_tde::kms::events::on_keystore_created(|ev| eprintln!("sqlite-tde: {}", creation_notice(ev)));
     sqlite_tde::kms::events::on_keystore_upgraded(|ev| {
         eprintln!(

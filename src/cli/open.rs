@@ -7,12 +7,17 @@ use rusqlite::Connection;
 use sqlite_vfs::{ErrorCode, VfsError};
 
 use super::error::CliResult;
+use super::Global;
 use sqlite_tde::{Error, OpenOptions, Tde};
 
-/// Register the VFS over `keystore` (once per process; later calls return the first
-/// registration, and the CLI only ever uses one keystore).
-pub fn register(keystore: &Path) -> CliResult<Tde> {
-    Ok(Tde::builder().keystore(keystore).register()?)
+/// Register the VFS over the invocation's KMS (once per process; later calls return the
+/// first registration, and the CLI only ever uses one KMS).
+pub fn register(global: &Global) -> CliResult<Tde> {
+    let mut b = Tde::builder().keystore(&global.keystore).kms(global.kms.clone());
+    if let Some(p) = &global.principal {
+        b = b.principal(p);
+    }
+    Ok(b.register()?)
 }
 
 /// Open `path` through the VFS. A database created by this call is created under `opts.key`.

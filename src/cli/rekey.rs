@@ -47,7 +47,7 @@ pub struct RekeyArgs {
 
 /// Run `sqlite-tde rekey`.
 pub fn run(global: &Global, args: &RekeyArgs) -> CliResult {
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let reporter = Arc::new(Mutex::new(Reporter::new(global.json)));
     let opts = RekeyOptions {
         key: args.key.clone(),

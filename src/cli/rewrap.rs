@@ -12,7 +12,6 @@ use serde_json::json;
 use super::error::{CliError, CliResult, EXIT_FAILURE};
 use super::{open, Global};
 use sqlite_tde::format::MAGIC;
-use sqlite_tde::kms::local::LocalKms;
 use sqlite_tde::kms::Kms;
 use sqlite_tde::rotation::{self, RewrapOptions};
 
@@ -90,7 +89,7 @@ pub fn run(global: &Global, args: &RewrapArgs) -> CliResult {
         }
         files.push(args.paths[0].clone());
     }
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let opts = RewrapOptions { key: args.key.clone(), busy_timeout: Duration::from_millis(args.busy_timeout) };
     let mut out = std::io::stdout().lock();
     let mut failures: Vec<CliError> = Vec::new();
@@ -160,8 +159,8 @@ fn report_references(global: &Global, files: &[PathBuf], out: &mut dyn Write) ->
         }
     }
     // The KMS the command runs against (--kms), and the local keystore for local keys.
-    let selected = sqlite_tde::connection::kms_from_env(Some(global.keystore.clone())).ok();
-    let local = LocalKms::new(&global.keystore);
+    let selected = global.kms.connect(Some(&global.keystore), global.principal.as_deref()).ok();
+    let local = global.local_kms();
     let mut stale = Vec::new();
     let mut keys = Vec::new();
     for (uri, versions) in &by_key {

@@ -10,7 +10,6 @@ use zeroize::Zeroizing;
 
 use super::error::{CliError, CliResult};
 use super::Global;
-use sqlite_tde::connection::ENV_KMS;
 use sqlite_tde::kms::clock::format_time;
 use sqlite_tde::kms::policy::KeyPolicy;
 
@@ -100,8 +99,7 @@ fn read_value(file: Option<&PathBuf>) -> CliResult<Zeroizing<Vec<u8>>> {
 
 /// Run a `secrets` subcommand.
 pub fn run(global: &Global, cmd: &SecretsCommand) -> CliResult {
-    let spec = std::env::var(ENV_KMS).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "local:".into());
-    let c = sqlite_tde::kms::service_for(&spec, &global.keystore, None)?;
+    let c = global.kms.service(Some(&global.keystore), global.principal.as_deref())?;
     let mut out = io::stdout().lock();
     let print_version = |out: &mut dyn Write, v: &sqlite_tde::kms::secrets::SecretVersionInfo| -> CliResult {
         if global.json {

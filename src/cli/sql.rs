@@ -40,7 +40,7 @@ pub struct SqlArgs {
 
 /// Run `sqlite-tde sql`.
 pub fn run(global: &Global, args: &SqlArgs) -> CliResult {
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let opts =
         OpenOptions { key: args.key.clone(), read_only: args.read_only, must_exist: false, ..Default::default() };
     let conn = open::open(&tde, &global.keystore, &args.db, &opts)?;

@@ -47,7 +47,7 @@ pub fn run(global: &Global, args: &UpgradeArgs) -> CliResult {
         }
         files.push(args.paths[0].clone());
     }
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let opts = RewrapOptions { key: None, busy_timeout: Duration::from_millis(args.busy_timeout) };
     let mut out = std::io::stdout().lock();
     let mut failures: Vec<CliError> = Vec::new();

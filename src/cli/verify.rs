@@ -34,7 +34,7 @@ pub struct VerifyArgs {
 
 /// Run `sqlite-tde verify`.
 pub fn run(global: &Global, args: &VerifyArgs) -> CliResult {
-    let tde = open::register(&global.keystore)?;
+    let tde = open::register(global)?;
     let report = verify_database(&tde, &global.keystore, &args.db, args.quick)?;
     let mut out = io::stdout().lock();
     if global.json {
