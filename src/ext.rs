@@ -108,7 +108,10 @@ fn wants_default(mode: DefaultVfs) -> Result<bool, String> {
 /// at its defaults (name `tde`, over the default VFS at load time), as `Tde::builder().register()`
 /// does for Rust programs.
 fn config_from_env(make_default: bool) -> Result<VfsConfig, String> {
-    let spec = KmsSpec::from_env().map_err(|e| e.to_string())?;
+    let spec = KmsSpec::from_env().map_err(|e| match e {
+        crate::kms::KmsError::InvalidRequest(m) => m,
+        other => other.to_string(),
+    })?;
     let kms = spec.connect(None, None).map_err(|e| format!("{}: {e}", crate::kms::ENV_KMS))?;
     let mut config = VfsConfig::new(kms);
     config.make_default = make_default;

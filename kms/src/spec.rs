@@ -66,7 +66,10 @@ impl KmsSpec {
     /// `Tde::builder().register()` read it; nothing below them does.
     pub fn from_env() -> Result<KmsSpec, KmsError> {
         match std::env::var(ENV_KMS) {
-            Ok(s) if !s.is_empty() => s.parse().map_err(|e| KmsError::InvalidRequest(format!("{ENV_KMS}: {e}"))),
+            Ok(s) if !s.is_empty() => s.parse().map_err(|e| match e {
+                KmsError::InvalidRequest(m) => KmsError::InvalidRequest(format!("{m} in {ENV_KMS}")),
+                other => other,
+            }),
             _ => Ok(KmsSpec::default()),
         }
     }

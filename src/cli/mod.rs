@@ -158,7 +158,10 @@ impl Global {
 
 /// `--kms` / SQLITE_TDE_KMS (empty: the default).
 fn parse_kms(s: &str) -> Result<KmsSpec, String> {
-    s.parse().map_err(|e: sqlite_tde::kms::KmsError| e.to_string())
+    s.parse().map_err(|e| match e {
+        sqlite_tde::kms::KmsError::InvalidRequest(m) => m,
+        other => other.to_string(),
+    })
 }
 
 /// Run the CLI on the process's arguments; returns the exit code.
