@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::Error;
 use crate::format::{choose_slot, Header, HeaderError, SlotStatus, HEADER_REGION_LEN, SLOT_LEN};
-use crate::rotation::convert::{decode_state, recovery_needed};
+use crate::vfs::rotation::convert::{decode_state, recovery_needed};
 
 /// The header region of the file at `path` (shorter when the file is), read without SQLite
 /// and without blocking on a FIFO. I/O errors name the path.
@@ -57,7 +57,8 @@ pub fn slots(region: &[u8]) -> [SlotStatus; 2] {
 /// has no encryption header yet: a reader must say that rather than call the slots damaged.
 /// The text does not start with the path (callers that need it prefix it).
 pub fn conversion_in_progress(path: &Path, region: &[u8]) -> Option<String> {
-    let state_path = crate::rotation::side_path(&path.display().to_string(), crate::rotation::CONVERT_JOURNAL_SUFFIX);
+    let state_path =
+        crate::vfs::rotation::side_path(&path.display().to_string(), crate::vfs::rotation::CONVERT_JOURNAL_SUFFIX);
     let state = std::fs::read(&state_path).ok();
     if !recovery_needed(region, state.as_deref()) {
         return None;

@@ -474,14 +474,14 @@ pub fn open_existing(
     loop {
         attempts += 1;
         let region = read_region(base)?;
-        if crate::rotation::convert::is_converting(&region) {
+        if super::rotation::convert::is_converting(&region) {
             recovered = Some("in-place encryption");
             if read_only {
                 return Err(Error::Config(format!(
                     "{path}: an in-place encryption was interrupted; open it read-write (or run `sqlite-tde encrypt --in-place --resume {path}`) to finish it"
                 )));
             }
-            match crate::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
+            match super::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
                 true => continue,
                 false if may_defer => return Ok(Opened::Deferred),
                 false => return Err(Error::RekeyInProgress { path: path.to_string() }),
@@ -494,10 +494,10 @@ pub fn open_existing(
                 // file says what to write.
                 if !matches!(source, HeaderError::PlainSqlite)
                     && !read_only
-                    && crate::rotation::convert::state_file_valid(path)
+                    && super::rotation::convert::state_file_valid(path)
                 {
                     recovered = Some("in-place encryption");
-                    match crate::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
+                    match super::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
                         true if attempts < 3 => continue,
                         true => {}
                         false if may_defer => return Ok(Opened::Deferred),
@@ -522,7 +522,7 @@ pub fn open_existing(
                 )));
             }
             recovered = Some("rekey");
-            match crate::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
+            match super::rotation::recover_locked(ctx, path, base, policy, RECOVERY_LOCK_WAIT)? {
                 true => continue,
                 false if may_defer => return Ok(Opened::Deferred),
                 false => return Err(Error::RekeyInProgress { path: path.to_string() }),
@@ -707,7 +707,7 @@ fn interrupted_creation(path: &str, region: &[u8]) -> bool {
         && choose_slot(region).is_err()
         && !super::sidefiles::has_data(path, SideFile::Journal)
         && !super::sidefiles::has_data(path, SideFile::Wal)
-        && !crate::rotation::convert::state_file_valid(path)
+        && !super::rotation::convert::state_file_valid(path)
 }
 
 /// Turn an interrupted creation back into an empty file, under EXCLUSIVE so a creator that is

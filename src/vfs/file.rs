@@ -11,6 +11,7 @@ use sqlite_vfs::{
 use super::blockio::{EncryptedIo, WriteCache};
 use super::database::{self, Database, OpenPolicy, Opened};
 use super::lineage::{Registration, Reported};
+use super::rotation::protocol::{to_text, RotationArgs};
 use super::{TdeContext, URI_KEY_PARAM};
 use crate::crypto::{DataKey, Domain, XtsCipher};
 use crate::error::{set_last_open_error, Error, Result};
@@ -266,7 +267,7 @@ impl TdeFile {
                     }
                     let policy =
                         OpenPolicy { pinned: self.pinned.as_deref(), trust_format_1_state: self.trust_format_1 };
-                    let done = crate::rotation::recover_locked(
+                    let done = super::rotation::recover_locked(
                         &self.ctx,
                         &self.path,
                         &mut self.base,
@@ -401,25 +402,21 @@ impl TdeFile {
             Err(o) => return o,
         };
         // `PRAGMA tde_rewrap[=TARGET]` or `='{"key":TARGET,"busy_ms":N}'`.
-        let value = value.map(str::trim).filter(|v| !v.is_empty());
-        let (target, wait) = match value {
-            Some(v) if v.starts_with('{') => match serde_json::from_str::<serde_json::Value>(v) {
-                Ok(j) => (j["key"].as_str().map(str::to_string), j["busy_ms"].as_u64().unwrap_or(5000)),
-                Err(e) => return PragmaOutcome::Failed(format!("tde_rewrap: bad options {v:?}: {e}")),
-            },
-            other => (other.map(str::to_string), 5000),
+        let args = match RotationArgs::parse("tde_rewrap", value) {
+            Ok(a) => a,
+            Err(e) => return json_outcome(Err(e)),
         };
-        let r = crate::rotation::rewrap::pragma(
+        let r = super::rotation::rewrap::pragma(
             &self.ctx,
             &self.path,
             &mut self.base,
             &db,
             self.lock,
             self.read_only,
-            target.as_deref(),
-            Duration::from_millis(wait),
-        );
-        json_outcome(r)
+            &args,
+        )
+        .map(|r| to_text(&r));
+        text_outcome(r)
     }
 
     fn pragma_rekey(&mut self, value: Option<&str>) -> PragmaOutcome {
@@ -427,16 +424,10 @@ impl TdeFile {
             Ok(db) => db,
             Err(o) => return o,
         };
-        let r = crate::rotation::rekey::pragma(
-            &self.ctx,
-            &self.path,
-            &mut self.base,
-            &db,
-            self.lock,
-            self.read_only,
-            value,
-        );
-        let out = json_outcome(r);
+        let r = RotationArgs::parse("tde_rekey", value).and_then(|args| {
+            super::rotation::rekey::pragma(&self.ctx, &self.path, &mut self.base, &db, self.lock, self.read_only, &args)
+        });
+        let out = text_outcome(r.map(|r| to_text(&r)));
         let _ = self.sync_key();
         out
     }
@@ -450,14 +441,15 @@ impl TdeFile {
         if !matches!(self.storage, Storage::Plain) {
             return PragmaOutcome::Failed("tde_encrypt_in_place: the database is already encrypted".into());
         }
-        let r =
-            crate::rotation::convert::pragma(&self.ctx, &self.path, &mut self.base, self.lock, self.read_only, value);
+        let r = RotationArgs::parse("tde_encrypt_in_place", value).and_then(|args| {
+            super::rotation::convert::pragma(&self.ctx, &self.path, &mut self.base, self.lock, self.read_only, &args)
+        });
         match r {
-            Ok((json, Some(db))) => {
+            Ok((result, Some(db))) => {
                 self.adopt(db);
-                PragmaOutcome::Handled(Some(json.to_string()))
+                PragmaOutcome::Handled(Some(to_text(&result)))
             }
-            Ok((json, None)) => PragmaOutcome::Handled(Some(json.to_string())),
+            Ok((result, None)) => PragmaOutcome::Handled(Some(to_text(&result))),
             Err(e) => {
                 let msg = e.to_string();
                 set_last_open_error(e);
@@ -509,8 +501,13 @@ fn report(e: Error) -> sqlite_vfs::VfsError {
 }
 
 fn json_outcome(r: Result<serde_json::Value>) -> PragmaOutcome {
+    text_outcome(r.map(|v| v.to_string()))
+}
+
+/// A pragma's result text, or its failure (also kept for `take_last_open_error`).
+fn text_outcome(r: Result<String>) -> PragmaOutcome {
     match r {
-        Ok(v) => PragmaOutcome::Handled(Some(v.to_string())),
+        Ok(v) => PragmaOutcome::Handled(Some(v)),
         Err(e) => {
             let msg = e.to_string();
             set_last_open_error(e);
@@ -539,7 +536,7 @@ pub fn open(
             let pending = || Storage::PendingMain { key: pinned.clone().unwrap_or_else(|| ctx.default_key.clone()) };
             if base.file_size()? == 0 {
                 (pending(), None)
-            } else if convert && crate::rotation::convert::is_plain_sqlite(&mut base)? {
+            } else if convert && super::rotation::convert::is_plain_sqlite(&mut base)? {
                 (Storage::Plain, None)
             } else {
                 let policy = OpenPolicy { pinned: pinned.as_deref(), trust_format_1_state: trust_format_1 };

@@ -10,6 +10,7 @@ pub mod database;
 mod file;
 mod lineage;
 mod pinning;
+pub mod rotation;
 mod sidefiles;
 
 use std::sync::Arc;
