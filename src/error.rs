@@ -8,7 +8,9 @@ use crate::format::HeaderError;
 use crate::kms::KmsError;
 
 /// Everything that can go wrong opening or operating an encrypted database.
+/// Non-exhaustive: branch on [`Error::class`] (stable) rather than on variants.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The header region is missing, damaged or of another format.
     #[error("{path}: {source}")]
@@ -58,7 +60,68 @@ pub enum Error {
     RolledBack { path: String, operation: &'static str, source: Box<Error> },
 }
 
+/// What kind of failure an [`Error`] is, for callers that branch on it (retry, ask for
+/// another key, report): stable across versions, unlike the variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// A key, KMS or header problem: wrong key, key not found, disabled or denied, KMS
+    /// unreachable, not an encrypted database, a damaged header, the file under another
+    /// CMK than requested, a rekey in progress (the file is between two keys).
+    Key,
+    /// No space left on the device; nothing was changed.
+    NoSpace,
+    /// Another connection holds a lock the operation needs; retrying later may succeed.
+    Busy,
+    /// Invalid arguments, configuration or file state the caller can correct.
+    Invalid,
+    /// Everything else: SQL errors, I/O errors.
+    Other,
+}
+
 impl Error {
+    /// The kind of failure (see [`ErrorClass`]). An operation rolled back is classified by
+    /// what made it fail.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Header { .. }
+            | Error::Kms { .. }
+            | Error::WrongKey { .. }
+            | Error::KeyMismatch { .. }
+            | Error::RekeyInProgress { .. } => ErrorClass::Key,
+            Error::NoSpace { .. } => ErrorClass::NoSpace,
+            Error::RolledBack { source, .. } => source.class(),
+            Error::Config(_) | Error::EmptyReadOnly { .. } | Error::SideFileConflict { .. } => ErrorClass::Invalid,
+            Error::Vfs(v) => match v.code {
+                ErrorCode::Busy => ErrorClass::Busy,
+                ErrorCode::Full => ErrorClass::NoSpace,
+                ErrorCode::NotADatabase | ErrorCode::Auth => ErrorClass::Key,
+                _ => ErrorClass::Other,
+            },
+            Error::Sqlite(s) => match s.sqlite_error_code() {
+                // Through this VFS, pages that do not decode as a database mean a key or
+                // header problem, not an SQL one.
+                Some(rusqlite::ErrorCode::NotADatabase)
+                | Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) => ErrorClass::Key,
+                Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => ErrorClass::Busy,
+                Some(rusqlite::ErrorCode::DiskFull) => ErrorClass::NoSpace,
+                _ => ErrorClass::Other,
+            },
+            Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => ErrorClass::NoSpace,
+            Error::Io(_) => ErrorClass::Other,
+        }
+    }
+
+    /// A key, KMS or header problem ([`ErrorClass::Key`]).
+    pub fn is_key_problem(&self) -> bool {
+        self.class() == ErrorClass::Key
+    }
+
+    /// Retrying later may succeed ([`ErrorClass::Busy`]).
+    pub fn is_busy(&self) -> bool {
+        self.class() == ErrorClass::Busy
+    }
+
     /// The SQLite result code an open failing with this error reports.
     pub fn vfs_code(&self) -> ErrorCode {
         match self {
@@ -108,3 +171,25 @@ pub fn take_last_open_error() -> Option<Error> {
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_follow_the_cause_not_the_wrapper() {
+        let path = "x.db".to_string();
+        assert_eq!(Error::WrongKey { path: path.clone() }.class(), ErrorClass::Key);
+        assert!(Error::RekeyInProgress { path: path.clone() }.is_key_problem());
+        let busy = Error::Vfs(VfsError::new(ErrorCode::Busy, "locked"));
+        assert!(busy.is_busy());
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "full");
+        let rolled = Error::RolledBack { path: path.clone(), operation: "rekey", source: Box::new(Error::Io(full)) };
+        assert_eq!(rolled.class(), ErrorClass::NoSpace);
+        assert_eq!(Error::Config("bad".into()).class(), ErrorClass::Invalid);
+        let notadb = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(26), None);
+        assert_eq!(Error::Sqlite(notadb).class(), ErrorClass::Key);
+        let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
+        assert_eq!(Error::Sqlite(constraint).class(), ErrorClass::Other);
+    }
+}

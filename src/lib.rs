@@ -10,7 +10,7 @@ pub use sqlite_tde_kms as kms;
 pub mod rotation;
 pub mod vfs;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorClass, Result};
 pub mod connection;
 
 pub use connection::{OpenOptions, Tde, TdeBuilder};

@@ -53,8 +53,10 @@ pub struct GeneratedDataKey {
     pub key: KeyRef,
 }
 
-/// Errors of the KMS layer. Messages name keys, never key material.
+/// Errors of the KMS layer. Messages name keys, never key material. Non-exhaustive: a new
+/// provider may add failure kinds; match the ones you handle and keep a catch-all.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KmsError {
     #[error("KMS key not found: {0}")]
     NotFound(String),

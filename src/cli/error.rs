@@ -7,8 +7,8 @@ use std::fmt;
 
 use rusqlite::ErrorCode;
 
-use sqlite_tde::error::Error;
 use sqlite_tde::kms::KmsError;
+use sqlite_tde::{Error, ErrorClass};
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -55,22 +55,11 @@ impl fmt::Display for CliError {
     }
 }
 
-/// Exit code of a crate error.
+/// Exit code of a crate error: its class ([`ErrorClass`]) decides.
 pub fn exit_code_of(e: &Error) -> u8 {
-    match e {
-        Error::Header { .. }
-        | Error::Kms { .. }
-        | Error::WrongKey { .. }
-        | Error::KeyMismatch { .. }
-        | Error::RekeyInProgress { .. } => EXIT_KEY,
-        Error::Sqlite(s) => exit_code_of_sqlite(s),
-        Error::Vfs(_)
-        | Error::Io(_)
-        | Error::Config(_)
-        | Error::EmptyReadOnly { .. }
-        | Error::SideFileConflict { .. }
-        | Error::NoSpace { .. } => EXIT_FAILURE,
-        Error::RolledBack { source, .. } => exit_code_of(source),
+    match e.class() {
+        ErrorClass::Key => EXIT_KEY,
+        _ => EXIT_FAILURE,
     }
 }
 
